@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Kernels are compiled for Haswell (AVX2 + FMA + F16C): without these flags SIMD fused
+// multiply-add and Float16 conversion become library calls (see PLATFORM-NOTES). Haswell is
+// chosen over `native` so the binary runs on any x86-64 server made since 2013.
+#if arch(x86_64)
+let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let cpuFlags: [SwiftSetting] = []
+#endif
+let kernelSettings: [SwiftSetting] = cpuFlags + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "Strata",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "strata", targets: ["strata"]),
+        .library(name: "StrataRuntime", targets: ["StrataRuntime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // Layer 1: shapes, dtypes, errors, JSON values. No knowledge of models.
+        .target(name: "StrataCore", swiftSettings: kernelSettings),
+        // Layer 2: safetensors, Hugging Face configs, tokenizers.
+        .target(name: "StrataFormats", dependencies: ["StrataCore"], swiftSettings: kernelSettings),
+        // Layer 3: the Backend protocol and the CPU backend (OpenBLAS + SIMD kernels).
+        .target(name: "StrataBackend", dependencies: ["StrataCore", "COpenBLAS"], swiftSettings: kernelSettings),
+        // Layer 4: architectures (OPT, Llama) written once against Backend.
+        .target(name: "StrataModels", dependencies: ["StrataCore", "StrataFormats", "StrataBackend"], swiftSettings: kernelSettings),
+        // Layer 5: KV cache, sampling, stopping, the batched generator.
+        .target(name: "StrataRuntime", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels"], swiftSettings: kernelSettings),
+        // Layer 8: the command line. Thin: parse, call the layers below, print.
+        .executableTarget(
+            name: "strata",
+            dependencies: [
+                "StrataRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: cpuFlags
+        ),
+        .testTarget(
+            name: "StrataTests",
+            dependencies: ["StrataRuntime"],
+            swiftSettings: cpuFlags
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

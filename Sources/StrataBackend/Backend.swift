@@ -1,0 +1,71 @@
+import StrataCore
+
+public enum Activation: String, Sendable {
+    case relu, gelu, geluTanh, silu
+
+    public init?(huggingFace name: String) {
+        switch name {
+        case "relu": self = .relu
+        case "gelu": self = .gelu
+        case "gelu_new", "gelu_pytorch_tanh": self = .geluTanh
+        case "silu", "swish": self = .silu
+        default: return nil
+        }
+    }
+}
+
+/// The layout of one decoding step of a left-padded batch: `batch` rows of `length` new tokens
+/// each, following `pastLength` cached positions. Row b's first `padding[b]` cache positions are
+/// padding and never attended to.
+public struct AttentionLayout: Sendable {
+    public var batch: Int
+    public var length: Int
+    public var pastLength: Int
+    public var padding: [Int]
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    public var scale: Float
+
+    public init(batch: Int, length: Int, pastLength: Int, padding: [Int], heads: Int, kvHeads: Int, headDim: Int, scale: Float) {
+        self.batch = batch; self.length = length; self.pastLength = pastLength; self.padding = padding
+        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.scale = scale
+    }
+}
+
+/// The operations a model's forward pass is written against. A backend owns its buffers and
+/// never knows which model runs; a model never calls backend-specific code (DESIGN.md layer 3).
+/// Activations are 2-D: [rows, features], row r = b * length + t.
+public protocol Backend: AnyObject, Sendable {
+    var name: String { get }
+
+    // Memory
+    /// Moves a checkpoint tensor onto the backend in the backend's weight format.
+    func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor
+    func upload(floats: [Float], shape: [Int]) -> Tensor
+    func zeros(shape: [Int]) -> Tensor
+    func download(_ tensor: Tensor) -> [Float]
+
+    // Ops
+    /// table[ids[i]] for each id: [ids.count, dim].
+    func embedding(_ table: Tensor, ids: [Int32]) -> Tensor
+    /// x [M, K] * weight[N, K]^T + bias -> [M, N]
+    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor
+    func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor
+    func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor
+    /// a += b (same shape).
+    func addInPlace(_ a: Tensor, _ b: Tensor)
+    func activate(_ x: Tensor, _ activation: Activation) -> Tensor
+    /// act(gate) * up, SwiGLU-style.
+    func gatedActivate(gate: Tensor, up: Tensor, _ activation: Activation) -> Tensor
+    /// Rotary embedding in place on x [rows, heads * headDim], rotate-half convention;
+    /// `cos`/`sin` are [rows, headDim / 2].
+    func applyRotary(_ x: Tensor, heads: Int, headDim: Int, cos: Tensor, sin: Tensor)
+    /// Writes this step's keys/values [batch * length, kvHeads * headDim] into the cache
+    /// tensors [batch, kvHeads, capacity, headDim] at positions pastLength ..< pastLength + length.
+    func storeKV(key: Tensor, value: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout)
+    /// Causal attention of q [batch * length, heads * headDim] over the cache, padding masked.
+    func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor
+    /// Rows of x at `indices`.
+    func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor
+}

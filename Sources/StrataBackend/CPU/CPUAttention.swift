@@ -1,0 +1,88 @@
+import COpenBLAS
+import StrataCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension CPUBackend {
+    public func applyRotary(_ x: Tensor, heads: Int, headDim: Int, cos: Tensor, sin: Tensor) {
+        let half = headDim / 2
+        let p = x.floats, c = cos.floats, s = sin.floats
+        let width = heads * headDim
+        for r in 0..<x.rows {
+            let cr = c + r * half, sr = s + r * half
+            for h in 0..<heads {
+                let v = p + r * width + h * headDim
+                for i in 0..<half {
+                    let x1 = v[i], x2 = v[i + half]
+                    v[i] = x1 * cr[i] - x2 * sr[i]
+                    v[i + half] = x2 * cr[i] + x1 * sr[i]
+                }
+            }
+        }
+    }
+
+    public func storeKV(key: Tensor, value: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) {
+        let d = layout.headDim, kvh = layout.kvHeads, capacity = keyCache.shape[2]
+        precondition(layout.pastLength + layout.length <= capacity, "KV cache overflow")
+        for b in 0..<layout.batch {
+            for t in 0..<layout.length {
+                let row = b * layout.length + t
+                let position = layout.pastLength + t
+                for h in 0..<kvh {
+                    let dst = ((b * kvh + h) * capacity + position) * d
+                    (keyCache.floats + dst).update(from: key.floats + row * kvh * d + h * d, count: d)
+                    (valueCache.floats + dst).update(from: value.floats + row * kvh * d + h * d, count: d)
+                }
+            }
+        }
+    }
+
+    /// Per (row, head): scores = q K^T (OpenBLAS), masked softmax, then P V (OpenBLAS).
+    public func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor {
+        let B = layout.batch, T = layout.length, H = layout.heads, D = layout.headDim
+        let group = H / layout.kvHeads
+        let capacity = keyCache.shape[2]
+        let total = layout.pastLength + T
+        let width = H * D
+        let out = zeros(shape: [B * T, width])
+        let q = query.floats, kc = keyCache.floats, vc = valueCache.floats, o = out.floats
+        let padding = layout.padding
+        let scale = layout.scale
+        parallelFor(B * H, threads: threads) { range in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: T * total)
+            defer { scores.deallocate() }
+            for task in range {
+                let b = task / H, h = task % H
+                let kvOffset = (b * layout.kvHeads + h / group) * capacity * D
+                let pad = padding[b]
+                let valid = total - pad
+                guard valid > 0 else { continue }
+                let qBase = q + b * T * width + h * D
+                // scores[T, valid] = scale * Q[T, D] x K[pad..<total, D]^T
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(valid), Int32(D),
+                            scale, qBase, Int32(width), kc + kvOffset + pad * D, Int32(D), 0, scores, Int32(valid))
+                for t in 0..<T {
+                    let row = scores + t * valid
+                    // Query t sits at cache position pastLength + t; keys after it are masked.
+                    let visible = layout.pastLength + t + 1 - pad
+                    if visible <= 0 {
+                        for j in 0..<valid { row[j] = 0 }
+                        continue
+                    }
+                    var maxScore = -Float.infinity
+                    for j in 0..<visible { maxScore = max(maxScore, row[j]) }
+                    var sum: Float = 0
+                    for j in 0..<visible { let e = expf(row[j] - maxScore); row[j] = e; sum += e }
+                    let inv = 1 / sum
+                    for j in 0..<visible { row[j] *= inv }
+                    for j in visible..<valid { row[j] = 0 }
+                }
+                // out[T, D] = P[T, valid] x V[pad..<total, D]
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(valid),
+                            1, scores, Int32(valid), vc + kvOffset + pad * D, Int32(D), 0, o + b * T * width + h * D, Int32(width))
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,192 @@
+import COpenBLAS
+import StrataCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The CPU backend: f32 compute, GEMM through OpenBLAS, the rest in SIMD Swift loops.
+public final class CPUBackend: Backend {
+    /// How checkpoint weights are held: converted to f32 once at load, or kept in their stored
+    /// dtype (f16/bf16) and widened on each use (half the memory, extra conversion per matmul).
+    public enum WeightFormat: String, Sendable, CaseIterable {
+        case f32
+        case asStored = "as-stored"
+    }
+
+    public let name = "cpu"
+    public let threads: Int
+    public let weightFormat: WeightFormat
+
+    public init(threads: Int = 1, weightFormat: WeightFormat = .f32) {
+        self.threads = max(1, threads)
+        self.weightFormat = weightFormat
+        openblas_set_num_threads(Int32(self.threads))
+    }
+
+    func allocate(_ shape: [Int]) -> Tensor {
+        let count = shape.reduce(1, *)
+        return Tensor(shape: shape, dtype: .f32, buffer: .host(byteCount: count * 4, backendName: name))
+    }
+
+    // MARK: Memory
+
+    public func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
+        let count = shape.reduce(1, *)
+        if dtype == .f32 || weightFormat == .f32 {
+            let t = allocate(shape)
+            if count > 0 { Precision.convertToFloat(view.baseAddress!, dtype: dtype, count: count, into: t.floats) }
+            return t
+        }
+        let buffer = DeviceBuffer.host(byteCount: view.count, backendName: name)
+        if view.count > 0 { buffer.pointer.copyMemory(from: view.baseAddress!, byteCount: view.count) }
+        return Tensor(shape: shape, dtype: dtype, buffer: buffer)
+    }
+
+    public func upload(floats: [Float], shape: [Int]) -> Tensor {
+        precondition(floats.count == shape.reduce(1, *), "shape \(shape) does not match \(floats.count) values")
+        let t = allocate(shape)
+        floats.withUnsafeBufferPointer { if let b = $0.baseAddress { t.floats.update(from: b, count: floats.count) } }
+        return t
+    }
+
+    public func zeros(shape: [Int]) -> Tensor {
+        let t = allocate(shape)
+        t.buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: t.byteCount)
+        return t
+    }
+
+    public func download(_ tensor: Tensor) -> [Float] {
+        let count = tensor.elementCount
+        return [Float](unsafeUninitializedCapacity: count) { b, n in
+            if count > 0 { Precision.convertToFloat(tensor.buffer.pointer, dtype: tensor.dtype, count: count, into: b.baseAddress!) }
+            n = count
+        }
+    }
+
+    // MARK: Ops
+
+    public func embedding(_ table: Tensor, ids: [Int32]) -> Tensor {
+        let dim = table.columns
+        let out = allocate([ids.count, dim])
+        for (r, id) in ids.enumerated() {
+            let src = table.buffer.pointer + Int(id) * dim * table.dtype.byteSize
+            Precision.convertToFloat(src, dtype: table.dtype, count: dim, into: out.floats + r * dim)
+        }
+        return out
+    }
+
+    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        let m = x.rows, k = x.columns, n = weight.shape[0]
+        precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")
+        let out = allocate(x.shape.dropLast() + [n])
+        if let bias {
+            let b = bias.floats
+            for r in 0..<m { (out.floats + r * n).update(from: b, count: n) }
+        }
+        let beta: Float = bias == nil ? 0 : 1
+        if weight.dtype == .f32 {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
+                        1, x.floats, Int32(k), weight.floats, Int32(k), beta, out.floats, Int32(n))
+        } else {
+            // Widen the stored weight in slabs of rows so the f32 copy stays cache-sized.
+            let slab = max(1, min(n, (1 << 20) / max(k, 1)))
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slab * k)
+            defer { scratch.deallocate() }
+            var row = 0
+            while row < n {
+                let rowsNow = min(slab, n - row)
+                let src = weight.buffer.pointer + row * k * weight.dtype.byteSize
+                Precision.convertToFloat(src, dtype: weight.dtype, count: rowsNow * k, into: scratch)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(rowsNow), Int32(k),
+                            1, x.floats, Int32(k), scratch, Int32(k), beta, out.floats + row, Int32(n))
+                row += rowsNow
+            }
+        }
+        return out
+    }
+
+    public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        let rows = x.rows, n = x.columns
+        let out = allocate(x.shape)
+        let src = x.floats, dst = out.floats
+        let w = weight?.floats, b = bias?.floats
+        parallelFor(rows, threads: threads, minimumPerThread: max(1, 16384 / max(n, 1))) { range in
+            for r in range {
+                let row = src + r * n, o = dst + r * n
+                var mean: Float = 0
+                for i in 0..<n { mean += row[i] }
+                mean /= Float(n)
+                var variance: Float = 0
+                for i in 0..<n { let d = row[i] - mean; variance += d * d }
+                variance /= Float(n)
+                let inv = 1 / (variance + eps).squareRoot()
+                for i in 0..<n {
+                    var v = (row[i] - mean) * inv
+                    if let w { v *= w[i] }
+                    if let b { v += b[i] }
+                    o[i] = v
+                }
+            }
+        }
+        return out
+    }
+
+    public func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor {
+        let rows = x.rows, n = x.columns
+        let out = allocate(x.shape)
+        let src = x.floats, dst = out.floats, w = weight.floats
+        parallelFor(rows, threads: threads, minimumPerThread: max(1, 16384 / max(n, 1))) { range in
+            for r in range {
+                let row = src + r * n, o = dst + r * n
+                var sum: Float = 0
+                for i in 0..<n { sum += row[i] * row[i] }
+                let inv = 1 / (sum / Float(n) + eps).squareRoot()
+                for i in 0..<n { o[i] = w[i] * (row[i] * inv) }
+            }
+        }
+        return out
+    }
+
+    public func addInPlace(_ a: Tensor, _ b: Tensor) {
+        precondition(a.elementCount == b.elementCount, "add: shapes \(a.shape) and \(b.shape) differ")
+        let pa = a.floats, pb = b.floats
+        parallelFor(a.elementCount, threads: threads, minimumPerThread: 65536) { range in
+            for i in range { pa[i] += pb[i] }
+        }
+    }
+
+    @inline(__always)
+    static func apply(_ activation: Activation, _ v: Float) -> Float {
+        switch activation {
+        case .relu: return max(v, 0)
+        case .silu: return v / (1 + expf(-v))
+        case .gelu: return 0.5 * v * (1 + erff(v * 0.70710678118654752))
+        case .geluTanh: return 0.5 * v * (1 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+        }
+    }
+
+    public func activate(_ x: Tensor, _ activation: Activation) -> Tensor {
+        let out = allocate(x.shape)
+        let src = x.floats, dst = out.floats
+        parallelFor(x.elementCount, threads: threads, minimumPerThread: 32768) { range in
+            for i in range { dst[i] = Self.apply(activation, src[i]) }
+        }
+        return out
+    }
+
+    public func gatedActivate(gate: Tensor, up: Tensor, _ activation: Activation) -> Tensor {
+        let out = allocate(gate.shape)
+        let g = gate.floats, u = up.floats, dst = out.floats
+        parallelFor(gate.elementCount, threads: threads, minimumPerThread: 32768) { range in
+            for i in range { dst[i] = Self.apply(activation, g[i]) * u[i] }
+        }
+        return out
+    }
+
+    public func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor {
+        let n = x.columns
+        let out = allocate([indices.count, n])
+        for (r, i) in indices.enumerated() { (out.floats + r * n).update(from: x.floats + i * n, count: n) }
+        return out
+    }
+}

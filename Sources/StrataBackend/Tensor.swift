@@ -1,0 +1,59 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import StrataCore
+
+/// Memory owned by a backend. The model never reads `pointer` itself: on a GPU backend it is a
+/// device address. `owner` keeps a mapping alive when a buffer aliases a checkpoint file.
+public final class DeviceBuffer: @unchecked Sendable {
+    public let pointer: UnsafeMutableRawPointer
+    public let byteCount: Int
+    public let backendName: String
+    private let owner: AnyObject?
+    private let deallocate: (@Sendable (UnsafeMutableRawPointer) -> Void)?
+
+    public init(pointer: UnsafeMutableRawPointer, byteCount: Int, backendName: String,
+                owner: AnyObject? = nil, deallocate: (@Sendable (UnsafeMutableRawPointer) -> Void)?) {
+        self.pointer = pointer
+        self.byteCount = byteCount
+        self.backendName = backendName
+        self.owner = owner
+        self.deallocate = deallocate
+    }
+
+    /// 64-byte aligned host memory (cache-line and AVX-512 friendly).
+    public static func host(byteCount: Int, backendName: String) -> DeviceBuffer {
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, max(byteCount, 64)) == 0, let raw else {
+            fatalError("out of memory allocating \(byteCount) bytes")
+        }
+        return DeviceBuffer(pointer: raw, byteCount: byteCount, backendName: backendName) { free($0) }
+    }
+
+    deinit { deallocate?(pointer) }
+}
+
+/// A tensor handle: shape, element type and the backend buffer holding it. Row-major.
+public struct Tensor: @unchecked Sendable {
+    public let shape: [Int]
+    public let dtype: DType
+    public let buffer: DeviceBuffer
+
+    public init(shape: [Int], dtype: DType, buffer: DeviceBuffer) {
+        self.shape = shape
+        self.dtype = dtype
+        self.buffer = buffer
+    }
+
+    public var elementCount: Int { shape.reduce(1, *) }
+    public var rows: Int { shape.count >= 2 ? shape.dropLast().reduce(1, *) : 1 }
+    public var columns: Int { shape.last ?? 1 }
+    public var byteCount: Int { elementCount * dtype.byteSize }
+
+    /// f32 element pointer; only for backends whose buffers are host memory.
+    @inline(__always) public var floats: UnsafeMutablePointer<Float> {
+        buffer.pointer.assumingMemoryBound(to: Float.self)
+    }
+}
