@@ -186,11 +186,18 @@ def model_reference(directory, model, tok, eos_id, pad_id, gen_tokens=24):
 
 
 def save_model(model, directory, dtype, shard=None):
+    # Non-persistent buffers (RoPE inv_freq) would be rounded by .to(dtype) too; a loader
+    # recomputes them from config.json, so the reference must use the unrounded ones.
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
     model = model.to(dtype)
     kwargs = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(directory, safe_serialization=True, **kwargs)
     # The reference is computed in f32 from the weights as stored (rounded to dtype).
-    return model.float()
+    model = model.float()
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+    return model
 
 
 def build_opt(directory, tok_dir_writer, vocab, post_ln, dtype, shard=None):

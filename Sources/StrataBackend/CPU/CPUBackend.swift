@@ -32,7 +32,8 @@ public final class CPUBackend: Backend {
 
     public func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
         let count = shape.reduce(1, *)
-        if dtype == .f32 || weightFormat == .f32 {
+        // Vectors (norms, biases) are tiny and read element-wise by kernels: always f32.
+        if dtype == .f32 || weightFormat == .f32 || shape.count < 2 {
             let t = allocate(shape)
             if count > 0 { Precision.convertToFloat(view.baseAddress!, dtype: dtype, count: count, into: t.floats) }
             return t

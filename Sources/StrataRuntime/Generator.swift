@@ -1,0 +1,140 @@
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum FinishReason: String, Sendable { case stop, length }
+
+/// One sequence to continue.
+public struct GenerationRequest: Sendable {
+    public var promptIds: [Int]
+    public var maxNewTokens: Int
+    public var stopStrings: [String]
+    /// Seeds this request's sampler together with SamplingParameters.seed, so results do not
+    /// depend on which batch the request lands in.
+    public var sampleIndex: UInt64
+
+    public init(promptIds: [Int], maxNewTokens: Int, stopStrings: [String] = [], sampleIndex: UInt64 = 0) {
+        self.promptIds = promptIds
+        self.maxNewTokens = maxNewTokens
+        self.stopStrings = stopStrings
+        self.sampleIndex = sampleIndex
+    }
+}
+
+public struct GenerationResult: Sendable, Equatable {
+    public var tokenIds: [Int]
+    public var text: String
+    public var finishReason: FinishReason
+}
+
+/// Wall-clock split of a batch: prefill (prompt pass) and decode (one token per step).
+public struct GenerationTiming: Sendable {
+    public var prefillSeconds = 0.0
+    public var decodeSeconds = 0.0
+    public var promptTokens = 0
+    public var newTokens = 0
+    public var decodeSteps = 0
+    public init() {}
+}
+
+/// Batched generation over a left-padded batch with a KV cache, per-row stopping (EOS, stop
+/// strings, token budget) and greedy or seeded sampling.
+public final class Generator: Sendable {
+    public let bundle: ModelBundle
+
+    public init(bundle: ModelBundle) { self.bundle = bundle }
+
+    /// Generates for every request in one batch. `ignoreEOS` keeps going to `maxNewTokens`
+    /// (benchmarks). `onToken` is not used for batch jobs; results come back together.
+    public func generate(_ requests: [GenerationRequest], sampling: SamplingParameters, ignoreEOS: Bool = false,
+                         timing: inout GenerationTiming) -> [GenerationResult] {
+        guard !requests.isEmpty else { return [] }
+        let model = bundle.model
+        let batch = requests.count
+        let maxPositions = model.config.maxPositions
+        let promptLength = requests.map(\.promptIds.count).max()!
+        // A row never generates past the model's positions.
+        let budgets = requests.map { max(0, min($0.maxNewTokens, maxPositions - $0.promptIds.count)) }
+        let steps = budgets.max()!
+        let padding = requests.map { promptLength - $0.promptIds.count }
+        var tokens = [Int32](repeating: Int32(bundle.padTokenId), count: batch * promptLength)
+        for (b, r) in requests.enumerated() {
+            for (t, id) in r.promptIds.enumerated() { tokens[b * promptLength + padding[b] + t] = Int32(id) }
+        }
+        let cache = model.makeCache(batch: batch, capacity: promptLength + max(steps, 1))
+        var generated = [[Int]](repeating: [], count: batch)
+        var finished = budgets.map { $0 == 0 }
+        var reasons = [FinishReason](repeating: .length, count: batch)
+        var texts = [String?](repeating: nil, count: batch)
+        var rngs = requests.map { SeededGenerator(seed: sampling.seed &* 0x9E37_79B9_7F4A_7C15 &+ $0.sampleIndex) }
+
+        var step = ForwardStep(tokens: tokens, batch: batch, length: promptLength, pastLength: 0, padding: padding)
+        var clock = Clock()
+        timing.promptTokens += requests.reduce(0) { $0 + $1.promptIds.count }
+        var isPrefill = true
+        while finished.contains(false) {
+            let logits = model.backend.download(model.forward(step, cache: cache))
+            let vocab = logits.count / batch
+            var next = [Int32](repeating: Int32(bundle.padTokenId), count: batch)
+            logits.withUnsafeBufferPointer { all in
+                for b in 0..<batch where !finished[b] {
+                    let row = UnsafeBufferPointer(rebasing: all[(b * vocab)..<((b + 1) * vocab)])
+                    let token = Sampler.sample(row, sampling, rng: &rngs[b])
+                    next[b] = Int32(token)
+                    generated[b].append(token)
+                    timing.newTokens += 1
+                    if !ignoreEOS && bundle.eosTokenIds.contains(token) {
+                        finished[b] = true; reasons[b] = .stop
+                    } else if let cut = stopMatch(generated[b], requests[b].stopStrings) {
+                        texts[b] = cut
+                        finished[b] = true; reasons[b] = .stop
+                    } else if generated[b].count >= budgets[b] {
+                        finished[b] = true; reasons[b] = .length
+                    }
+                }
+            }
+            let elapsed = clock.lap()
+            if isPrefill { timing.prefillSeconds += elapsed } else { timing.decodeSeconds += elapsed; timing.decodeSteps += 1 }
+            isPrefill = false
+            if !finished.contains(false) { break }
+            step = ForwardStep(tokens: next, batch: batch, length: 1, pastLength: cache.length, padding: padding)
+        }
+        return (0..<batch).map { b in
+            let text = texts[b] ?? bundle.tokenizer.decode(generated[b])
+            return GenerationResult(tokenIds: generated[b], text: text, finishReason: reasons[b])
+        }
+    }
+
+    /// The text up to the first stop string, if the decoded continuation contains one.
+    private func stopMatch(_ ids: [Int], _ stops: [String]) -> String? {
+        guard !stops.isEmpty else { return nil }
+        let text = bundle.tokenizer.decode(ids)
+        var earliest: String.Index?
+        for s in stops where !s.isEmpty {
+            if let r = text.firstRange(of: s), earliest == nil || r.lowerBound < earliest! { earliest = r.lowerBound }
+        }
+        guard let cut = earliest else { return nil }
+        return String(text[..<cut])
+    }
+}
+
+/// Monotonic wall clock.
+public struct Clock: Sendable {
+    private var last: Double
+    public init() { last = Clock.now() }
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+    /// Seconds since the previous lap (or creation).
+    public mutating func lap() -> Double {
+        let t = Clock.now()
+        defer { last = t }
+        return t - last
+    }
+}

@@ -1,0 +1,51 @@
+import StrataBackend
+import StrataModels
+import StrataRuntime
+import Testing
+
+/// Strata against transformers on the fixture models: logits of a left-padded batch within
+/// 1e-4 (max abs) and greedy generations token for token.
+@Suite struct ModelReferenceTests {
+    static let logitTolerance: Float = 1e-4
+
+    @Test(arguments: Fixtures.modelNames, [CPUBackend.WeightFormat.f32, .asStored])
+    func lastPositionLogitsMatchTransformers(model name: String, weights: CPUBackend.WeightFormat) throws {
+        let reference = try Fixtures.reference(name)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2, weightFormat: weights))
+        let model = bundle.model
+        let batch = reference.promptIds.count
+        let width = reference.promptIds.map(\.count).max()!
+        let padding = reference.promptIds.map { width - $0.count }
+        var tokens: [Int32] = []
+        for (b, ids) in reference.promptIds.enumerated() {
+            tokens += Array(repeating: Int32(reference.padTokenId), count: padding[b]) + ids.map(Int32.init)
+        }
+        let step = ForwardStep(tokens: tokens, batch: batch, length: width, pastLength: 0, padding: padding)
+        let logits = model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width)))
+        #expect(logits.count == reference.lastLogits.count)
+        let maxError = zip(logits, reference.lastLogits).map { abs($0 - $1) }.max() ?? .infinity
+        #expect(maxError <= Self.logitTolerance, "max |strata - transformers| = \(maxError) for \(name)")
+    }
+
+    @Test(arguments: Fixtures.modelNames)
+    func greedyGenerationMatchesTransformers(model name: String) throws {
+        let reference = try Fixtures.reference(name)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2))
+        let generator = Generator(bundle: bundle)
+        var timing = GenerationTiming()
+        let requests = reference.promptIds.map { GenerationRequest(promptIds: $0, maxNewTokens: reference.maxNewTokens) }
+        let batched = generator.generate(requests, sampling: SamplingParameters(), timing: &timing)
+        #expect(batched.map(\.tokenIds) == reference.batchedGreedy)
+        for (i, r) in requests.enumerated() {
+            let single = generator.generate([r], sampling: SamplingParameters(), timing: &timing)
+            #expect(single[0].tokenIds == reference.singleGreedy[i], "prompt \(i) of \(name) one by one")
+        }
+    }
+
+    @Test(arguments: Fixtures.modelNames)
+    func promptsTokenizeAsTransformers(model name: String) throws {
+        let reference = try Fixtures.reference(name)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend())
+        #expect(reference.prompts.map { bundle.tokenizer.encode($0) } == reference.promptIds)
+    }
+}
