@@ -158,10 +158,10 @@ enum DecoderStep: Sendable {
                 return String(chars)
             }
         case .metaspace(let replacement, let scheme):
+            // As in `tokenizers`: every marker of the first token is dropped (it stood for the
+            // prepended space), the others become spaces.
             return tokens.enumerated().map { i, t in
-                var s = t.replacingAll(replacement, with: " ")
-                if i == 0 && scheme != "never" && s.hasPrefix(" ") { s.removeFirst() }
-                return s
+                t.replacingAll(replacement, with: i == 0 && scheme != "never" ? "" : " ")
             }
         }
     }
