@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataRuntime",
+                "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags

@@ -1,0 +1,47 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum Console {
+    /// Writes straight to file descriptor 2 (the C `stderr` global is not concurrency-safe).
+    private static func writeStderr(_ text: String) {
+        var bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
+            if n <= 0 { return }
+            offset += n
+        }
+        bytes.removeAll()
+    }
+
+    static func error(_ line: String) {
+        writeStderr(line + "\n")
+    }
+
+    /// Rewrites the current stderr line (progress bars).
+    static func status(_ line: String) {
+        writeStderr("\r\u{1B}[2K" + line)
+    }
+
+    static func progressBar(done: Int, total: Int, width: Int = 30) -> String {
+        let filled = total > 0 ? width * done / total : width
+        return "[" + String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled) + "]"
+    }
+}
+
+extension Double {
+    func formatted(_ digits: Int) -> String {
+        var p = 1.0
+        for _ in 0..<digits { p *= 10 }
+        let v = (self * p).rounded() / p
+        var s = "\(v)"
+        if let dot = s.firstIndex(of: ".") {
+            let decimals = s.distance(from: dot, to: s.endIndex) - 1
+            if decimals < digits { s += String(repeating: "0", count: digits - decimals) }
+        } else if digits > 0 {
+            s += "." + String(repeating: "0", count: digits)
+        }
+        return s
+    }
+}

@@ -1,0 +1,119 @@
+import ArgumentParser
+import StrataCore
+import StrataFormats
+import StrataRuntime
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate continuations for one prompt or a JSONL file of prompts.",
+        discussion: """
+        With --prompt, prints one JSON object. With --input/--output, reads lines like
+        {"prompt": "...", "id": 7} and appends one JSON object per line to the output as each batch
+        finishes; rerunning the same command resumes where it stopped (--overwrite starts afresh).
+        """)
+
+    @OptionGroup var backend: BackendOptions
+
+    @Option(help: "A single prompt.") var prompt: String?
+    @Option(help: "JSONL input, one {\"prompt\": ...} object per line.") var input: String?
+    @Option(help: "JSONL output (required with --input).") var output: String?
+    @Option(help: "Tokens to generate per prompt.") var maxNewTokens: Int = 32
+    @Option(help: "Prompts per batch.") var batchSize: Int = 8
+    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
+    @Option(help: "Nucleus sampling mass (1 disables).") var topP: Float = 1
+    @Option(help: "Keep only the k most likely tokens (0 disables).") var topK: Int = 0
+    @Option(help: "Seed for sampling; the same seed gives the same output.") var seed: UInt64 = 0
+    @Option(name: .customLong("stop"), help: "Stop string (repeatable).") var stops: [String] = []
+    @Flag(help: "Start a fresh output file instead of resuming.") var overwrite = false
+
+    func validate() throws {
+        guard (prompt == nil) != (input == nil) else { throw ValidationError("give exactly one of --prompt or --input") }
+        if input != nil && output == nil { throw ValidationError("--input needs --output") }
+        guard maxNewTokens > 0 else { throw ValidationError("--max-new-tokens must be positive") }
+        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
+            try sampling.validate()
+            if let prompt {
+                let generator = Generator(bundle: try backend.loadBundle())
+                let ids = try generator.bundle.encodePrompt(prompt, maxNewTokens: maxNewTokens)
+                var timing = GenerationTiming()
+                let r = generator.generate([GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, stopStrings: stops)],
+                                           sampling: sampling, timing: &timing)[0]
+                let object = JSONValue.object([
+                    "prompt": .string(prompt), "text": .string(r.text),
+                    "token_ids": .array(r.tokenIds.map { .number(Double($0)) }),
+                    "finish_reason": .string(r.finishReason.rawValue),
+                ])
+                print(object.serialized())
+                return
+            }
+            let job = BatchJob(inputPath: input!, outputPath: output!, batchSize: batchSize, maxNewTokens: maxNewTokens,
+                               stopStrings: stops, sampling: sampling, overwrite: overwrite)
+            let out = try job.prepareOutput()   // fail on an unwritable path before loading the model
+            let generator = Generator(bundle: try backend.loadBundle())
+            let summary = try job.run(generator: generator, output: out) { p in
+                let rate = p.seconds > 0 ? Double(p.newTokens) / p.seconds : 0
+                Console.status("\(Console.progressBar(done: p.done, total: p.total)) \(p.done)/\(p.total) prompts, \(rate.formatted(1)) tokens/s")
+            }
+            if summary.completed > 0 { Console.error("") }
+            for s in summary.skipped { Console.error("skipped \(s)") }
+            let t = summary.timing
+            let total = summary.wallSeconds > 0 ? Double(t.newTokens) / summary.wallSeconds : 0
+            Console.error("""
+                done: \(summary.completed) generated, \(summary.alreadyDone) already in \(output!), \(summary.skipped.count) skipped; \
+                \(t.newTokens) new tokens in \(summary.wallSeconds.formatted(2)) s = \(total.formatted(1)) tokens/s \
+                (prefill \(t.prefillSeconds > 0 ? (Double(t.promptTokens) / t.prefillSeconds).formatted(1) : "-") tokens/s)
+                """)
+        }
+    }
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the token ids of a text as a JSON array.")
+
+    @Option(help: "Model or tokenizer directory.") var model: String
+    @Option(help: "Text to tokenize.") var text: String
+    @Flag(help: "Leave out the special tokens the tokenizer would add (BOS/EOS).") var noSpecialTokens = false
+
+    func run() throws {
+        try reportingErrors {
+            let tokenizer = try Tokenizer.load(directory: model)
+            let ids = tokenizer.encode(text, addSpecialTokens: !noSpecialTokens)
+            print("[" + ids.map(String.init).joined(separator: ", ") + "]")
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure prefill, decode and total generation throughput on random prompts (FlexGen's workload).")
+
+    @OptionGroup var backend: BackendOptions
+    @Option(help: "Sequences per batch.") var batchSize: Int = 16
+    @Option(help: "Prompt tokens per sequence.") var promptLen: Int = 128
+    @Option(help: "New tokens per sequence (EOS ignored).") var genLen: Int = 32
+    @Option(help: "Measured runs; the median is reported.") var `repeat`: Int = 1
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let generator = Generator(bundle: try backend.loadBundle())
+            let r = try Benchmark(batchSize: batchSize, promptLength: promptLen, genLength: genLen, repeats: `repeat`).run(generator)
+            if json {
+                print(r.json.serialized())
+            } else {
+                print("""
+                    model \(backend.model), batch \(batchSize), prompt \(promptLen), gen \(genLen), threads \(backend.threads)
+                    prefill   \(r.prefillTokensPerSecond.formatted(1)) tokens/s
+                    decode    \(r.decodeTokensPerSecond.formatted(1)) tokens/s
+                    total     \(r.totalTokensPerSecond.formatted(2)) tokens/s (new tokens / wall time, \(r.wallSeconds.formatted(2)) s)
+                    peak RSS  \((Double(r.peakRSSBytes) / 1_048_576).formatted(1)) MiB
+                    """)
+            }
+        }
+    }
+}
