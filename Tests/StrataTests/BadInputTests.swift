@@ -12,7 +12,7 @@ import Foundation
 /// Every bad input gives a StrataError naming the file, field or request, never a crash.
 @Suite struct BadInputTests {
     func write(_ bytes: [UInt8], to path: String) {
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
     }
 
     /// A copy of a fixture model directory, so a test can break one file of it.
