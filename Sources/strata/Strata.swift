@@ -4,6 +4,13 @@ import StrataCore
 import StrataRuntime
 
 @main
+enum Main {
+    static func main() {
+        CPUSetup.selectOpenBLASKernels()
+        Strata.main()
+    }
+}
+
 struct Strata: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",

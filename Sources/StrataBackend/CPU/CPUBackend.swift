@@ -20,7 +20,11 @@ public final class CPUBackend: Backend {
     public init(threads: Int = 1, weightFormat: WeightFormat = .f32) {
         self.threads = max(1, threads)
         self.weightFormat = weightFormat
-        openblas_set_num_threads(Int32(self.threads))
+        // One thread pool owns the cores: OpenBLAS runs single-threaded inside Strata's workers.
+        // Its own pool would spin-wait between GEMMs and steal the cores from attention and
+        // norms (measured: ~3 s of system time in a 6 s benchmark on 2 cores).
+        openblas_set_num_threads(1)
+        CPUSetup.retainFreedMemory()
     }
 
     func allocate(_ shape: [Int]) -> Tensor {
@@ -85,21 +89,30 @@ public final class CPUBackend: Backend {
             for r in 0..<m { (out.floats + r * n).update(from: b, count: n) }
         }
         let beta: Float = bias == nil ? 0 : 1
-        if weight.dtype == .f32 {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
-                        1, x.floats, Int32(k), weight.floats, Int32(k), beta, out.floats, Int32(n))
-        } else {
+        let xp = x.floats, op = out.floats
+        // Output columns are split across workers; each runs a single-threaded sgemm on its slab.
+        parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+            if weight.dtype == .f32 {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(columns.count), Int32(k),
+                            1, xp, Int32(k), weight.floats + columns.lowerBound * k, Int32(k), beta, op + columns.lowerBound, Int32(n))
+                return
+            }
+            if weight.dtype == .f16 && m <= HalfGEMM.maxRows {
+                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: Float16.self),
+                             columns: columns, out: op, ldc: n, beta: beta)
+                return
+            }
             // Widen the stored weight in slabs of rows so the f32 copy stays cache-sized.
-            let slab = max(1, min(n, (1 << 20) / max(k, 1)))
+            let slab = max(1, min(columns.count, (1 << 18) / max(k, 1)))
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slab * k)
             defer { scratch.deallocate() }
-            var row = 0
-            while row < n {
-                let rowsNow = min(slab, n - row)
+            var row = columns.lowerBound
+            while row < columns.upperBound {
+                let rowsNow = min(slab, columns.upperBound - row)
                 let src = weight.buffer.pointer + row * k * weight.dtype.byteSize
                 Precision.convertToFloat(src, dtype: weight.dtype, count: rowsNow * k, into: scratch)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(rowsNow), Int32(k),
-                            1, x.floats, Int32(k), scratch, Int32(k), beta, out.floats + row, Int32(n))
+                            1, xp, Int32(k), scratch, Int32(k), beta, op + row, Int32(n))
                 row += rowsNow
             }
         }

@@ -1,0 +1,44 @@
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Process-wide settings that decide CPU backend speed and must be made before work starts.
+public enum CPUSetup {
+    /// OpenBLAS 0.3.21 detects AVX-512 Zen/Sapphire Rapids CPUs as Haswell and picks AVX2
+    /// kernels; its SkylakeX kernels run GEMM 1.2-1.9x faster there (PLATFORM-NOTES). OpenBLAS
+    /// reads OPENBLAS_CORETYPE when the library loads, before `main`, so the only way to pick
+    /// the kernels for the user is to set it and re-execute once. A user's own setting wins.
+    public static func selectOpenBLASKernels() {
+        #if os(Linux) && arch(x86_64)
+        guard getenv("OPENBLAS_CORETYPE") == nil, cpuHasAVX512() else { return }
+        setenv("OPENBLAS_CORETYPE", "SkylakeX", 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        // execv returns only on failure: carry on with the default kernels.
+        #endif
+    }
+
+    static func cpuHasAVX512() -> Bool {
+        guard let data = FileManager.default.contents(atPath: "/proc/cpuinfo") else { return false }
+        guard let flags = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else {
+            return false
+        }
+        let set = Set(flags.split(separator: " "))
+        return ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy { set.contains(Substring($0)) }
+    }
+
+    /// Keeps freed activation buffers in the heap instead of returning them to the kernel: with
+    /// glibc's defaults every multi-megabyte activation is mmap'd and unmapped per op, and the
+    /// page faults cost as much system time as the GEMMs.
+    public static func retainFreedMemory() {
+        #if canImport(Glibc)
+        _ = mallopt(M_MMAP_THRESHOLD, 512 << 20)
+        _ = mallopt(M_TRIM_THRESHOLD, Int32.max)
+        #endif
+    }
+}

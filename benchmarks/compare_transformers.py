@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Strata vs Hugging Face transformers on the same model, batch and thread count, side by side.
+
+Runs `strata bench --json` and the same workload with transformers (torch CPU, f32 compute,
+greedy, exactly gen_len new tokens), alternating runs so both see the same machine noise, and
+prints medians and the Strata/transformers ratio as one JSON object per metric.
+
+    python3 benchmarks/compare_transformers.py --model bench-models/opt-125m \
+        --batch-size 16 --prompt-len 128 --gen-len 32 --threads 2 --repeat 3
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def hf_run(model, tok_ids, gen_len):
+    import torch
+    attention = torch.ones_like(tok_ids)
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(input_ids=tok_ids, attention_mask=attention, use_cache=True)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(input_ids=tok_ids, attention_mask=attention, max_new_tokens=gen_len, min_new_tokens=gen_len,
+                             do_sample=False, pad_token_id=1)
+        wall = time.perf_counter() - start
+    assert out.shape[1] - tok_ids.shape[1] == gen_len
+    b, s = tok_ids.shape
+    return {"prefill_tokens_per_s": b * s / prefill, "total_tokens_per_s": b * gen_len / wall, "wall_seconds": wall}
+
+
+def strata_run(binary, args):
+    cmd = [binary, "bench", "--model", args.model, "--batch-size", str(args.batch_size), "--prompt-len", str(args.prompt_len),
+           "--gen-len", str(args.gen_len), "--threads", str(args.threads), "--weight-format", args.weight_format, "--json"]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--gen-len", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--weight-format", default="f32")
+    ap.add_argument("--strata", default=".build/release/strata")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(42)
+    ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g)
+    hf_run(model, ids[:1, :8], 2)  # warm-up
+
+    hf, strata = [], []
+    for _ in range(args.repeat):
+        strata.append(strata_run(args.strata, args))
+        hf.append(hf_run(model, ids, args.gen_len))
+    result = {"workload": {"model": args.model, "batch_size": args.batch_size, "prompt_len": args.prompt_len,
+                           "gen_len": args.gen_len, "threads": args.threads, "repeat": args.repeat,
+                           "strata_weight_format": args.weight_format,
+                           "torch": torch.__version__}}
+    for key in ["prefill_tokens_per_s", "total_tokens_per_s"]:
+        s = statistics.median(r[key] for r in strata)
+        h = statistics.median(r[key] for r in hf)
+        result[key] = {"strata": round(s, 2), "transformers": round(h, 2), "ratio": round(s / h, 3)}
+    result["strata_decode_tokens_per_s"] = round(statistics.median(r["decode_tokens_per_s"] for r in strata), 2)
+    result["strata_peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in strata)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
