@@ -8,7 +8,7 @@ enum HalfGEMM {
 
     static func run(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float16>, columns: Range<Int>,
                     out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
-        let kVector = k & ~7
+        let kVector = k & ~15
         var r = 0
         while r < m {
             let rows = min(4, m - r)
@@ -18,15 +18,15 @@ enum HalfGEMM {
             let x3 = x + min(r + 3, m - 1) * k
             for n in columns {
                 let wr = w + n * k
-                var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+                var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
                 var i = 0
                 while i < kVector {
-                    let wv = SIMD8<Float>(UnsafeRawPointer(wr + i).loadUnaligned(as: SIMD8<Float16>.self))
-                    a0 = a0.addingProduct(UnsafeRawPointer(x0 + i).loadUnaligned(as: SIMD8<Float>.self), wv)
-                    a1 = a1.addingProduct(UnsafeRawPointer(x1 + i).loadUnaligned(as: SIMD8<Float>.self), wv)
-                    a2 = a2.addingProduct(UnsafeRawPointer(x2 + i).loadUnaligned(as: SIMD8<Float>.self), wv)
-                    a3 = a3.addingProduct(UnsafeRawPointer(x3 + i).loadUnaligned(as: SIMD8<Float>.self), wv)
-                    i += 8
+                    let wv = SIMD16<Float>(UnsafeRawPointer(wr + i).loadUnaligned(as: SIMD16<Float16>.self))
+                    a0 = a0.addingProduct(UnsafeRawPointer(x0 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
+                    a1 = a1.addingProduct(UnsafeRawPointer(x1 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
+                    a2 = a2.addingProduct(UnsafeRawPointer(x2 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
+                    a3 = a3.addingProduct(UnsafeRawPointer(x3 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
+                    i += 16
                 }
                 var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
                 while i < k {
