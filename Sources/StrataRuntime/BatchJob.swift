@@ -76,7 +76,6 @@ public struct BatchJob: Sendable {
                 summary.skipped.append("\(inputPath):\(lineNumber): \(reason)")
             }
         }
-        var clock = Clock()
         let started = Clock.now()
         for start in stride(from: 0, to: items.count, by: batchSize) {
             let chunk = Array(items[start..<min(start + batchSize, items.count)])
@@ -95,7 +94,6 @@ public struct BatchJob: Sendable {
             }
             try output.append(text)
             summary.completed += chunk.count
-            _ = clock.lap()
             progress(Progress(done: summary.alreadyDone + summary.completed, total: summary.alreadyDone + items.count,
                               newTokens: summary.timing.newTokens, seconds: Clock.now() - started))
         }
