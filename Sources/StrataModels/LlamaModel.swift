@@ -1,6 +1,7 @@
 import StrataBackend
 import StrataCore
 import StrataFormats
+import Synchronization
 
 /// The Llama family (Llama 2/3, Mistral, Qwen2): RMSNorm, rotary positions, SwiGLU MLP,
 /// grouped-query attention, tied or untied embeddings, optional projection biases.
@@ -21,6 +22,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     let layers: [Layer]
     let rotary: Rotary
     let activation: Activation
+    /// cos/sin tables of the step in flight: they depend only on the step's positions, so every
+    /// layer of a step shares one upload.
+    private let rotaryTables = Mutex<(positions: [Int], cos: Tensor, sin: Tensor)?>(nil)
 
     init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend) throws {
         config = c
@@ -71,10 +75,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let q = backend.linear(h, weight: l.q, bias: l.qBias)
         let k = backend.linear(h, weight: l.k, bias: l.kBias)
         let v = backend.linear(h, weight: l.v, bias: l.vBias)
-        let (cosTable, sinTable) = rotary.tables(positions: step.positions)
-        let half = c.headDim / 2
-        let cos = backend.upload(floats: cosTable, shape: [step.positions.count, half])
-        let sin = backend.upload(floats: sinTable, shape: [step.positions.count, half])
+        let (cos, sin) = rotaryTensors(for: step.positions)
         backend.applyRotary(q, heads: c.numHeads, headDim: c.headDim, cos: cos, sin: sin)
         backend.applyRotary(k, heads: c.numKVHeads, headDim: c.headDim, cos: cos, sin: sin)
         let layout = step.attentionLayout(heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim,
@@ -90,6 +91,16 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let m = backend.linear(backend.gatedActivate(gate: gate, up: up, activation), weight: l.down, bias: l.downBias)
         backend.addInPlace(m, h)
         return m
+    }
+
+    private func rotaryTensors(for positions: [Int]) -> (Tensor, Tensor) {
+        if let cached = rotaryTables.withLock({ $0 }), cached.positions == positions { return (cached.cos, cached.sin) }
+        let (cosTable, sinTable) = rotary.tables(positions: positions)
+        let half = config.headDim / 2
+        let cos = backend.upload(floats: cosTable, shape: [positions.count, half])
+        let sin = backend.upload(floats: sinTable, shape: [positions.count, half])
+        rotaryTables.withLock { $0 = (positions, cos, sin) }
+        return (cos, sin)
     }
 
     public func head(_ hidden: Tensor, rows: [Int]) -> Tensor {

@@ -69,7 +69,7 @@ public struct BatchJob: Sendable {
                 let value = try JSONValue.parse(Data(raw), path: "\(inputPath):\(lineNumber)")
                 guard let object = value.object else { throw StrataError.invalidRequest("line is not a JSON object") }
                 guard let prompt = object["prompt"]?.string else { throw StrataError.invalidRequest("missing string field \"prompt\"") }
-                let ids = try generator.bundle.encodePrompt(prompt, maxNewTokens: maxNewTokens)
+                let ids = try generator.bundle.encodePrompt(prompt)
                 items.append(Item(index: lineNumber, fields: object, prompt: prompt, ids: ids))
             } catch {
                 let reason = "\(error)".replacing("\(inputPath):\(lineNumber): ", with: "")

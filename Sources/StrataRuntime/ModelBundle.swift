@@ -34,7 +34,7 @@ public final class ModelBundle: Sendable {
     }
 
     /// Prompt token ids, checked against the model's context.
-    public func encodePrompt(_ prompt: String, maxNewTokens: Int) throws -> [Int] {
+    public func encodePrompt(_ prompt: String) throws -> [Int] {
         guard !prompt.isEmpty else { throw StrataError.invalidRequest("prompt is empty") }
         let ids = tokenizer.encode(prompt)
         guard !ids.isEmpty else { throw StrataError.invalidRequest("prompt encodes to no tokens") }

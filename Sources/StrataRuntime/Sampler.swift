@@ -1,3 +1,4 @@
+import StrataCore
 /// xoshiro256** seeded through SplitMix64: fast, and reproducible across platforms (the
 /// standard library's generator is not seedable).
 public struct SeededGenerator: RandomNumberGenerator, Sendable {
@@ -45,9 +46,9 @@ public struct SamplingParameters: Sendable, Equatable {
     public var isGreedy: Bool { temperature <= 0 }
 
     public func validate() throws {
-        guard temperature >= 0, temperature.isFinite else { throw RuntimeError.request("--temperature must be >= 0, got \(temperature)") }
-        guard topK >= 0 else { throw RuntimeError.request("--top-k must be >= 0 (0 disables it), got \(topK)") }
-        guard topP > 0 && topP <= 1 else { throw RuntimeError.request("--top-p must be in (0, 1], got \(topP)") }
+        guard temperature >= 0, temperature.isFinite else { throw StrataError.invalidRequest("--temperature must be >= 0, got \(temperature)") }
+        guard topK >= 0 else { throw StrataError.invalidRequest("--top-k must be >= 0 (0 disables it), got \(topK)") }
+        guard topP > 0 && topP <= 1 else { throw StrataError.invalidRequest("--top-p must be in (0, 1], got \(topP)") }
     }
 }
 

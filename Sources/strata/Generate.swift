@@ -39,7 +39,7 @@ struct Generate: ParsableCommand {
             try sampling.validate()
             if let prompt {
                 let generator = Generator(bundle: try backend.loadBundle())
-                let ids = try generator.bundle.encodePrompt(prompt, maxNewTokens: maxNewTokens)
+                let ids = try generator.bundle.encodePrompt(prompt)
                 var timing = GenerationTiming()
                 let r = generator.generate([GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, stopStrings: stops)],
                                            sampling: sampling, timing: &timing)[0]

@@ -104,8 +104,8 @@ import Foundation
     @Test func promptLongerThanPositionsAndEmptyPrompt() throws {
         let bundle = try ModelBundle(directory: Fixtures.model("opt-tiny"), backend: CPUBackend())
         let long = String(repeating: "license ", count: 400)
-        expectError(["max_position_embeddings", "128"]) { _ = try bundle.encodePrompt(long, maxNewTokens: 8) }
-        expectError(["prompt is empty"]) { _ = try bundle.encodePrompt("", maxNewTokens: 8) }
+        expectError(["max_position_embeddings", "128"]) { _ = try bundle.encodePrompt(long) }
+        expectError(["prompt is empty"]) { _ = try bundle.encodePrompt("") }
     }
 
     @Test func invalidJSONLLinesAreSkippedWithLineNumbers() throws {

@@ -21,10 +21,10 @@ final class BPEModel: @unchecked Sendable {
         table.reserveCapacity(merges.count)
         for (rank, (a, b)) in merges.enumerated() {
             guard let ia = vocab[a], let ib = vocab[b] else {
-                throw TokenizerError.bad(source, "merge #\(rank) '\(a) \(b)' uses a token missing from the vocabulary")
+                throw StrataError.invalidFile(path: source, detail: "merge #\(rank) '\(a) \(b)' uses a token missing from the vocabulary")
             }
             guard let merged = vocab[a + b] else {
-                throw TokenizerError.bad(source, "merge #\(rank) '\(a) \(b)' produces '\(a + b)', missing from the vocabulary")
+                throw StrataError.invalidFile(path: source, detail: "merge #\(rank) '\(a) \(b)' produces '\(a + b)', missing from the vocabulary")
             }
             let key = UInt64(ia) << 32 | UInt64(ib)
             if table[key] == nil { table[key] = UInt64(rank) << 32 | UInt64(merged) }
@@ -147,11 +147,5 @@ extension String {
     init(format2Hex byte: UInt8) {
         let digits = Array("0123456789ABCDEF")
         self = "<0x" + String(digits[Int(byte >> 4)]) + String(digits[Int(byte & 0xF)]) + ">"
-    }
-}
-
-enum TokenizerError {
-    static func bad(_ source: String, _ detail: String) -> Error {
-        StrataError.invalidFile(path: source, detail: detail)
     }
 }

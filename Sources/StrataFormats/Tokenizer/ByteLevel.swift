@@ -2,7 +2,7 @@
 /// map to themselves, the rest to U+0100 onwards, so every byte string is a visible string.
 enum ByteLevel {
     static let byteToScalar: [Unicode.Scalar] = {
-        var printable: [Int] = Array(33...126) + Array(161...172) + Array(174...255)
+        let printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
         var table = [Unicode.Scalar](repeating: " ", count: 256)
         var extra = 0
         for b in 0..<256 {
@@ -13,7 +13,6 @@ enum ByteLevel {
                 extra += 1
             }
         }
-        printable.removeAll()
         return table
     }()
 

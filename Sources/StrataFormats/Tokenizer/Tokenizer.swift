@@ -48,8 +48,8 @@ public final class Tokenizer: Sendable {
         specialIds = Set(addedTokens.filter(\.special).map(\.id))
         byteIds = (0..<256).map { model.vocab[ByteLevel.byteToString[$0]] }
         var byFirst: [UInt8: [AddedToken]] = [:]
-        for t in addedTokens where !t.content.isEmpty { byFirst[t.content.utf8.first!, default: []].append(t) }
-        addedByFirstByte = byFirst.mapValues { $0.sorted { $0.content.utf8.count > $1.content.utf8.count } }
+        for t in addedTokens where !t.bytes.isEmpty { byFirst[t.bytes[0], default: []].append(t) }
+        addedByFirstByte = byFirst.mapValues { $0.sorted { $0.bytes.count > $1.bytes.count } }
         bosTokenId = bos
         eosTokenId = eos
         padTokenId = pad
@@ -87,7 +87,7 @@ public final class Tokenizer: Sendable {
             var matched: AddedToken?
             if let candidates = addedByFirstByte[b[i]] {
                 for t in candidates {
-                    let c = Array(t.content.utf8)
+                    let c = t.bytes
                     guard i + c.count <= b.count, b[i..<(i + c.count)].elementsEqual(c) else { continue }
                     if t.singleWord {
                         if i > 0 && isWordByte(b[i - 1]) { continue }
@@ -102,7 +102,7 @@ public final class Tokenizer: Sendable {
             if token.lstrip { while textEnd > textStart && isSpace(b[textEnd - 1]) { textEnd -= 1 } }
             if textEnd > textStart { out.append(.text(textStart..<textEnd, first: textStart == 0)) }
             out.append(.added(token.id))
-            i += token.content.utf8.count
+            i += token.bytes.count
             if token.rstrip { while i < b.count && isSpace(b[i]) { i += 1 } }
             textStart = i
         }

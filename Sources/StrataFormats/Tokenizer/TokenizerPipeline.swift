@@ -2,12 +2,19 @@
 /// `tokenizer.json`. Anything else is refused at load with the step named.
 
 struct AddedToken: Sendable {
-    var id: Int
-    var content: String
-    var special: Bool
-    var lstrip: Bool
-    var rstrip: Bool
-    var singleWord: Bool
+    let id: Int
+    let content: String
+    /// `content` as UTF-8, matched against raw input bytes.
+    let bytes: [UInt8]
+    let special: Bool
+    let lstrip: Bool
+    let rstrip: Bool
+    let singleWord: Bool
+
+    init(id: Int, content: String, special: Bool, lstrip: Bool, rstrip: Bool, singleWord: Bool) {
+        self.id = id; self.content = content; self.bytes = Array(content.utf8)
+        self.special = special; self.lstrip = lstrip; self.rstrip = rstrip; self.singleWord = singleWord
+    }
 }
 
 enum Normalizer: Sendable {

@@ -1,5 +1,0 @@
-import StrataCore
-
-enum RuntimeError {
-    static func request(_ detail: String) -> StrataError { .invalidRequest(detail) }
-}
