@@ -3,7 +3,9 @@
 
 Runs `strata bench --json` and the same workload with transformers (torch CPU, f32 compute,
 greedy, exactly gen_len new tokens), alternating runs so both see the same machine noise, and
-prints medians and the Strata/transformers ratio as one JSON object per metric.
+prints medians and the Strata/transformers ratio as one JSON object per metric. Each run is its
+own process, so neither system's idle threads (torch's OpenMP pool spins after work) or
+memory are present while the other one is measured.
 
     python3 benchmarks/compare_transformers.py --model bench-models/opt-125m \
         --batch-size 16 --prompt-len 128 --gen-len 32 --threads 2 --repeat 3
@@ -33,6 +35,26 @@ def hf_run(model, tok_ids, gen_len):
     return {"prefill_tokens_per_s": b * s / prefill, "total_tokens_per_s": b * gen_len / wall, "wall_seconds": wall}
 
 
+def hf_worker(args):
+    """One transformers measurement in this process: load, warm up, run once, print JSON."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(42)
+    ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g)
+    hf_run(model, ids[:1, :8], 2)  # warm-up
+    result = hf_run(model, ids, args.gen_len)
+    result["torch"] = torch.__version__
+    print(json.dumps(result))
+
+
+def hf_subprocess(args):
+    cmd = [sys.executable, __file__, "--hf-worker", "--model", args.model, "--batch-size", str(args.batch_size),
+           "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--threads", str(args.threads)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
 def strata_run(binary, args):
     cmd = [binary, "bench", "--model", args.model, "--batch-size", str(args.batch_size), "--prompt-len", str(args.prompt_len),
            "--gen-len", str(args.gen_len), "--threads", str(args.threads), "--weight-format", args.weight_format, "--json"]
@@ -49,24 +71,20 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--weight-format", default="f32")
     ap.add_argument("--strata", default=".build/release/strata")
+    ap.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM
-    torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(42)
-    ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g)
-    hf_run(model, ids[:1, :8], 2)  # warm-up
+    if args.hf_worker:
+        return hf_worker(args)
 
     hf, strata = [], []
     for _ in range(args.repeat):
         strata.append(strata_run(args.strata, args))
-        hf.append(hf_run(model, ids, args.gen_len))
+        hf.append(hf_subprocess(args))
     result = {"workload": {"model": args.model, "batch_size": args.batch_size, "prompt_len": args.prompt_len,
                            "gen_len": args.gen_len, "threads": args.threads, "repeat": args.repeat,
                            "strata_weight_format": args.weight_format,
-                           "torch": torch.__version__}}
+                           "torch": hf[0]["torch"]}}
     for key in ["prefill_tokens_per_s", "total_tokens_per_s"]:
         s = statistics.median(r[key] for r in strata)
         h = statistics.median(r[key] for r in hf)

@@ -45,3 +45,11 @@ extension Double {
         return s
     }
 }
+
+extension String {
+    /// Pads with spaces to `width` characters (on the left for right-aligned numbers).
+    func padding(_ width: Int, left: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, width - count))
+        return left ? fill + self : self + fill
+    }
+}

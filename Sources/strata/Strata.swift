@@ -15,7 +15,7 @@ struct Strata: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "High-throughput LLM inference for batches of text on small hardware.",
-        subcommands: [Generate.self, Bench.self, Tokenize.self, BenchTokenizer.self])
+        subcommands: [Generate.self, Bench.self, Tokenize.self, BenchTokenizer.self, BenchGEMM.self])
 }
 
 /// Options every model-running command shares.

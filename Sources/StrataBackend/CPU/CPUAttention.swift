@@ -38,7 +38,51 @@ extension CPUBackend {
         }
     }
 
-    /// Per (row, head): scores = q K^T (OpenBLAS), masked softmax, then P V (OpenBLAS).
+    /// Up to this many queries per row (decode steps), attention runs as SIMD dot products:
+    /// two tiny sgemm calls per (row, head) cost more in call overhead than in arithmetic.
+    static let directAttentionMaxQueries = 4
+
+    /// One query against `visible` cached keys: out = softmax(scale * q K^T) V.
+    @inline(__always)
+    static func attendDirect(query: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                             visible: Int, headDim d: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                             out: UnsafeMutablePointer<Float>) {
+        for i in 0..<d { out[i] = 0 }
+        guard visible > 0 else { return }
+        let dVector = d & ~7
+        var maxScore = -Float.infinity
+        for j in 0..<visible {
+            let key = keys + j * d
+            var acc = SIMD8<Float>()
+            var i = 0
+            while i < dVector {
+                acc = acc.addingProduct(UnsafeRawPointer(query + i).loadUnaligned(as: SIMD8<Float>.self),
+                                        UnsafeRawPointer(key + i).loadUnaligned(as: SIMD8<Float>.self))
+                i += 8
+            }
+            var dot = HalfGEMM.reduce(acc)
+            while i < d { dot += query[i] * key[i]; i += 1 }
+            scores[j] = dot * scale
+            maxScore = max(maxScore, scores[j])
+        }
+        var sum: Float = 0
+        for j in 0..<visible { let e = expf(scores[j] - maxScore); scores[j] = e; sum += e }
+        let inv = 1 / sum
+        for j in 0..<visible {
+            let p = scores[j] * inv, value = values + j * d
+            var i = 0
+            while i < dVector {
+                let o = UnsafeRawPointer(out + i).loadUnaligned(as: SIMD8<Float>.self)
+                    .addingProduct(SIMD8(repeating: p), UnsafeRawPointer(value + i).loadUnaligned(as: SIMD8<Float>.self))
+                UnsafeMutableRawPointer(out + i).storeBytes(of: o, as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < d { out[i] += p * value[i]; i += 1 }
+        }
+    }
+
+    /// Per (row, head): scores = q K^T, masked softmax, then P V; OpenBLAS for prefill-sized query
+    /// blocks, `attendDirect` for decode steps.
     public func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor {
         let B = layout.batch, T = layout.length, H = layout.heads, D = layout.headDim
         let group = H / layout.kvHeads
@@ -59,9 +103,18 @@ extension CPUBackend {
                 let valid = total - pad
                 guard valid > 0 else { continue }
                 let qBase = q + b * T * width + h * D
+                let keys = kc + kvOffset + pad * D, values = vc + kvOffset + pad * D
+                if T <= Self.directAttentionMaxQueries {
+                    for t in 0..<T {
+                        let visible = layout.pastLength + t + 1 - pad
+                        Self.attendDirect(query: qBase + t * width, keys: keys, values: values, visible: visible, headDim: D,
+                                          scale: scale, scores: scores, out: o + (b * T + t) * width + h * D)
+                    }
+                    continue
+                }
                 // scores[T, valid] = scale * Q[T, D] x K[pad..<total, D]^T
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(valid), Int32(D),
-                            scale, qBase, Int32(width), kc + kvOffset + pad * D, Int32(D), 0, scores, Int32(valid))
+                            scale, qBase, Int32(width), keys, Int32(D), 0, scores, Int32(valid))
                 for t in 0..<T {
                     let row = scores + t * valid
                     // Query t sits at cache position pastLength + t; keys after it are masked.
@@ -80,7 +133,7 @@ extension CPUBackend {
                 }
                 // out[T, D] = P[T, valid] x V[pad..<total, D]
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(valid),
-                            1, scores, Int32(valid), vc + kvOffset + pad * D, Int32(D), 0, o + b * T * width + h * D, Int32(width))
+                            1, scores, Int32(valid), values, Int32(D), 0, o + b * T * width + h * D, Int32(width))
             }
         }
         return out

@@ -81,6 +81,20 @@ public final class CPUBackend: Backend {
     }
 
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        linear(x, weight: weight, bias: bias, path: .automatic)
+    }
+
+    /// How a matmul against a stored f16/bf16 weight is computed. `automatic` picks per shape
+    /// (the thresholds come from `strata bench-gemm`); the others exist to measure.
+    public enum GEMMPath: String, Sendable, CaseIterable {
+        case automatic
+        /// F16C widening inside the register tile (`HalfGEMM`); f16 weights only.
+        case fusedHalf = "fused"
+        /// Widen a slab of the weight to f32, then OpenBLAS sgemm.
+        case widenThenBLAS = "widen-sgemm"
+    }
+
+    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, path: GEMMPath) -> Tensor {
         let m = x.rows, k = x.columns, n = weight.shape[0]
         precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")
         let out = allocate(x.shape.dropLast() + [n])
@@ -90,20 +104,23 @@ public final class CPUBackend: Backend {
         }
         let beta: Float = bias == nil ? 0 : 1
         let xp = x.floats, op = out.floats
-        // Output columns are split across workers; each runs a single-threaded sgemm on its slab.
+        let fused = weight.dtype == .f16
+            && (path == .fusedHalf || (path == .automatic && m <= HalfGEMM.maxRows))
+        // Output columns are split across workers; each runs a single-threaded kernel on its slab.
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
             if weight.dtype == .f32 {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(columns.count), Int32(k),
                             1, xp, Int32(k), weight.floats + columns.lowerBound * k, Int32(k), beta, op + columns.lowerBound, Int32(n))
                 return
             }
-            if weight.dtype == .f16 && m <= HalfGEMM.maxRows {
+            if fused {
                 HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: Float16.self),
                              columns: columns, out: op, ldc: n, beta: beta)
                 return
             }
-            // Widen the stored weight in slabs of rows so the f32 copy stays cache-sized.
-            let slab = max(1, min(columns.count, (1 << 18) / max(k, 1)))
+            // Widen the stored weight in slabs of about 4 MiB: large enough that OpenBLAS packs x
+            // only a few times per call, small enough that an LM head never needs a full f32 copy.
+            let slab = max(1, min(columns.count, (1 << 20) / max(k, 1)))
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slab * k)
             defer { scratch.deallocate() }
             var row = columns.lowerBound

@@ -1,46 +1,98 @@
+import COpenBLAS
+
 /// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 and widened in
 /// registers (F16C), for decode-sized batches where OpenBLAS would first need a full f32 copy
-/// of the weight. Four rows of x share each widened weight vector.
+/// of the weight.
+///
+/// Register tile: 4 rows of x by 2 weight rows, 8 lanes along k. That is 8 accumulators plus
+/// 6 loads per 8 FMAs, which fits AVX2's 16 vector registers without spills and keeps both
+/// FMA pipes busy. The column pair is the outer loop, so each weight row is read from memory
+/// once per call and stays in L1 while every row group of x (in L2) passes over it.
 enum HalfGEMM {
-    /// Up to this many rows the fused kernel beats widen-then-sgemm (measured in
-    /// BENCHMARKS.md); above it the weight is reused enough for OpenBLAS to win.
-    static let maxRows = 16
+    /// How far ahead (in f16 elements) the weight stream is prefetched while the first row group
+    /// runs: far enough to cover DRAM latency, so weight loads overlap the FMAs instead of
+    /// adding to them (decode batches are half memory-bound on f16 weights).
+    static let prefetchDistance = 16384
+
+    /// Up to this many rows the fused kernel beats widen-then-sgemm (measured with
+    /// `strata bench-gemm`); above it the weight is reused enough for OpenBLAS to win.
+    static let maxRows = 64
 
     static func run(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float16>, columns: Range<Int>,
                     out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
-        let kVector = k & ~15
-        var r = 0
-        while r < m {
-            let rows = min(4, m - r)
-            let x0 = x + r * k
-            let x1 = x + min(r + 1, m - 1) * k
-            let x2 = x + min(r + 2, m - 1) * k
-            let x3 = x + min(r + 3, m - 1) * k
-            for n in columns {
-                let wr = w + n * k
-                var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-                var i = 0
-                while i < kVector {
-                    let wv = SIMD16<Float>(UnsafeRawPointer(wr + i).loadUnaligned(as: SIMD16<Float16>.self))
-                    a0 = a0.addingProduct(UnsafeRawPointer(x0 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
-                    a1 = a1.addingProduct(UnsafeRawPointer(x1 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
-                    a2 = a2.addingProduct(UnsafeRawPointer(x2 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
-                    a3 = a3.addingProduct(UnsafeRawPointer(x3 + i).loadUnaligned(as: SIMD16<Float>.self), wv)
-                    i += 16
-                }
-                var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
-                while i < k {
-                    let wv = Float(wr[i])
-                    s0 += x0[i] * wv; s1 += x1[i] * wv; s2 += x2[i] * wv; s3 += x3[i] * wv
-                    i += 1
-                }
-                let o = out + r * ldc + n
-                if beta == 0 { o[0] = s0 } else { o[0] += s0 }
-                if rows > 1 { if beta == 0 { o[ldc] = s1 } else { o[ldc] += s1 } }
-                if rows > 2 { if beta == 0 { o[2 * ldc] = s2 } else { o[2 * ldc] += s2 } }
-                if rows > 3 { if beta == 0 { o[3 * ldc] = s3 } else { o[3 * ldc] += s3 } }
+        var n = columns.lowerBound
+        while n < columns.upperBound {
+            let pair = min(2, columns.upperBound - n)
+            let w0 = w + n * k
+            let w1 = w + (n + pair - 1) * k
+            var r = 0
+            while r < m {
+                let rows = min(4, m - r)
+                tile(k: k, x: x + r * k, rows: rows, w0: w0, w1: w1, out: out + r * ldc + n, ldc: ldc,
+                     columns: pair, beta: beta, prefetch: r == 0)
+                r += 4
             }
-            r += 4
+            n += pair
         }
+    }
+
+    /// One 4x2 tile. Missing rows/columns repeat the last valid one (their results are dropped),
+    /// which keeps the hot loop free of branches.
+    @inline(__always)
+    private static func tile(k: Int, x: UnsafePointer<Float>, rows: Int, w0: UnsafePointer<Float16>,
+                             w1: UnsafePointer<Float16>, out: UnsafeMutablePointer<Float>, ldc: Int,
+                             columns: Int, beta: Float, prefetch: Bool) {
+        let x0 = x, x1 = x + min(1, rows - 1) * k, x2 = x + min(2, rows - 1) * k, x3 = x + min(3, rows - 1) * k
+        var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
+        var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a30 = SIMD8<Float>(), a31 = SIMD8<Float>()
+        let kVector = k & ~7
+        var i = 0
+        while i < kVector {
+            // One 64-byte line per weight row every 32 elements: the lines this pair will need
+            // `prefetchDistance` elements from now.
+            if prefetch && i & 31 == 0 {
+                strata_prefetch(w0 + i + prefetchDistance)
+                strata_prefetch(w1 + i + prefetchDistance)
+            }
+            let v0 = SIMD8<Float>(UnsafeRawPointer(w0 + i).loadUnaligned(as: SIMD8<Float16>.self))
+            let v1 = SIMD8<Float>(UnsafeRawPointer(w1 + i).loadUnaligned(as: SIMD8<Float16>.self))
+            let u0 = UnsafeRawPointer(x0 + i).loadUnaligned(as: SIMD8<Float>.self)
+            a00 = a00.addingProduct(u0, v0); a01 = a01.addingProduct(u0, v1)
+            let u1 = UnsafeRawPointer(x1 + i).loadUnaligned(as: SIMD8<Float>.self)
+            a10 = a10.addingProduct(u1, v0); a11 = a11.addingProduct(u1, v1)
+            let u2 = UnsafeRawPointer(x2 + i).loadUnaligned(as: SIMD8<Float>.self)
+            a20 = a20.addingProduct(u2, v0); a21 = a21.addingProduct(u2, v1)
+            let u3 = UnsafeRawPointer(x3 + i).loadUnaligned(as: SIMD8<Float>.self)
+            a30 = a30.addingProduct(u3, v0); a31 = a31.addingProduct(u3, v1)
+            i += 8
+        }
+        var s = (reduce(a00), reduce(a01), reduce(a10), reduce(a11), reduce(a20), reduce(a21), reduce(a30), reduce(a31))
+        while i < k {
+            let v0 = Float(w0[i]), v1 = Float(w1[i])
+            s.0 += x0[i] * v0; s.1 += x0[i] * v1
+            s.2 += x1[i] * v0; s.3 += x1[i] * v1
+            s.4 += x2[i] * v0; s.5 += x2[i] * v1
+            s.6 += x3[i] * v0; s.7 += x3[i] * v1
+            i += 1
+        }
+        store(s.0, s.1, to: out, columns: columns, beta: beta)
+        if rows > 1 { store(s.2, s.3, to: out + ldc, columns: columns, beta: beta) }
+        if rows > 2 { store(s.4, s.5, to: out + 2 * ldc, columns: columns, beta: beta) }
+        if rows > 3 { store(s.6, s.7, to: out + 3 * ldc, columns: columns, beta: beta) }
+    }
+
+    /// Pairwise horizontal sum: three dependent vector adds instead of `sum()`'s serial chain.
+    @inline(__always)
+    static func reduce(_ v: SIMD8<Float>) -> Float {
+        let four = v.lowHalf + v.highHalf
+        let two = four.lowHalf + four.highHalf
+        return two[0] + two[1]
+    }
+
+    @inline(__always)
+    private static func store(_ first: Float, _ second: Float, to out: UnsafeMutablePointer<Float>, columns: Int,
+                              beta: Float) {
+        if beta == 0 { out[0] = first } else { out[0] += first }
+        if columns > 1 { if beta == 0 { out[1] = second } else { out[1] += second } }
     }
 }

@@ -1,0 +1,77 @@
+import ArgumentParser
+import StrataBackend
+import StrataCore
+import StrataRuntime
+
+/// `strata bench-gemm`: GFLOP/s of each way the CPU backend can multiply by a stored f16 weight,
+/// per batch size, so the per-shape choice in `CPUBackend.linear` rests on measurements.
+struct BenchGEMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-gemm",
+        abstract: "Measure f16-weight matmul paths (fused kernel, widen+sgemm, sgemm on f32 weights) per batch size.")
+
+    @Option(help: "Comma-separated row counts (batch x tokens).") var rows = "1,2,4,8,16,32,64,128,256"
+    @Option(help: "Comma-separated weight shapes OUTxIN.") var shapes = "768x768,3072x768,768x3072"
+    @Option(help: "Compute threads.") var threads = 2
+    @Option(help: "Measured calls per point; the median is reported.") var `repeat` = 7
+    @Flag(help: "Print one JSON object per point.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let rowCounts = try parseList(rows, name: "--rows").map { try positive($0, "--rows") }
+            let weightShapes = try shapes.split(separator: ",").map { spec -> (Int, Int) in
+                let parts = spec.split(separator: "x").compactMap { Int($0) }
+                guard parts.count == 2, parts.allSatisfy({ $0 > 0 }) else {
+                    throw StrataError.invalidRequest("--shapes: '\(spec)' is not OUTxIN")
+                }
+                return (parts[0], parts[1])
+            }
+            let half = CPUBackend(threads: threads, weightFormat: .asStored)
+            var rng = SeededGenerator(seed: 1)
+            if !json { print("shape      rows   fused  widen-sgemm  sgemm-f32   (GFLOP/s, median of \(`repeat`))") }
+            for (n, k) in weightShapes {
+                let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
+                let weightHalf = values.withUnsafeBytes { half.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+                let weightFloat = half.upload(floats: values.map(Float.init), shape: [n, k])
+                for m in rowCounts {
+                    let x = half.upload(floats: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [m, k])
+                    let flops = 2.0 * Double(m * n * k)
+                    func rate(_ body: () -> Void) -> Double {
+                        body()
+                        var times: [Double] = []
+                        for _ in 0..<max(1, `repeat`) {
+                            let start = Clock.now(); body(); times.append(Clock.now() - start)
+                        }
+                        return flops / times.sorted()[times.count / 2] / 1e9
+                    }
+                    let fused = rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .fusedHalf) }
+                    let widen = rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .widenThenBLAS) }
+                    let sgemm = rate { _ = half.linear(x, weight: weightFloat, bias: nil) }
+                    if json {
+                        print(JSONValue.object([
+                            "out": .number(Double(n)), "in": .number(Double(k)), "rows": .number(Double(m)),
+                            "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen),
+                            "sgemm_f32_gflops": .number(sgemm),
+                        ]).serialized())
+                    } else {
+                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) \(fused.formatted(1).padding(7, left: true)) \(widen.formatted(1).padding(12, left: true)) \(sgemm.formatted(1).padding(10, left: true))")
+                    }
+                }
+            }
+        }
+    }
+
+    private func parseList(_ text: String, name: String) throws -> [Int] {
+        try text.split(separator: ",").map {
+            guard let v = Int($0) else {
+                throw StrataError.invalidRequest("\(name): '\($0)' is not an integer")
+            }
+            return v
+        }
+    }
+
+    private func positive(_ v: Int, _ name: String) throws -> Int {
+        guard v > 0 else { throw StrataError.invalidRequest("\(name) values must be positive") }
+        return v
+    }
+}

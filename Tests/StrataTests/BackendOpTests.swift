@@ -1,0 +1,85 @@
+import StrataBackend
+import StrataCore
+import StrataRuntime
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Backend kernels against plain double-precision references on awkward shapes (rows not a
+/// multiple of the register tile, k not a multiple of the vector width, odd column counts).
+@Suite struct BackendOpTests {
+    static func randoms(_ count: Int, seed: UInt64) -> [Float] {
+        var rng = SeededGenerator(seed: seed)
+        return (0..<count).map { _ in Float.random(in: -1...1, using: &rng) }
+    }
+
+    @Test(arguments: [(1, 1, 1), (3, 7, 9), (5, 65, 67), (17, 3, 64), (70, 33, 130)])
+    func linearPathsMatchReference(shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        let backend = CPUBackend(threads: 2, weightFormat: .asStored)
+        let weights = Self.randoms(n * k, seed: 1).map { Float(Float16($0)) }   // exactly representable in f16
+        let input = Self.randoms(m * k, seed: 2), biasValues = Self.randoms(n, seed: 3)
+        let half = weights.map(Float16.init).withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+        let full = backend.upload(floats: weights, shape: [n, k])
+        let x = backend.upload(floats: input, shape: [m, k]), bias = backend.upload(floats: biasValues, shape: [n])
+        var expected = [Double](repeating: 0, count: m * n)
+        for r in 0..<m {
+            for c in 0..<n {
+                var s = Double(biasValues[c])
+                for i in 0..<k { s += Double(input[r * k + i]) * Double(weights[c * k + i]) }
+                expected[r * n + c] = s
+            }
+        }
+        // f32 accumulation over k terms of magnitude <= 1: 1e-5 * k is a generous, still failing bound.
+        let tolerance = 1e-5 * Double(k) + 1e-6
+        for (label, result) in [
+            ("fused", backend.linear(x, weight: half, bias: bias, path: .fusedHalf)),
+            ("widen-sgemm", backend.linear(x, weight: half, bias: bias, path: .widenThenBLAS)),
+            ("f32 sgemm", backend.linear(x, weight: full, bias: bias)),
+        ] {
+            let got = backend.download(result)
+            let worst = zip(got, expected).map { abs(Double($0) - $1) }.max() ?? 0
+            #expect(worst <= tolerance, "\(label) m=\(m) n=\(n) k=\(k): max error \(worst)")
+        }
+    }
+
+    /// Decode-sized query blocks take the direct SIMD path, longer ones OpenBLAS; both must equal
+    /// a reference softmax attention with left padding and grouped KV heads.
+    @Test(arguments: [1, 3, 9])
+    func attentionMatchesReference(queries: Int) {
+        let backend = CPUBackend(threads: 2)
+        let batch = 2, heads = 4, kvHeads = 2, d = 12, past = 5, capacity = 16
+        let padding = [0, 3]
+        let layout = AttentionLayout(batch: batch, length: queries, pastLength: past, padding: padding, heads: heads,
+                                     kvHeads: kvHeads, headDim: d, scale: 0.3)
+        let keys = Self.randoms(batch * kvHeads * capacity * d, seed: 4)
+        let values = Self.randoms(batch * kvHeads * capacity * d, seed: 5)
+        let query = Self.randoms(batch * queries * heads * d, seed: 6)
+        let out = backend.download(backend.attention(
+            query: backend.upload(floats: query, shape: [batch * queries, heads * d]),
+            keyCache: backend.upload(floats: keys, shape: [batch, kvHeads, capacity, d]),
+            valueCache: backend.upload(floats: values, shape: [batch, kvHeads, capacity, d]), layout: layout))
+        var worst = 0.0
+        for b in 0..<batch {
+            for t in 0..<queries {
+                for h in 0..<heads {
+                    let kvBase = (b * kvHeads + h / (heads / kvHeads)) * capacity * d
+                    let qBase = (b * queries + t) * heads * d + h * d
+                    let visible = padding[b]..<(past + t + 1)
+                    let scores = visible.map { j in
+                        (0..<d).reduce(0.0) { $0 + Double(query[qBase + $1]) * Double(keys[kvBase + j * d + $1]) } * 0.3
+                    }
+                    let top = scores.max()!
+                    let weights = scores.map { exp($0 - top) }
+                    let total = weights.reduce(0, +)
+                    for i in 0..<d {
+                        let ref = zip(visible, weights).reduce(0.0) { $0 + $1.1 / total * Double(values[kvBase + $1.0 * d + i]) }
+                        worst = max(worst, abs(ref - Double(out[qBase + i])))
+                    }
+                }
+            }
+        }
+        #expect(worst < 1e-5, "attention with \(queries) queries: max error \(worst)")
+    }
+}
