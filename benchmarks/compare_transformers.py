@@ -24,7 +24,8 @@ def hf_run(model, tok_ids, gen_len):
     attention = torch.ones_like(tok_ids)
     with torch.no_grad():
         start = time.perf_counter()
-        model(input_ids=tok_ids, attention_mask=attention, use_cache=True)
+        # Last-position logits only, as generate() asks for them (and as Strata's prefill does).
+        model(input_ids=tok_ids, attention_mask=attention, use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - start
         start = time.perf_counter()
         out = model.generate(input_ids=tok_ids, attention_mask=attention, max_new_tokens=gen_len, min_new_tokens=gen_len,
@@ -69,7 +70,7 @@ def main():
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--weight-format", default="f32")
+    ap.add_argument("--weight-format", default="as-stored")
     ap.add_argument("--strata", default=".build/release/strata")
     ap.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -26,8 +26,8 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "Compute threads (OpenBLAS and Strata's own kernels).")
     var threads: Int = 2
 
-    @Option(help: "How f16/bf16 weights are held on the CPU: f32 (converted once at load) or as-stored (widened on each use, half the memory).")
-    var weightFormat: String = "f32"
+    @Option(help: "How f16/bf16 weights are held on the CPU: as-stored (half the memory; widened in registers for decode, in slabs for prefill) or f32 (converted once at load).")
+    var weightFormat: String = "as-stored"
 
     func loadBundle() throws -> ModelBundle {
         guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }

@@ -17,7 +17,7 @@ public final class CPUBackend: Backend {
     public let threads: Int
     public let weightFormat: WeightFormat
 
-    public init(threads: Int = 1, weightFormat: WeightFormat = .f32) {
+    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored) {
         self.threads = max(1, threads)
         self.weightFormat = weightFormat
         // One thread pool owns the cores: OpenBLAS runs single-threaded inside Strata's workers.
