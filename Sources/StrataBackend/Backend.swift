@@ -44,7 +44,16 @@ public protocol Backend: AnyObject, Sendable {
     func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor
     func upload(floats: [Float], shape: [Int]) -> Tensor
     func zeros(shape: [Int]) -> Tensor
+    /// Values as f32 (dequantized for quantized tensors).
     func download(_ tensor: Tensor) -> [Float]
+    /// Group-quantizes a weight already on the backend into the packed layout; compressed
+    /// weights stay compressed on the backend and are dequantized only inside `linear`.
+    func quantize(_ weight: Tensor, scheme: QuantizationScheme) -> Tensor
+    /// Moves an already quantized tensor (a converted checkpoint) onto the backend.
+    func upload(quantized: QuantizedTensor) -> Tensor
+    /// A zeroed KV-cache tensor [batch, kvHeads, capacity, headDim], group-quantized along
+    /// head_dim when `compression` is given; `storeKV` and `attention` accept either kind.
+    func cacheTensor(shape: [Int], compression: QuantizationScheme?) -> Tensor
 
     // Ops
     /// table[ids[i]] for each id: [ids.count, dim].

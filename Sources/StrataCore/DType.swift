@@ -3,11 +3,14 @@ public enum DType: String, Sendable, CaseIterable {
     case f32 = "F32"
     case f16 = "F16"
     case bf16 = "BF16"
+    /// Raw bytes: packed quantization codes (see `QuantizationScheme`).
+    case u8 = "U8"
 
     public var byteSize: Int {
         switch self {
         case .f32: return 4
         case .f16, .bf16: return 2
+        case .u8: return 1
         }
     }
 }
@@ -42,6 +45,9 @@ public enum Precision {
         case .bf16:
             let src = source.assumingMemoryBound(to: UInt16.self)
             for i in 0..<count { destination[i] = bf16ToFloat(src[i]) }
+        case .u8:
+            let src = source.assumingMemoryBound(to: UInt8.self)
+            for i in 0..<count { destination[i] = Float(src[i]) }
         }
     }
 }

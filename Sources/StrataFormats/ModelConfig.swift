@@ -48,6 +48,9 @@ public struct ModelConfig: Sendable, Equatable {
     public var outputBias: Bool
     public var mlpBias: Bool
     public var slidingWindow: Int?
+    /// Written by `strata convert --precision`: the checkpoint's decoder layers are stored
+    /// group-quantized as this map says (tensors `<name>.qdata`, `.qsteps`, `.qmins`).
+    public var storedPrecision: PrecisionMap?
 
     public init(directory: String) throws {
         let path = FileSystem.join(directory, "config.json")
@@ -57,6 +60,9 @@ public struct ModelConfig: Sendable, Equatable {
 
     public init(json: JSONValue, path: String) throws {
         let f = try JSONFields(json, path: path)
+        if let stored = f.object["strata_precision"], !stored.isNull {
+            storedPrecision = try PrecisionMap(json: stored, path: path + " (strata_precision)")
+        }
         modelType = try f.string("model_type")
         switch modelType {
         case "opt": family = .opt

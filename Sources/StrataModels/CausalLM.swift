@@ -1,6 +1,7 @@
 import StrataBackend
 import StrataCore
 import StrataFormats
+import Synchronization
 
 /// A decoder-only language model as three stages the runtime composes: embedding, one
 /// transformer layer at a time, and the head. Splitting at layer granularity lets a block
@@ -8,6 +9,11 @@ import StrataFormats
 public protocol CausalLM: AnyObject, Sendable {
     var config: ModelConfig { get }
     var backend: any Backend { get }
+    /// What is stored compressed: weights per layer, and the KV cache `makeCache` builds.
+    var compression: Compression { get }
+    /// The matrices of decoder layer `layer` that quantization applies to, with whether each
+    /// belongs to the feed-forward block (the quality indicator weighs those x4).
+    func linearWeights(layer: Int) -> [(name: String, weight: Tensor, feedForward: Bool)]
     func embed(_ step: ForwardStep) -> Tensor
     func layer(_ index: Int, _ hidden: Tensor, cache: KVCache, step: ForwardStep) -> Tensor
     /// Final norm and LM head for the given rows of `hidden`: [rows.count, vocab].
@@ -17,7 +23,7 @@ public protocol CausalLM: AnyObject, Sendable {
 extension CausalLM {
     public func makeCache(batch: Int, capacity: Int) -> KVCache {
         KVCache(backend: backend, layers: config.numLayers, batch: batch, kvHeads: config.numKVHeads,
-                headDim: config.headDim, capacity: capacity)
+                headDim: config.headDim, capacity: capacity, compression: compression.cache)
     }
 
     /// Runs all layers for `step` and returns logits of `logitRows` (default: each row's last token).
@@ -30,15 +36,57 @@ extension CausalLM {
     }
 }
 
+/// What Strata stores compressed: per-layer weight precision and the KV cache.
+public struct Compression: Sendable, Equatable {
+    public var weights: PrecisionMap?
+    public var cache: QuantizationScheme?
+
+    public init(weights: PrecisionMap? = nil, cache: QuantizationScheme? = nil) {
+        self.weights = weights
+        self.cache = cache
+    }
+
+    public static let none = Compression()
+}
+
+/// Records which checkpoint tensors are decoder-layer matrices (what a precision map applies
+/// to), so `strata convert` quantizes exactly what loading would.
+public final class MatrixLog: Sendable {
+    private let entries = Mutex<[String: Int]>([:])
+    public init() {}
+    func record(name: String, layer: Int) { entries.withLock { $0[name] = layer } }
+    /// Checkpoint tensor name -> decoder layer index.
+    public var layers: [String: Int] { entries.withLock { $0 } }
+}
+
 /// Loads checkpoint tensors onto a backend, checking each against the shape config.json implies.
+/// Decoder-layer matrices (`matrix`) are quantized as the precision map says, or read already
+/// quantized from a checkpoint `strata convert` wrote.
 struct WeightLoader {
     let checkpoint: Checkpoint
     let backend: any Backend
     let prefix: String
+    var precision: PrecisionMap? = nil
+    var stored: PrecisionMap? = nil
+    var log: MatrixLog? = nil
 
     func load(_ name: String, _ shape: [Int]) throws -> Tensor {
         let view = try checkpoint.require(prefix + name, shape: shape)
+        guard view.dtype != .u8 else {
+            throw StrataError.invalidFile(path: checkpoint.directory, detail: "tensor '\(prefix + name)' has dtype U8; weights must be F32, F16 or BF16")
+        }
         return backend.upload(weight: view.bytes, dtype: view.dtype, shape: view.shape, owner: view.file)
+    }
+
+    /// A decoder layer's weight matrix at the precision the map gives `layer`.
+    func matrix(_ name: String, _ shape: [Int], layer: Int) throws -> Tensor {
+        log?.record(name: prefix + name, layer: layer)
+        if let stored, let scheme = try stored.scheme(forLayer: layer) {
+            return backend.upload(quantized: try QuantizedCheckpoint.read(checkpoint, name: prefix + name, shape: shape, scheme: scheme))
+        }
+        let tensor = try load(name, shape)
+        guard let scheme = try precision?.scheme(forLayer: layer) else { return tensor }
+        return backend.quantize(tensor, scheme: scheme)
     }
 
     func loadIf(_ present: Bool, _ name: String, _ shape: [Int]) throws -> Tensor? {
@@ -47,13 +95,24 @@ struct WeightLoader {
 }
 
 public enum ModelLoader {
-    /// Reads config.json and the checkpoint in `directory` and builds the model on `backend`.
-    public static func load(directory: String, backend: any Backend) throws -> any CausalLM {
+    /// Reads config.json and the checkpoint in `directory` and builds the model on `backend`,
+    /// compressing weights and cache as `compression` asks.
+    public static func load(directory: String, backend: any Backend, compression: Compression = .none,
+                            matrixLog: MatrixLog? = nil) throws -> any CausalLM {
         let config = try ModelConfig(directory: directory)
         let checkpoint = try Checkpoint(directory: directory)
+        if let stored = config.storedPrecision {
+            try stored.validate(layers: config.numLayers, path: FileSystem.join(directory, "config.json"))
+            if compression.weights != nil {
+                throw StrataError.invalidRequest(
+                    "\(directory) is already quantized by strata convert (config.json strata_precision); load it without a weight precision")
+            }
+        }
+        var effective = compression
+        effective.weights = config.storedPrecision ?? compression.weights
         switch config.family {
-        case .opt: return try OPTModel(config: config, checkpoint: checkpoint, backend: backend)
-        case .llama: return try LlamaModel(config: config, checkpoint: checkpoint, backend: backend)
+        case .opt: return try OPTModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog)
+        case .llama: return try LlamaModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog)
         }
     }
 }

@@ -1,4 +1,5 @@
 import StrataBackend
+import StrataCore
 
 /// The tokens fed to one forward pass of a left-padded batch: `batch` rows of `length` tokens,
 /// following `pastLength` positions already in the KV cache.
@@ -49,10 +50,11 @@ public final class KVCache: @unchecked Sendable {
     /// Positions filled so far.
     public internal(set) var length = 0
 
-    public init(backend: any Backend, layers: Int, batch: Int, kvHeads: Int, headDim: Int, capacity: Int) {
+    public init(backend: any Backend, layers: Int, batch: Int, kvHeads: Int, headDim: Int, capacity: Int,
+                compression: QuantizationScheme? = nil) {
         let shape = [batch, kvHeads, capacity, headDim]
-        keys = (0..<layers).map { _ in backend.zeros(shape: shape) }
-        values = (0..<layers).map { _ in backend.zeros(shape: shape) }
+        keys = (0..<layers).map { _ in backend.cacheTensor(shape: shape, compression: compression) }
+        values = (0..<layers).map { _ in backend.cacheTensor(shape: shape, compression: compression) }
         self.batch = batch
         self.capacity = capacity
     }

@@ -16,6 +16,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     public let config: ModelConfig
     public let backend: any Backend
+    public let compression: Compression
     let tokenEmbedding: Tensor
     let finalNorm: Tensor
     let lmHead: Tensor
@@ -26,11 +27,13 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// layer of a step shares one upload.
     private let rotaryTables = Mutex<(positions: [Int], cos: Tensor, sin: Tensor)?>(nil)
 
-    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend) throws {
+    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend, compression: Compression, log: MatrixLog?) throws {
         config = c
         self.backend = backend
+        self.compression = compression
         let prefix = checkpoint.contains("model.embed_tokens.weight") ? "model." : ""
-        let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix)
+        let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix, precision: compression.weights,
+                             stored: c.storedPrecision, log: log)
         let h = c.hiddenSize, f = c.intermediateSize
         let qWidth = c.numHeads * c.headDim, kvWidth = c.numKVHeads * c.headDim
         tokenEmbedding = try w.load("embed_tokens.weight", [c.vocabSize, h])
@@ -43,16 +46,19 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         layers = try (0..<c.numLayers).map { i in
             let l = "layers.\(i)."
             return Layer(
-                q: try w.load(l + "self_attn.q_proj.weight", [qWidth, h]), k: try w.load(l + "self_attn.k_proj.weight", [kvWidth, h]),
-                v: try w.load(l + "self_attn.v_proj.weight", [kvWidth, h]), o: try w.load(l + "self_attn.o_proj.weight", [h, qWidth]),
+                q: try w.matrix(l + "self_attn.q_proj.weight", [qWidth, h], layer: i),
+                k: try w.matrix(l + "self_attn.k_proj.weight", [kvWidth, h], layer: i),
+                v: try w.matrix(l + "self_attn.v_proj.weight", [kvWidth, h], layer: i),
+                o: try w.matrix(l + "self_attn.o_proj.weight", [h, qWidth], layer: i),
                 qBias: try w.loadIf(c.qkvBias, l + "self_attn.q_proj.bias", [qWidth]),
                 kBias: try w.loadIf(c.qkvBias, l + "self_attn.k_proj.bias", [kvWidth]),
                 vBias: try w.loadIf(c.qkvBias, l + "self_attn.v_proj.bias", [kvWidth]),
                 oBias: try w.loadIf(c.outputBias, l + "self_attn.o_proj.bias", [h]),
                 inputNorm: try w.load(l + "input_layernorm.weight", [h]),
                 postAttentionNorm: try w.load(l + "post_attention_layernorm.weight", [h]),
-                gate: try w.load(l + "mlp.gate_proj.weight", [f, h]), up: try w.load(l + "mlp.up_proj.weight", [f, h]),
-                down: try w.load(l + "mlp.down_proj.weight", [h, f]),
+                gate: try w.matrix(l + "mlp.gate_proj.weight", [f, h], layer: i),
+                up: try w.matrix(l + "mlp.up_proj.weight", [f, h], layer: i),
+                down: try w.matrix(l + "mlp.down_proj.weight", [h, f], layer: i),
                 gateBias: try w.loadIf(c.mlpBias, l + "mlp.gate_proj.bias", [f]), upBias: try w.loadIf(c.mlpBias, l + "mlp.up_proj.bias", [f]),
                 downBias: try w.loadIf(c.mlpBias, l + "mlp.down_proj.bias", [h]))
         }
@@ -101,6 +107,12 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let sin = backend.upload(floats: sinTable, shape: [positions.count, half])
         rotaryTables.withLock { $0 = (positions, cos, sin) }
         return (cos, sin)
+    }
+
+    public func linearWeights(layer index: Int) -> [(name: String, weight: Tensor, feedForward: Bool)] {
+        let l = layers[index]
+        return [("q_proj", l.q, false), ("k_proj", l.k, false), ("v_proj", l.v, false), ("o_proj", l.o, false),
+                ("gate_proj", l.gate, true), ("up_proj", l.up, true), ("down_proj", l.down, true)]
     }
 
     public func head(_ hidden: Tensor, rows: [Int]) -> Tensor {

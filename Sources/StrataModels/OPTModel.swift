@@ -20,6 +20,7 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
 
     public let config: ModelConfig
     public let backend: any Backend
+    public let compression: Compression
     let tokenEmbedding: Tensor
     let positionEmbedding: Tensor
     let projectIn: Tensor?
@@ -29,11 +30,13 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
     let layers: [Layer]
     let activation: Activation
 
-    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend) throws {
+    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend, compression: Compression, log: MatrixLog?) throws {
         config = c
         self.backend = backend
+        self.compression = compression
         let prefix = checkpoint.contains("model.decoder.embed_tokens.weight") ? "model.decoder." : "decoder."
-        let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix)
+        let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix, precision: compression.weights,
+                             stored: c.storedPrecision, log: log)
         let h = c.hiddenSize, p = c.wordEmbedProjDim, f = c.intermediateSize
         tokenEmbedding = try w.load("embed_tokens.weight", [c.vocabSize, p])
         positionEmbedding = try w.load("embed_positions.weight", [c.maxPositions + Self.positionOffset, h])
@@ -52,13 +55,15 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         layers = try (0..<c.numLayers).map { i in
             let l = "layers.\(i)."
             return Layer(
-                q: try w.load(l + "self_attn.q_proj.weight", [h, h]), k: try w.load(l + "self_attn.k_proj.weight", [h, h]),
-                v: try w.load(l + "self_attn.v_proj.weight", [h, h]), o: try w.load(l + "self_attn.out_proj.weight", [h, h]),
+                q: try w.matrix(l + "self_attn.q_proj.weight", [h, h], layer: i),
+                k: try w.matrix(l + "self_attn.k_proj.weight", [h, h], layer: i),
+                v: try w.matrix(l + "self_attn.v_proj.weight", [h, h], layer: i),
+                o: try w.matrix(l + "self_attn.out_proj.weight", [h, h], layer: i),
                 qBias: try w.loadIf(bias, l + "self_attn.q_proj.bias", [h]), kBias: try w.loadIf(bias, l + "self_attn.k_proj.bias", [h]),
                 vBias: try w.loadIf(bias, l + "self_attn.v_proj.bias", [h]), oBias: try w.loadIf(bias, l + "self_attn.out_proj.bias", [h]),
                 attentionNorm: try w.loadIf(affine, l + "self_attn_layer_norm.weight", [h]),
                 attentionNormBias: try w.loadIf(affine, l + "self_attn_layer_norm.bias", [h]),
-                fc1: try w.load(l + "fc1.weight", [f, h]), fc2: try w.load(l + "fc2.weight", [h, f]),
+                fc1: try w.matrix(l + "fc1.weight", [f, h], layer: i), fc2: try w.matrix(l + "fc2.weight", [h, f], layer: i),
                 fc1Bias: try w.loadIf(bias, l + "fc1.bias", [f]), fc2Bias: try w.loadIf(bias, l + "fc2.bias", [h]),
                 ffnNorm: try w.loadIf(affine, l + "final_layer_norm.weight", [h]),
                 ffnNormBias: try w.loadIf(affine, l + "final_layer_norm.bias", [h]))
@@ -103,6 +108,12 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         backend.addInPlace(f, residual2)
         if !preNorm { f = backend.layerNorm(f, weight: l.ffnNorm, bias: l.ffnNormBias, eps: eps) }
         return f
+    }
+
+    public func linearWeights(layer index: Int) -> [(name: String, weight: Tensor, feedForward: Bool)] {
+        let l = layers[index]
+        return [("q_proj", l.q, false), ("k_proj", l.k, false), ("v_proj", l.v, false), ("out_proj", l.o, false),
+                ("fc1", l.fc1, true), ("fc2", l.fc2, true)]
     }
 
     public func head(_ hidden: Tensor, rows: [Int]) -> Tensor {

@@ -14,10 +14,13 @@ public final class ModelBundle: Sendable {
     /// Id used to fill left padding (never attended to).
     public let padTokenId: Int
 
-    public init(directory: String, backend: any Backend) throws {
+    public init(directory: String, backend: any Backend, compression: Compression = .none) throws {
         guard FileSystem.isDirectory(directory) else { throw StrataError.fileNotFound(path: directory) }
         self.directory = directory
-        let model = try ModelLoader.load(directory: directory, backend: backend)
+        if let map = compression.weights {
+            try map.validate(layers: try ModelConfig(directory: directory).numLayers, path: "precision map")
+        }
+        let model = try ModelLoader.load(directory: directory, backend: backend, compression: compression)
         self.model = model
         tokenizer = try Tokenizer.load(directory: directory)
         let generation = try GenerationConfig(directory: directory)

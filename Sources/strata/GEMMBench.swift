@@ -8,11 +8,13 @@ import StrataRuntime
 struct BenchGEMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
-        abstract: "Measure f16-weight matmul paths (fused kernel, widen+sgemm, sgemm on f32 weights) per batch size.")
+        abstract: "Measure weight matmul paths (f16 and group-quantized: fused kernels vs widen/decode + sgemm) per batch size.")
 
     @Option(help: "Comma-separated row counts (batch x tokens).") var rows = "1,2,4,8,16,32,64,128,256"
     @Option(help: "Comma-separated weight shapes OUTxIN.") var shapes = "768x768,3072x768,768x3072"
     @Option(help: "Compute threads.") var threads = 2
+    @Option(help: "Bits of the group-quantized weight measured beside f16 (2, 3, 4 or 8; group 64 along the input).")
+    var bits = 4
     @Option(help: "Measured calls per point; the median is reported.") var `repeat` = 7
     @Flag(help: "Print one JSON object per point.") var json = false
 
@@ -28,11 +30,15 @@ struct BenchGEMM: ParsableCommand {
             }
             let half = CPUBackend(threads: threads, weightFormat: .asStored)
             var rng = SeededGenerator(seed: 1)
-            if !json { print("shape      rows   fused  widen-sgemm  sgemm-f32   (GFLOP/s, median of \(`repeat`))") }
+            let scheme = try QuantizationScheme(bits: bits, groupSize: 64)
+            if !json {
+                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm   (GFLOP/s, median of \(`repeat`))")
+            }
             for (n, k) in weightShapes {
                 let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
                 let weightHalf = values.withUnsafeBytes { half.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
                 let weightFloat = half.upload(floats: values.map(Float.init), shape: [n, k])
+                let weightQuantized = half.quantize(weightHalf, scheme: scheme)
                 for m in rowCounts {
                     let x = half.upload(floats: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [m, k])
                     let flops = 2.0 * Double(m * n * k)
@@ -47,14 +53,19 @@ struct BenchGEMM: ParsableCommand {
                     let fused = rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .fusedHalf) }
                     let widen = rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .widenThenBLAS) }
                     let sgemm = rate { _ = half.linear(x, weight: weightFloat, bias: nil) }
+                    let qFused = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .fusedHalf) }
+                    let qDecode = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .widenThenBLAS) }
                     if json {
                         print(JSONValue.object([
                             "out": .number(Double(n)), "in": .number(Double(k)), "rows": .number(Double(m)),
                             "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen),
-                            "sgemm_f32_gflops": .number(sgemm),
+                            "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
+                            "quantized_fused_gflops": .number(qFused), "quantized_decode_sgemm_gflops": .number(qDecode),
                         ]).serialized())
                     } else {
-                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) \(fused.formatted(1).padding(7, left: true)) \(widen.formatted(1).padding(12, left: true)) \(sgemm.formatted(1).padding(10, left: true))")
+                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18)]
+                            .map { $0.0.formatted(1).padding($0.1, left: true) }
+                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " "))
                     }
                 }
             }

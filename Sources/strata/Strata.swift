@@ -1,6 +1,8 @@
 import ArgumentParser
 import StrataBackend
 import StrataCore
+import StrataFormats
+import StrataModels
 import StrataRuntime
 
 @main
@@ -15,7 +17,8 @@ struct Strata: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "High-throughput LLM inference for batches of text on small hardware.",
-        subcommands: [Generate.self, Bench.self, Tokenize.self, BenchTokenizer.self, BenchGEMM.self])
+        subcommands: [Generate.self, Bench.self, Tokenize.self, Convert.self, PerplexityCommand.self, Indicator.self,
+                      BenchTokenizer.self, BenchGEMM.self])
 }
 
 /// Options every model-running command shares.
@@ -29,12 +32,42 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "How f16/bf16 weights are held on the CPU: as-stored (half the memory; widened in registers for decode, in slabs for prefill) or f32 (converted once at load).")
     var weightFormat: String = "as-stored"
 
-    func loadBundle() throws -> ModelBundle {
+    @Flag(help: "Store decoder-layer weights 4-bit group-quantized (FlexGen's compress_weight).")
+    var compressWeight = false
+
+    @Flag(help: "Store the KV cache 4-bit group-quantized along head_dim (FlexGen's compress_cache).")
+    var compressCache = false
+
+    @Option(help: "Per-layer precision map (JSON, layer -> 2/3/4/8/16 bits) applied at load.")
+    var precision: String?
+
+    @Option(help: "Quantization group size for --compress-weight and --compress-cache.")
+    var groupSize = 64
+
+    func makeBackend() throws -> CPUBackend {
         guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }
         guard let format = CPUBackend.WeightFormat(rawValue: weightFormat) else {
             throw StrataError.invalidRequest("--weight-format must be one of \(CPUBackend.WeightFormat.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        return try ModelBundle(directory: model, backend: CPUBackend(threads: threads, weightFormat: format))
+        return CPUBackend(threads: threads, weightFormat: format)
+    }
+
+    func compression() throws -> Compression {
+        if compressWeight && precision != nil {
+            throw StrataError.invalidRequest("--compress-weight and --precision both set weight precision; give one")
+        }
+        var result = Compression()
+        if let precision {
+            result.weights = try PrecisionMap.load(path: precision)
+        } else if compressWeight {
+            result.weights = PrecisionMap.uniform(layers: try ModelConfig(directory: model).numLayers, bits: 4, groupSize: groupSize)
+        }
+        if compressCache { result.cache = try QuantizationScheme(bits: 4, groupSize: groupSize) }
+        return result
+    }
+
+    func loadBundle() throws -> ModelBundle {
+        try ModelBundle(directory: model, backend: makeBackend(), compression: compression())
     }
 }
 

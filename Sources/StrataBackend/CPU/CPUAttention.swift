@@ -30,9 +30,15 @@ extension CPUBackend {
                 let row = b * layout.length + t
                 let position = layout.pastLength + t
                 for h in 0..<kvh {
-                    let dst = ((b * kvh + h) * capacity + position) * d
-                    (keyCache.floats + dst).update(from: key.floats + row * kvh * d + h * d, count: d)
-                    (valueCache.floats + dst).update(from: value.floats + row * kvh * d + h * d, count: d)
+                    let cacheRow = (b * kvh + h) * capacity + position
+                    let k = key.floats + row * kvh * d + h * d, v = value.floats + row * kvh * d + h * d
+                    if keyCache.quantization != nil {
+                        Self.storeQuantizedRow(keyCache, row: cacheRow, from: k)
+                        Self.storeQuantizedRow(valueCache, row: cacheRow, from: v)
+                    } else {
+                        (keyCache.floats + cacheRow * d).update(from: k, count: d)
+                        (valueCache.floats + cacheRow * d).update(from: v, count: d)
+                    }
                 }
             }
         }
@@ -93,9 +99,12 @@ extension CPUBackend {
         let q = query.floats, kc = keyCache.floats, vc = valueCache.floats, o = out.floats
         let padding = layout.padding
         let scale = layout.scale
+        let compressed = keyCache.quantization != nil
         parallelFor(B * H, threads: threads) { range in
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: T * total)
-            defer { scores.deallocate() }
+            // A compressed cache is decoded per (row, head) into f32 just before use.
+            let decoded = compressed ? UnsafeMutablePointer<Float>.allocate(capacity: 2 * total * D) : nil
+            defer { scores.deallocate(); decoded?.deallocate() }
             for task in range {
                 let b = task / H, h = task % H
                 let kvOffset = (b * layout.kvHeads + h / group) * capacity * D
@@ -103,7 +112,14 @@ extension CPUBackend {
                 let valid = total - pad
                 guard valid > 0 else { continue }
                 let qBase = q + b * T * width + h * D
-                let keys = kc + kvOffset + pad * D, values = vc + kvOffset + pad * D
+                var keys = UnsafePointer(kc + kvOffset + pad * D), values = UnsafePointer(vc + kvOffset + pad * D)
+                if let decoded {
+                    let firstRow = kvOffset / D + pad
+                    Self.dequantizeRows(keyCache, rows: firstRow..<(firstRow + valid), into: decoded)
+                    Self.dequantizeRows(valueCache, rows: firstRow..<(firstRow + valid), into: decoded + total * D)
+                    keys = UnsafePointer(decoded)
+                    values = UnsafePointer(decoded + total * D)
+                }
                 if T <= Self.directAttentionMaxQueries {
                     for t in 0..<T {
                         let visible = layout.pastLength + t + 1 - pad

@@ -63,7 +63,13 @@ public final class CPUBackend: Backend {
     public func download(_ tensor: Tensor) -> [Float] {
         let count = tensor.elementCount
         return [Float](unsafeUninitializedCapacity: count) { b, n in
-            if count > 0 { Precision.convertToFloat(tensor.buffer.pointer, dtype: tensor.dtype, count: count, into: b.baseAddress!) }
+            if count > 0 {
+                if tensor.quantization != nil {
+                    Self.dequantizeRows(tensor, rows: 0..<tensor.rows, into: b.baseAddress!)
+                } else {
+                    Precision.convertToFloat(tensor.buffer.pointer, dtype: tensor.dtype, count: count, into: b.baseAddress!)
+                }
+            }
             n = count
         }
     }
@@ -88,10 +94,21 @@ public final class CPUBackend: Backend {
     /// (the thresholds come from `strata bench-gemm`); the others exist to measure.
     public enum GEMMPath: String, Sendable, CaseIterable {
         case automatic
-        /// F16C widening inside the register tile (`HalfGEMM`); f16 weights only.
+        /// Widening (f16, `HalfGEMM`) or decoding (quantized, `QuantGEMM`) next to the register tile.
         case fusedHalf = "fused"
-        /// Widen a slab of the weight to f32, then OpenBLAS sgemm.
+        /// Widen or decode a slab of the weight to f32, then OpenBLAS sgemm.
         case widenThenBLAS = "widen-sgemm"
+    }
+
+    /// Whether `path` (with `rows` rows of input) uses a fused kernel for this weight.
+    func usesFusedKernel(_ weight: Tensor, rows: Int, path: GEMMPath) -> Bool {
+        let eligible: Bool, limit: Int
+        if let q = weight.quantization {
+            (eligible, limit) = (QuantGEMM.supports(q), QuantGEMM.maxRows)
+        } else {
+            (eligible, limit) = (weight.dtype == .f16, HalfGEMM.maxRows)
+        }
+        return eligible && (path == .fusedHalf || (path == .automatic && rows <= limit))
     }
 
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, path: GEMMPath) -> Tensor {
@@ -104,13 +121,16 @@ public final class CPUBackend: Backend {
         }
         let beta: Float = bias == nil ? 0 : 1
         let xp = x.floats, op = out.floats
-        let fused = weight.dtype == .f16
-            && (path == .fusedHalf || (path == .automatic && m <= HalfGEMM.maxRows))
+        let fused = usesFusedKernel(weight, rows: m, path: path)
         // Output columns are split across workers; each runs a single-threaded kernel on its slab.
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
             if weight.dtype == .f32 {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(columns.count), Int32(k),
                             1, xp, Int32(k), weight.floats + columns.lowerBound * k, Int32(k), beta, op + columns.lowerBound, Int32(n))
+                return
+            }
+            if fused, weight.quantization != nil {
+                QuantGEMM.run(m: m, k: k, x: xp, weight: weight, columns: columns, out: op, ldc: n, beta: beta)
                 return
             }
             if fused {
@@ -126,8 +146,12 @@ public final class CPUBackend: Backend {
             var row = columns.lowerBound
             while row < columns.upperBound {
                 let rowsNow = min(slab, columns.upperBound - row)
-                let src = weight.buffer.pointer + row * k * weight.dtype.byteSize
-                Precision.convertToFloat(src, dtype: weight.dtype, count: rowsNow * k, into: scratch)
+                if weight.quantization != nil {
+                    Self.dequantizeRows(weight, rows: row..<(row + rowsNow), into: scratch)
+                } else {
+                    let src = weight.buffer.pointer + row * k * weight.dtype.byteSize
+                    Precision.convertToFloat(src, dtype: weight.dtype, count: rowsNow * k, into: scratch)
+                }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(rowsNow), Int32(k),
                             1, xp, Int32(k), scratch, Int32(k), beta, op + row, Int32(n))
                 row += rowsNow

@@ -1,5 +1,25 @@
 import COpenBLAS
 
+/// A weight element the fused tile can widen to f32 in registers.
+protocol WeightElement {
+    static func load8(_ p: UnsafePointer<Self>) -> SIMD8<Float>
+    static func widen(_ v: Self) -> Float
+}
+
+extension Float16: WeightElement {
+    @inline(__always) static func load8(_ p: UnsafePointer<Float16>) -> SIMD8<Float> {
+        SIMD8<Float>(UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float16>.self))
+    }
+    @inline(__always) static func widen(_ v: Float16) -> Float { Float(v) }
+}
+
+extension Float: WeightElement {
+    @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    }
+    @inline(__always) static func widen(_ v: Float) -> Float { v }
+}
+
 /// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 and widened in
 /// registers (F16C), for decode-sized batches where OpenBLAS would first need a full f32 copy
 /// of the weight.
@@ -39,9 +59,9 @@ enum HalfGEMM {
     /// One 4x2 tile. Missing rows/columns repeat the last valid one (their results are dropped),
     /// which keeps the hot loop free of branches.
     @inline(__always)
-    private static func tile(k: Int, x: UnsafePointer<Float>, rows: Int, w0: UnsafePointer<Float16>,
-                             w1: UnsafePointer<Float16>, out: UnsafeMutablePointer<Float>, ldc: Int,
-                             columns: Int, beta: Float, prefetch: Bool) {
+    static func tile<W: WeightElement>(k: Int, x: UnsafePointer<Float>, rows: Int, w0: UnsafePointer<W>,
+                                       w1: UnsafePointer<W>, out: UnsafeMutablePointer<Float>, ldc: Int,
+                                       columns: Int, beta: Float, prefetch: Bool) {
         let x0 = x, x1 = x + min(1, rows - 1) * k, x2 = x + min(2, rows - 1) * k, x3 = x + min(3, rows - 1) * k
         var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
         var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a30 = SIMD8<Float>(), a31 = SIMD8<Float>()
@@ -54,8 +74,7 @@ enum HalfGEMM {
                 strata_prefetch(w0 + i + prefetchDistance)
                 strata_prefetch(w1 + i + prefetchDistance)
             }
-            let v0 = SIMD8<Float>(UnsafeRawPointer(w0 + i).loadUnaligned(as: SIMD8<Float16>.self))
-            let v1 = SIMD8<Float>(UnsafeRawPointer(w1 + i).loadUnaligned(as: SIMD8<Float16>.self))
+            let v0 = W.load8(w0 + i), v1 = W.load8(w1 + i)
             let u0 = UnsafeRawPointer(x0 + i).loadUnaligned(as: SIMD8<Float>.self)
             a00 = a00.addingProduct(u0, v0); a01 = a01.addingProduct(u0, v1)
             let u1 = UnsafeRawPointer(x1 + i).loadUnaligned(as: SIMD8<Float>.self)
@@ -68,7 +87,7 @@ enum HalfGEMM {
         }
         var s = (reduce(a00), reduce(a01), reduce(a10), reduce(a11), reduce(a20), reduce(a21), reduce(a30), reduce(a31))
         while i < k {
-            let v0 = Float(w0[i]), v1 = Float(w1[i])
+            let v0 = W.widen(w0[i]), v1 = W.widen(w1[i])
             s.0 += x0[i] * v0; s.1 += x0[i] * v1
             s.2 += x1[i] * v0; s.3 += x1[i] * v1
             s.4 += x2[i] * v0; s.5 += x2[i] * v1

@@ -1,0 +1,81 @@
+import StrataBackend
+import StrataCore
+import StrataModels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Perplexity over non-overlapping windows (the GPTQ protocol): the text is tokenized once,
+/// cut into windows of `window` tokens (a shorter tail is dropped, unless the text has no full
+/// window, when the whole text is one window), and each window is scored on its own from an
+/// empty cache. Perplexity = exp(total negative log-likelihood / tokens predicted).
+public struct PerplexityResult: Sendable {
+    public var windows: Int
+    public var tokensScored: Int
+    public var negativeLogLikelihood: Double
+    public var perplexity: Double { exp(negativeLogLikelihood / Double(max(tokensScored, 1))) }
+
+    public var json: JSONValue {
+        .object(["perplexity": .number(perplexity), "tokens": .number(Double(tokensScored)),
+                 "windows": .number(Double(windows)), "nll": .number(negativeLogLikelihood)])
+    }
+}
+
+public enum Perplexity {
+    /// Rows of logits computed at a time, so a 2,048-token window over a 50k vocabulary does not
+    /// hold 400 MB of logits at once.
+    static let headChunk = 256
+
+    public static func windows(of ids: [Int], window: Int) -> [ArraySlice<Int>] {
+        guard ids.count >= 2 else { return [] }
+        if ids.count < window { return [ids[...]] }
+        return stride(from: 0, to: ids.count - window + 1, by: window).map { ids[$0..<($0 + window)] }
+    }
+
+    public static func evaluate(bundle: ModelBundle, text: String, window: Int,
+                                progress: ((Int, Int) -> Void)? = nil) throws -> PerplexityResult {
+        let model = bundle.model
+        guard window >= 2 else { throw StrataError.invalidRequest("--window must be at least 2") }
+        guard window <= model.config.maxPositions else {
+            throw StrataError.invalidRequest("--window \(window) exceeds the model's \(model.config.maxPositions) positions")
+        }
+        let ids = bundle.tokenizer.encode(text)
+        let pieces = windows(of: ids, window: window)
+        guard !pieces.isEmpty else { throw StrataError.invalidRequest("text encodes to fewer than 2 tokens; nothing to score") }
+        var result = PerplexityResult(windows: pieces.count, tokensScored: 0, negativeLogLikelihood: 0)
+        for (index, piece) in pieces.enumerated() {
+            let tokens = Array(piece)
+            result.negativeLogLikelihood += score(model: model, tokens: tokens)
+            result.tokensScored += tokens.count - 1
+            progress?(index + 1, pieces.count)
+        }
+        return result
+    }
+
+    /// Sum of -log p(token[t + 1] | tokens[...t]) over one window.
+    static func score(model: any CausalLM, tokens: [Int]) -> Double {
+        let step = ForwardStep(tokens: tokens.map(Int32.init), batch: 1, length: tokens.count, pastLength: 0, padding: [0])
+        let cache = model.makeCache(batch: 1, capacity: tokens.count)
+        var hidden = model.embed(step)
+        for j in 0..<model.config.numLayers { hidden = model.layer(j, hidden, cache: cache, step: step) }
+        var total = 0.0
+        let vocab = model.config.vocabSize
+        for start in stride(from: 0, to: tokens.count - 1, by: headChunk) {
+            let rows = Array(start..<min(tokens.count - 1, start + headChunk))
+            let logits = model.backend.download(model.head(hidden, rows: rows))
+            for (i, t) in rows.enumerated() {
+                total += logits.withUnsafeBufferPointer { negativeLogProbability($0.baseAddress! + i * vocab, count: vocab, target: tokens[t + 1]) }
+            }
+        }
+        return total
+    }
+
+    /// -log softmax(row)[target], in double precision.
+    static func negativeLogProbability(_ row: UnsafePointer<Float>, count: Int, target: Int) -> Double {
+        var top = -Float.infinity
+        for i in 0..<count { top = max(top, row[i]) }
+        var sum = 0.0
+        for i in 0..<count { sum += exp(Double(row[i] - top)) }
+        return log(sum) + Double(top) - Double(row[target])
+    }
+}

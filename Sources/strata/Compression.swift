@@ -1,0 +1,118 @@
+import ArgumentParser
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+import StrataRuntime
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// `strata convert`: writes a copy of a model directory whose decoder-layer matrices are stored
+/// group-quantized as a precision map says; loading it needs no further flags.
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a model directory with decoder-layer weights stored group-quantized (per-layer precision map).")
+
+    @Option(help: "Source model directory.") var model: String
+    @Option(help: "Output directory (created; must not be the source).") var output: String
+    @Option(help: "Precision map JSON (layer -> 2/3/4/8/16 bits).") var precision: String?
+    @Flag(help: "Every layer at 4 bits (instead of --precision).") var compressWeight = false
+    @Option(help: "Group size with --compress-weight.") var groupSize = 64
+
+    func run() throws {
+        try reportingErrors {
+            let layers = try ModelConfig(directory: model).numLayers
+            let map: PrecisionMap
+            switch (precision, compressWeight) {
+            case (let path?, false): map = try PrecisionMap.load(path: path)
+            case (nil, true): map = PrecisionMap.uniform(layers: layers, bits: 4, groupSize: groupSize)
+            default: throw StrataError.invalidRequest("give exactly one of --precision FILE or --compress-weight")
+            }
+            let summary = try ModelConverter.convert(model: model, output: output, precision: map, mapPath: precision ?? "--compress-weight")
+            Console.error("wrote \(output): \(summary.originalBytes) -> \(summary.convertedBytes) bytes, mean \(map.averageBits(layers: layers).formatted(2)) bits per layer")
+        }
+    }
+}
+
+/// `strata perplexity`: the GPTQ protocol (non-overlapping windows) at any precision.
+struct PerplexityCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perplexity", abstract: "Perplexity of a text file over non-overlapping windows (GPTQ protocol).")
+
+    @OptionGroup var backend: BackendOptions
+    @Option(help: "UTF-8 text file to score.") var text: String
+    @Option(help: "Tokens per window.") var window = 2048
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let bundle = try backend.loadBundle()
+            let content = try readText(text)
+            let window = min(self.window, bundle.model.config.maxPositions)
+            let result = try Perplexity.evaluate(bundle: bundle, text: content, window: window) { done, total in
+                if !json { Console.status("\(Console.progressBar(done: done, total: total)) window \(done)/\(total)") }
+            }
+            if json {
+                print(result.json.serialized())
+            } else {
+                Console.status("")
+                print("perplexity \(result.perplexity.formatted(4)) over \(result.tokensScored) tokens (\(result.windows) windows of \(window))")
+            }
+        }
+    }
+}
+
+/// `strata indicator`: LLM-PQ's per-layer quality indicator from a calibration text, and the
+/// precision maps it implies.
+struct Indicator: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the quality indicator omega[layer][bits] on a calibration text (JSON), optionally emit precision maps.")
+
+    @OptionGroup var backend: BackendOptions
+    @Option(help: "Calibration text (UTF-8).") var text: String
+    @Option(help: "Tokens per calibration sample.") var window = 512
+    @Option(help: "Calibration samples (windows) at most.") var samples = 16
+    @Option(help: "Write the indicator JSON here (default: stdout).") var output: String?
+    @Option(help: "Also write the least-omega precision map with at most this mean bits per layer.") var averageBits: Double?
+    @Option(help: "Candidate bits for the precision map.") var bits = "3,4,8,16"
+    @Option(help: "Where to write that precision map.") var precisionOut: String?
+    @Option(help: "Also write a map with the same bits shuffled across layers (a random baseline).") var randomOut: String?
+    @Option(help: "Seed for --random-out.") var seed: UInt64 = 1
+
+    func run() throws {
+        try reportingErrors {
+            let indicator = try QualityIndicator.measure(directory: backend.model, backend: backend.makeBackend(),
+                                                         text: readText(text), window: window, samples: samples)
+            let serialized = indicator.json.serialized()
+            if let output { try Data(serialized.utf8).write(to: URL(fileURLWithPath: output)) } else { print(serialized) }
+            guard let averageBits else { return }
+            let choices = try bits.split(separator: ",").map {
+                guard let b = Int($0), PrecisionMap.allowedBits.contains(b) else { throw StrataError.invalidRequest("--bits: '\($0)' is not one of 2, 3, 4, 8, 16") }
+                return b
+            }
+            let best = try indicator.bestPrecision(averageBits: averageBits, choices: choices, groupSize: backend.groupSize)
+            let layers = indicator.omega.count
+            Console.error("indicator map: \((0..<layers).map { String(best.bits(forLayer: $0)) }.joined(separator: " ")) (mean \(best.averageBits(layers: layers).formatted(2)) bits)")
+            if let precisionOut { try Data(best.json.serialized().utf8).write(to: URL(fileURLWithPath: precisionOut)) }
+            if let randomOut {
+                // Same multiset of bits in another order: equal size, placement left to chance.
+                var rng = SeededGenerator(seed: seed)
+                let original = (0..<layers).map { best.bits(forLayer: $0) }
+                var shuffled = original
+                for _ in 0..<100 where shuffled == original && Set(original).count > 1 { shuffled.shuffle(using: &rng) }
+                let random = PrecisionMap(bits: Dictionary(uniqueKeysWithValues: shuffled.enumerated().map { ($0.offset, $0.element) }),
+                                          groupSize: backend.groupSize)
+                Console.error("random map:    \(shuffled.map(String.init).joined(separator: " "))")
+                try Data(random.json.serialized().utf8).write(to: URL(fileURLWithPath: randomOut))
+            }
+        }
+    }
+}
+
+func readText(_ path: String) throws -> String {
+    guard let data = FileManager.default.contents(atPath: path) else { throw StrataError.fileNotFound(path: path) }
+    return String(decoding: data, as: UTF8.self)
+}
