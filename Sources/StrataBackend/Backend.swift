@@ -77,4 +77,8 @@ public protocol Backend: AnyObject, Sendable {
     func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor
     /// Rows of x at `indices`.
     func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor
+    /// Rows `range` of a 2-D activation as a view sharing x's memory (no copy).
+    func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor
+    /// The parts stacked by rows (same column count) into a new tensor.
+    func concatRows(_ parts: [Tensor]) -> Tensor
 }

@@ -15,12 +15,22 @@ public protocol CausalLM: AnyObject, Sendable {
     /// belongs to the feed-forward block (the quality indicator weighs those x4).
     func linearWeights(layer: Int) -> [(name: String, weight: Tensor, feedForward: Bool)]
     func embed(_ step: ForwardStep) -> Tensor
-    func layer(_ index: Int, _ hidden: Tensor, cache: KVCache, step: ForwardStep) -> Tensor
+    /// The tensors decoder layer `index` needs (the same list for every layer of a model).
+    func layerSpecs(_ index: Int) -> [LayerTensorSpec]
+    /// Layer weights loaded at model load; empty when a runtime places and moves them itself.
+    var residentLayers: [LayerWeights] { get }
+    func layer(_ index: Int, _ hidden: Tensor, weights: LayerWeights, cache: LayerCache, step: ForwardStep) -> Tensor
     /// Final norm and LM head for the given rows of `hidden`: [rows.count, vocab].
     func head(_ hidden: Tensor, rows: [Int]) -> Tensor
 }
 
 extension CausalLM {
+    /// Layer `index` with its resident weights and its tensors of `cache`.
+    public func layer(_ index: Int, _ hidden: Tensor, cache: KVCache, step: ForwardStep) -> Tensor {
+        layer(index, hidden, weights: residentLayers[index], cache: LayerCache(key: cache.keys[index], value: cache.values[index]),
+              step: step)
+    }
+
     public func makeCache(batch: Int, capacity: Int) -> KVCache {
         KVCache(backend: backend, layers: config.numLayers, batch: batch, kvHeads: config.numKVHeads,
                 headDim: config.headDim, capacity: capacity, compression: compression.cache)
@@ -97,8 +107,10 @@ struct WeightLoader {
 public enum ModelLoader {
     /// Reads config.json and the checkpoint in `directory` and builds the model on `backend`,
     /// compressing weights and cache as `compression` asks.
+    /// With `loadLayers: false` only embeddings, final norm and head are loaded: an offloading
+    /// runtime places the decoder layers itself.
     public static func load(directory: String, backend: any Backend, compression: Compression = .none,
-                            matrixLog: MatrixLog? = nil) throws -> any CausalLM {
+                            matrixLog: MatrixLog? = nil, loadLayers: Bool = true) throws -> any CausalLM {
         let config = try ModelConfig(directory: directory)
         let checkpoint = try Checkpoint(directory: directory)
         if let stored = config.storedPrecision {
@@ -111,8 +123,10 @@ public enum ModelLoader {
         var effective = compression
         effective.weights = config.storedPrecision ?? compression.weights
         switch config.family {
-        case .opt: return try OPTModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog)
-        case .llama: return try LlamaModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog)
+        case .opt: return try OPTModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog,
+                                      loadLayers: loadLayers)
+        case .llama: return try LlamaModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog,
+                                          loadLayers: loadLayers)
         }
     }
 }

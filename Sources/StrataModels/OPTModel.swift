@@ -6,15 +6,6 @@ import StrataFormats
 /// (`do_layer_norm_before`), optional `project_in`/`project_out` when
 /// `word_embed_proj_dim != hidden_size` (OPT-350m), LM head tied to the token embedding.
 public final class OPTModel: CausalLM, @unchecked Sendable {
-    struct Layer {
-        var q, k, v, o: Tensor
-        var qBias, kBias, vBias, oBias: Tensor?
-        var attentionNorm: Tensor?, attentionNormBias: Tensor?
-        var fc1, fc2: Tensor
-        var fc1Bias, fc2Bias: Tensor?
-        var ffnNorm: Tensor?, ffnNormBias: Tensor?
-    }
-
     /// OPT's learned positional embedding reserves the first two rows.
     static let positionOffset = 2
 
@@ -27,22 +18,24 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
     let projectOut: Tensor?
     let finalNorm: Tensor?, finalNormBias: Tensor?
     let lmHead: Tensor
-    let layers: [Layer]
+    public let residentLayers: [LayerWeights]
+    let prefix: String
     let activation: Activation
 
-    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend, compression: Compression, log: MatrixLog?) throws {
+    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend, compression: Compression, log: MatrixLog?,
+         loadLayers: Bool) throws {
         config = c
         self.backend = backend
         self.compression = compression
         let prefix = checkpoint.contains("model.decoder.embed_tokens.weight") ? "model.decoder." : "decoder."
+        self.prefix = prefix
         let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix, precision: compression.weights,
                              stored: c.storedPrecision, log: log)
-        let h = c.hiddenSize, p = c.wordEmbedProjDim, f = c.intermediateSize
+        let h = c.hiddenSize, p = c.wordEmbedProjDim
         tokenEmbedding = try w.load("embed_tokens.weight", [c.vocabSize, p])
         positionEmbedding = try w.load("embed_positions.weight", [c.maxPositions + Self.positionOffset, h])
         projectIn = try w.loadIf(p != h, "project_in.weight", [h, p])
         projectOut = try w.loadIf(p != h, "project_out.weight", [p, h])
-        let affine = c.layerNormAffine
         let hasFinalNorm = c.doLayerNormBefore && checkpoint.contains(prefix + "final_layer_norm.weight")
         finalNorm = try w.loadIf(hasFinalNorm, "final_layer_norm.weight", [h])
         finalNormBias = try w.loadIf(hasFinalNorm, "final_layer_norm.bias", [h])
@@ -51,23 +44,7 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         } else {
             lmHead = tokenEmbedding
         }
-        let bias = c.enableBias
-        layers = try (0..<c.numLayers).map { i in
-            let l = "layers.\(i)."
-            return Layer(
-                q: try w.matrix(l + "self_attn.q_proj.weight", [h, h], layer: i),
-                k: try w.matrix(l + "self_attn.k_proj.weight", [h, h], layer: i),
-                v: try w.matrix(l + "self_attn.v_proj.weight", [h, h], layer: i),
-                o: try w.matrix(l + "self_attn.out_proj.weight", [h, h], layer: i),
-                qBias: try w.loadIf(bias, l + "self_attn.q_proj.bias", [h]), kBias: try w.loadIf(bias, l + "self_attn.k_proj.bias", [h]),
-                vBias: try w.loadIf(bias, l + "self_attn.v_proj.bias", [h]), oBias: try w.loadIf(bias, l + "self_attn.out_proj.bias", [h]),
-                attentionNorm: try w.loadIf(affine, l + "self_attn_layer_norm.weight", [h]),
-                attentionNormBias: try w.loadIf(affine, l + "self_attn_layer_norm.bias", [h]),
-                fc1: try w.matrix(l + "fc1.weight", [f, h], layer: i), fc2: try w.matrix(l + "fc2.weight", [h, f], layer: i),
-                fc1Bias: try w.loadIf(bias, l + "fc1.bias", [f]), fc2Bias: try w.loadIf(bias, l + "fc2.bias", [h]),
-                ffnNorm: try w.loadIf(affine, l + "final_layer_norm.weight", [h]),
-                ffnNormBias: try w.loadIf(affine, l + "final_layer_norm.bias", [h]))
-        }
+        residentLayers = loadLayers ? try (0..<c.numLayers).map { try w.layer(Self.layerSpecs(c, prefix: prefix, layer: $0), index: $0) } : []
         guard let act = Activation(huggingFace: c.activation) else {
             throw StrataError.invalidFile(path: checkpoint.directory, detail: "activation_function '\(c.activation)' is not supported")
         }
@@ -83,37 +60,58 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         return hidden
     }
 
-    public func layer(_ index: Int, _ x: Tensor, cache: KVCache, step: ForwardStep) -> Tensor {
-        let l = layers[index]
+    static func layerSpecs(_ c: ModelConfig, prefix: String, layer i: Int) -> [LayerTensorSpec] {
+        let h = c.hiddenSize, f = c.intermediateSize, bias = c.enableBias, affine = c.layerNormAffine
+        var b = LayerSpecBuilder(prefix: prefix + "layers.\(i).")
+        for name in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            b.add("self_attn.\(name).weight", [h, h], matrix: true)
+            b.add("self_attn.\(name).bias", [h], if: bias)
+        }
+        b.add("self_attn_layer_norm.weight", [h], if: affine)
+        b.add("self_attn_layer_norm.bias", [h], if: affine)
+        b.add("fc1.weight", [f, h], matrix: true)
+        b.add("fc1.bias", [f], if: bias)
+        b.add("fc2.weight", [h, f], matrix: true)
+        b.add("fc2.bias", [h], if: bias)
+        b.add("final_layer_norm.weight", [h], if: affine)
+        b.add("final_layer_norm.bias", [h], if: affine)
+        return b.specs
+    }
+
+    public func layerSpecs(_ index: Int) -> [LayerTensorSpec] { Self.layerSpecs(config, prefix: prefix, layer: index) }
+
+    public func layer(_ index: Int, _ x: Tensor, weights l: LayerWeights, cache: LayerCache, step: ForwardStep) -> Tensor {
         let c = config
         let eps = Float(c.normEps)
         let preNorm = c.doLayerNormBefore
         let residual = x
-        var h = preNorm ? backend.layerNorm(x, weight: l.attentionNorm, bias: l.attentionNormBias, eps: eps) : x
-        let q = backend.linear(h, weight: l.q, bias: l.qBias)
-        let k = backend.linear(h, weight: l.k, bias: l.kBias)
-        let v = backend.linear(h, weight: l.v, bias: l.vBias)
+        let attentionNorm = l.optional("self_attn_layer_norm.weight"), attentionNormBias = l.optional("self_attn_layer_norm.bias")
+        var h = preNorm ? backend.layerNorm(x, weight: attentionNorm, bias: attentionNormBias, eps: eps) : x
+        let q = backend.linear(h, weight: l["self_attn.q_proj.weight"], bias: l.optional("self_attn.q_proj.bias"))
+        let k = backend.linear(h, weight: l["self_attn.k_proj.weight"], bias: l.optional("self_attn.k_proj.bias"))
+        let v = backend.linear(h, weight: l["self_attn.v_proj.weight"], bias: l.optional("self_attn.v_proj.bias"))
         let layout = step.attentionLayout(heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim,
                                           scale: 1 / Float(c.headDim).squareRoot())
-        backend.storeKV(key: k, value: v, keyCache: cache.keys[index], valueCache: cache.values[index], layout: layout)
-        h = backend.attention(query: q, keyCache: cache.keys[index], valueCache: cache.values[index], layout: layout)
-        h = backend.linear(h, weight: l.o, bias: l.oBias)
+        h = backend.cachedAttention(query: q, key: k, value: v, cache: cache, layout: layout)
+        h = backend.linear(h, weight: l["self_attn.out_proj.weight"], bias: l.optional("self_attn.out_proj.bias"))
         backend.addInPlace(h, residual)
-        if !preNorm { h = backend.layerNorm(h, weight: l.attentionNorm, bias: l.attentionNormBias, eps: eps) }
+        if !preNorm { h = backend.layerNorm(h, weight: attentionNorm, bias: attentionNormBias, eps: eps) }
 
         let residual2 = h
-        var f = preNorm ? backend.layerNorm(h, weight: l.ffnNorm, bias: l.ffnNormBias, eps: eps) : h
-        f = backend.activate(backend.linear(f, weight: l.fc1, bias: l.fc1Bias), activation)
-        f = backend.linear(f, weight: l.fc2, bias: l.fc2Bias)
+        let ffnNorm = l.optional("final_layer_norm.weight"), ffnNormBias = l.optional("final_layer_norm.bias")
+        var f = preNorm ? backend.layerNorm(h, weight: ffnNorm, bias: ffnNormBias, eps: eps) : h
+        f = backend.activate(backend.linear(f, weight: l["fc1.weight"], bias: l.optional("fc1.bias")), activation)
+        f = backend.linear(f, weight: l["fc2.weight"], bias: l.optional("fc2.bias"))
         backend.addInPlace(f, residual2)
-        if !preNorm { f = backend.layerNorm(f, weight: l.ffnNorm, bias: l.ffnNormBias, eps: eps) }
+        if !preNorm { f = backend.layerNorm(f, weight: ffnNorm, bias: ffnNormBias, eps: eps) }
         return f
     }
 
     public func linearWeights(layer index: Int) -> [(name: String, weight: Tensor, feedForward: Bool)] {
-        let l = layers[index]
-        return [("q_proj", l.q, false), ("k_proj", l.k, false), ("v_proj", l.v, false), ("out_proj", l.o, false),
-                ("fc1", l.fc1, true), ("fc2", l.fc2, true)]
+        let l = residentLayers[index]
+        return [("q_proj", l["self_attn.q_proj.weight"], false), ("k_proj", l["self_attn.k_proj.weight"], false),
+                ("v_proj", l["self_attn.v_proj.weight"], false), ("out_proj", l["self_attn.out_proj.weight"], false),
+                ("fc1", l["fc1.weight"], true), ("fc2", l["fc2.weight"], true)]
     }
 
     public func head(_ hidden: Tensor, rows: [Int]) -> Tensor {

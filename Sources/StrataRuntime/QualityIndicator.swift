@@ -181,4 +181,6 @@ final class RecordingBackend: Backend, @unchecked Sendable {
         inner.attention(query: query, keyCache: keyCache, valueCache: valueCache, layout: layout)
     }
     func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor { inner.gatherRows(x, indices) }
+    func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { inner.rowView(x, range) }
+    func concatRows(_ parts: [Tensor]) -> Tensor { inner.concatRows(parts) }
 }

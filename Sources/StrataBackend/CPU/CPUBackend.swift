@@ -244,4 +244,24 @@ public final class CPUBackend: Backend {
         for (r, i) in indices.enumerated() { (out.floats + r * n).update(from: x.floats + i * n, count: n) }
         return out
     }
+
+    public func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor {
+        precondition(x.quantization == nil && range.upperBound <= x.rows, "rowView: rows \(range) of \(x.shape)")
+        let width = x.columns * x.dtype.byteSize
+        let buffer = DeviceBuffer(pointer: x.buffer.pointer + range.lowerBound * width, byteCount: range.count * width,
+                                  backendName: name, owner: x.buffer, deallocate: nil)
+        return Tensor(shape: [range.count, x.columns], dtype: x.dtype, buffer: buffer)
+    }
+
+    public func concatRows(_ parts: [Tensor]) -> Tensor {
+        let columns = parts.first?.columns ?? 0
+        let out = allocate([parts.reduce(0) { $0 + $1.rows }, columns])
+        var row = 0
+        for p in parts {
+            precondition(p.columns == columns && p.dtype == .f32, "concatRows: mismatched parts")
+            (out.floats + row * columns).update(from: p.floats, count: p.rows * columns)
+            row += p.rows
+        }
+        return out
+    }
 }
