@@ -23,13 +23,19 @@ public final class DeviceBuffer: @unchecked Sendable {
         self.deallocate = deallocate
     }
 
-    /// 64-byte aligned host memory (cache-line and AVX-512 friendly).
-    public static func host(byteCount: Int, backendName: String) -> DeviceBuffer {
+    /// Aligned host memory (64 bytes: cache lines and AVX-512; 4096 for direct I/O), charged to
+    /// `account` while it lives.
+    public static func host(byteCount: Int, backendName: String, account: MemoryAccount? = nil, alignment: Int = 64) -> DeviceBuffer {
         var raw: UnsafeMutableRawPointer?
-        guard posix_memalign(&raw, 64, max(byteCount, 64)) == 0, let raw else {
+        guard posix_memalign(&raw, alignment, max(byteCount, 64)) == 0, let raw else {
             fatalError("out of memory allocating \(byteCount) bytes")
         }
-        return DeviceBuffer(pointer: raw, byteCount: byteCount, backendName: backendName) { free($0) }
+        guard let account else { return DeviceBuffer(pointer: raw, byteCount: byteCount, backendName: backendName) { free($0) } }
+        account.charge(byteCount)
+        return DeviceBuffer(pointer: raw, byteCount: byteCount, backendName: backendName) { pointer in
+            free(pointer)
+            account.refund(byteCount)
+        }
     }
 
     deinit { deallocate?(pointer) }

@@ -8,7 +8,7 @@ public enum QuantizedCheckpoint {
         (name + ".qdata", name + ".qsteps", name + ".qmins")
     }
 
-    public static func read(_ checkpoint: Checkpoint, name: String, shape: [Int], scheme: QuantizationScheme) throws -> QuantizedTensor {
+    public static func read(_ checkpoint: any TensorSource, name: String, shape: [Int], scheme: QuantizationScheme) throws -> QuantizedTensor {
         let n = names(name)
         let groups = scheme.geometry(shape).groupCount
         let data = try checkpoint.require(n.data, shape: [groups * scheme.bytesPerGroup])

@@ -123,7 +123,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
 /// All safetensors files of a checkpoint directory: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
-public final class Checkpoint: @unchecked Sendable {
+public final class Checkpoint: TensorSource, @unchecked Sendable {
     public let directory: String
     private var files: [SafeTensorsFile] = []
     private var location: [String: SafeTensorsFile] = [:]
@@ -164,16 +164,6 @@ public final class Checkpoint: @unchecked Sendable {
 
     public func tensor(_ name: String) -> TensorView? { location[name]?.tensor(name) }
 
-    /// The tensor, or an error naming it and the checkpoint when it is absent.
-    public func require(_ name: String, shape: [Int]? = nil) throws -> TensorView {
-        guard let view = tensor(name) else {
-            throw StrataError.invalidFile(path: directory, detail: "checkpoint has no tensor '\(name)', which the architecture needs")
-        }
-        if let shape, view.shape != shape {
-            throw StrataError.invalidFile(path: location[name]!.path, detail: "tensor '\(name)' has shape \(view.shape), expected \(shape) from config.json")
-        }
-        return view
-    }
 }
 
 /// Writes safetensors files in the layout Hugging Face writes: header padded with spaces to

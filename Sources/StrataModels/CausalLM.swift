@@ -73,7 +73,7 @@ public final class MatrixLog: Sendable {
 /// Decoder-layer matrices (`matrix`) are quantized as the precision map says, or read already
 /// quantized from a checkpoint `strata convert` wrote.
 struct WeightLoader {
-    let checkpoint: Checkpoint
+    let checkpoint: any TensorSource
     let backend: any Backend
     let prefix: String
     var precision: PrecisionMap? = nil
@@ -104,7 +104,31 @@ struct WeightLoader {
     }
 }
 
+/// What a model directory holds, from config.json and tensor metadata alone (nothing loaded):
+/// enough to plan placement before any weight is read.
+public struct ModelDescription: Sendable {
+    public let config: ModelConfig
+    let prefix: String
+
+    public func layerSpecs(_ index: Int) -> [LayerTensorSpec] {
+        switch config.family {
+        case .opt: return OPTModel.layerSpecs(config, prefix: prefix, layer: index)
+        case .llama: return LlamaModel.layerSpecs(config, prefix: prefix, layer: index)
+        }
+    }
+}
+
 public enum ModelLoader {
+    public static func describe(directory: String, source: any TensorSource) throws -> ModelDescription {
+        let config = try ModelConfig(directory: directory)
+        let prefix: String
+        switch config.family {
+        case .opt: prefix = source.contains("model.decoder.embed_tokens.weight") ? "model.decoder." : "decoder."
+        case .llama: prefix = source.contains("model.embed_tokens.weight") ? "model." : ""
+        }
+        return ModelDescription(config: config, prefix: prefix)
+    }
+
     /// Reads config.json and the checkpoint in `directory` and builds the model on `backend`,
     /// compressing weights and cache as `compression` asks.
     /// With `loadLayers: false` only embeddings, final norm and head are loaded: an offloading
@@ -112,7 +136,7 @@ public enum ModelLoader {
     public static func load(directory: String, backend: any Backend, compression: Compression = .none,
                             matrixLog: MatrixLog? = nil, loadLayers: Bool = true) throws -> any CausalLM {
         let config = try ModelConfig(directory: directory)
-        let checkpoint = try Checkpoint(directory: directory)
+        let checkpoint = try TensorSources.open(directory: directory)
         if let stored = config.storedPrecision {
             try stored.validate(layers: config.numLayers, path: FileSystem.join(directory, "config.json"))
             if compression.weights != nil {

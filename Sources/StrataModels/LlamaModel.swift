@@ -20,7 +20,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// layer of a step shares one upload.
     private let rotaryTables = Mutex<(positions: [Int], cos: Tensor, sin: Tensor)?>(nil)
 
-    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend, compression: Compression, log: MatrixLog?,
+    init(config c: ModelConfig, checkpoint: any TensorSource, backend: any Backend, compression: Compression, log: MatrixLog?,
          loadLayers: Bool) throws {
         config = c
         self.backend = backend

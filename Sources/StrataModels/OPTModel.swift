@@ -22,7 +22,7 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
     let prefix: String
     let activation: Activation
 
-    init(config c: ModelConfig, checkpoint: Checkpoint, backend: any Backend, compression: Compression, log: MatrixLog?,
+    init(config c: ModelConfig, checkpoint: any TensorSource, backend: any Backend, compression: Compression, log: MatrixLog?,
          loadLayers: Bool) throws {
         config = c
         self.backend = backend

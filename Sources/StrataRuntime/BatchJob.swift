@@ -82,7 +82,7 @@ public struct BatchJob: Sendable {
             let requests = chunk.map {
                 GenerationRequest(promptIds: $0.ids, maxNewTokens: maxNewTokens, stopStrings: stopStrings, sampleIndex: UInt64($0.index))
             }
-            let results = generator.generate(requests, sampling: sampling, timing: &summary.timing)
+            let results = try generator.generate(requests, sampling: sampling, timing: &summary.timing)
             var text = ""
             for (item, result) in zip(chunk, results) {
                 var fields = item.fields

@@ -51,13 +51,13 @@ public struct Benchmark: Sendable {
         }
         // Warm-up: touches every weight page and the allocator's pools.
         var warm = GenerationTiming()
-        _ = generator.generate(Array(requests.prefix(1)).map { var r = $0; r.maxNewTokens = 2; return r },
+        _ = try generator.generate(Array(requests.prefix(1)).map { var r = $0; r.maxNewTokens = 2; return r },
                                sampling: SamplingParameters(), ignoreEOS: true, timing: &warm)
         var runs: [Result] = []
         for _ in 0..<repeats {
             var timing = GenerationTiming()
             let start = Clock.now()
-            _ = generator.generate(requests, sampling: SamplingParameters(), ignoreEOS: true, timing: &timing)
+            _ = try generator.generate(requests, sampling: SamplingParameters(), ignoreEOS: true, timing: &timing)
             let wall = Clock.now() - start
             let decodeTokens = Double(batchSize * (genLength - 1))
             runs.append(Result(

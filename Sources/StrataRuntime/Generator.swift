@@ -45,14 +45,37 @@ public struct GenerationTiming: Sendable {
 /// strings, token budget) and greedy or seeded sampling.
 public final class Generator: Sendable {
     public let bundle: ModelBundle
+    /// Runs the layers under an offloading policy; nil runs them resident on the bundle's backend.
+    public let engine: OffloadEngine?
 
-    public init(bundle: ModelBundle) { self.bundle = bundle }
+    public init(bundle: ModelBundle, engine: OffloadEngine? = nil) {
+        self.bundle = bundle
+        self.engine = engine
+    }
 
     /// Generates for every request in one batch. `ignoreEOS` keeps going to `maxNewTokens`
     /// (benchmarks). `onToken` is not used for batch jobs; results come back together.
     public func generate(_ requests: [GenerationRequest], sampling: SamplingParameters, ignoreEOS: Bool = false,
-                         timing: inout GenerationTiming) -> [GenerationResult] {
+                         timing: inout GenerationTiming) throws -> [GenerationResult] {
         guard !requests.isEmpty else { return [] }
+        if let engine {
+            // A policy runs whole blocks: split into blocks, fill the last with copies of its
+            // first request (their results are dropped; rows never influence each other).
+            let block = engine.policy.blockSize
+            var results: [GenerationResult] = []
+            for start in stride(from: 0, to: requests.count, by: block) {
+                var chunk = Array(requests[start..<min(requests.count, start + block)])
+                let real = chunk.count
+                while chunk.count < block { chunk.append(chunk[0]) }
+                results += Array(try run(chunk, sampling: sampling, ignoreEOS: ignoreEOS, timing: &timing).prefix(real))
+            }
+            return results
+        }
+        return try run(requests, sampling: sampling, ignoreEOS: ignoreEOS, timing: &timing)
+    }
+
+    private func run(_ requests: [GenerationRequest], sampling: SamplingParameters, ignoreEOS: Bool,
+                     timing: inout GenerationTiming) throws -> [GenerationResult] {
         let model = bundle.model
         let batch = requests.count
         let maxPositions = model.config.maxPositions
@@ -65,7 +88,10 @@ public final class Generator: Sendable {
         for (b, r) in requests.enumerated() {
             for (t, id) in r.promptIds.enumerated() { tokens[b * promptLength + padding[b] + t] = Int32(id) }
         }
-        let cache = model.makeCache(batch: batch, capacity: promptLength + max(steps, 1))
+        let capacity = promptLength + max(steps, 1)
+        let cache = engine == nil ? model.makeCache(batch: batch, capacity: capacity) : model.makeCache(batch: 0, capacity: 0)
+        try engine?.beginBlock(capacity: capacity)
+        defer { engine?.endBlock() }
         var generated = [[Int]](repeating: [], count: batch)
         var finished = budgets.map { $0 == 0 }
         var reasons = [FinishReason](repeating: .length, count: batch)
@@ -77,7 +103,7 @@ public final class Generator: Sendable {
         timing.promptTokens += requests.reduce(0) { $0 + $1.promptIds.count }
         var isPrefill = true
         while finished.contains(false) {
-            let logits = model.backend.download(model.forward(step, cache: cache))
+            let logits = try engine?.forward(step) ?? model.backend.download(model.forward(step, cache: cache))
             let vocab = logits.count / batch
             var next = [Int32](repeating: Int32(bundle.padTokenId), count: batch)
             logits.withUnsafeBufferPointer { all in
@@ -101,7 +127,7 @@ public final class Generator: Sendable {
             if isPrefill { timing.prefillSeconds += elapsed } else { timing.decodeSeconds += elapsed; timing.decodeSteps += 1 }
             isPrefill = false
             if !finished.contains(false) { break }
-            step = ForwardStep(tokens: next, batch: batch, length: 1, pastLength: cache.length, padding: padding)
+            step = ForwardStep(tokens: next, batch: batch, length: 1, pastLength: step.pastLength + step.length, padding: padding)
         }
         return (0..<batch).map { b in
             let text = texts[b] ?? bundle.tokenizer.decode(generated[b])

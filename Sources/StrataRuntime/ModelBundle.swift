@@ -14,13 +14,17 @@ public final class ModelBundle: Sendable {
     /// Id used to fill left padding (never attended to).
     public let padTokenId: Int
 
-    public init(directory: String, backend: any Backend, compression: Compression = .none) throws {
+    public convenience init(directory: String, backend: any Backend, compression: Compression = .none) throws {
         guard FileSystem.isDirectory(directory) else { throw StrataError.fileNotFound(path: directory) }
-        self.directory = directory
         if let map = compression.weights {
             try map.validate(layers: try ModelConfig(directory: directory).numLayers, path: "precision map")
         }
-        let model = try ModelLoader.load(directory: directory, backend: backend, compression: compression)
+        try self.init(directory: directory, model: try ModelLoader.load(directory: directory, backend: backend, compression: compression))
+    }
+
+    /// A bundle around an already loaded model (e.g. one whose layers an offloading engine places).
+    public init(directory: String, model: any CausalLM) throws {
+        self.directory = directory
         self.model = model
         tokenizer = try Tokenizer.load(directory: directory)
         let generation = try GenerationConfig(directory: directory)

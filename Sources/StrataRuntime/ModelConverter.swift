@@ -33,7 +33,7 @@ public enum ModelConverter {
         let log = MatrixLog()
         _ = try ModelLoader.load(directory: model, backend: CPUBackend(threads: 1), matrixLog: log)
         let layers = log.layers
-        let checkpoint = try Checkpoint(directory: model)
+        let checkpoint = try TensorSources.open(directory: model)
         var entries: [SafeTensorsWriter.Entry] = []
         var summary = Summary(originalBytes: 0, convertedBytes: 0)
         for name in checkpoint.tensorNames {

@@ -41,7 +41,7 @@ struct Generate: ParsableCommand {
                 let generator = Generator(bundle: try backend.loadBundle())
                 let ids = try generator.bundle.encodePrompt(prompt)
                 var timing = GenerationTiming()
-                let r = generator.generate([GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, stopStrings: stops)],
+                let r = try generator.generate([GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, stopStrings: stops)],
                                            sampling: sampling, timing: &timing)[0]
                 let object = JSONValue.object([
                     "prompt": .string(prompt), "text": .string(r.text),

@@ -34,10 +34,10 @@ import Testing
         let generator = Generator(bundle: bundle)
         var timing = GenerationTiming()
         let requests = reference.promptIds.map { GenerationRequest(promptIds: $0, maxNewTokens: reference.maxNewTokens) }
-        let batched = generator.generate(requests, sampling: SamplingParameters(), timing: &timing)
+        let batched = try generator.generate(requests, sampling: SamplingParameters(), timing: &timing)
         #expect(batched.map(\.tokenIds) == reference.batchedGreedy)
         for (i, r) in requests.enumerated() {
-            let single = generator.generate([r], sampling: SamplingParameters(), timing: &timing)
+            let single = try generator.generate([r], sampling: SamplingParameters(), timing: &timing)
             #expect(single[0].tokenIds == reference.singleGreedy[i], "prompt \(i) of \(name) one by one")
         }
     }

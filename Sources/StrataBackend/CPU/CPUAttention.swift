@@ -101,10 +101,10 @@ extension CPUBackend {
         let scale = layout.scale
         let compressed = keyCache.quantization != nil
         parallelFor(B * H, threads: threads) { range in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: T * total)
+            let scores = scratch(T * total)
             // A compressed cache is decoded per (row, head) into f32 just before use.
-            let decoded = compressed ? UnsafeMutablePointer<Float>.allocate(capacity: 2 * total * D) : nil
-            defer { scores.deallocate(); decoded?.deallocate() }
+            let decoded = compressed ? scratch(2 * total * D) : nil
+            defer { release(scores, T * total); if let decoded { release(decoded, 2 * total * D) } }
             for task in range {
                 let b = task / H, h = task % H
                 let kvOffset = (b * layout.kvHeads + h / group) * capacity * D

@@ -16,10 +16,13 @@ public final class CPUBackend: Backend {
     public let name = "cpu"
     public let threads: Int
     public let weightFormat: WeightFormat
+    /// Every buffer this backend allocates is charged here (the device tier's high-water mark).
+    public let account: MemoryAccount?
 
-    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored) {
+    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil) {
         self.threads = max(1, threads)
         self.weightFormat = weightFormat
+        self.account = account
         // One thread pool owns the cores: OpenBLAS runs single-threaded inside Strata's workers.
         // Its own pool would spin-wait between GEMMs and steal the cores from attention and
         // norms (measured: ~3 s of system time in a 6 s benchmark on 2 cores).
@@ -27,9 +30,20 @@ public final class CPUBackend: Backend {
         CPUSetup.retainFreedMemory()
     }
 
+    /// Kernel scratch, charged to the device account like any other buffer.
+    func scratch(_ count: Int) -> UnsafeMutablePointer<Float> {
+        account?.charge(count * 4)
+        return UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+    }
+
+    func release(_ pointer: UnsafeMutablePointer<Float>, _ count: Int) {
+        pointer.deallocate()
+        account?.refund(count * 4)
+    }
+
     func allocate(_ shape: [Int]) -> Tensor {
         let count = shape.reduce(1, *)
-        return Tensor(shape: shape, dtype: .f32, buffer: .host(byteCount: count * 4, backendName: name))
+        return Tensor(shape: shape, dtype: .f32, buffer: .host(byteCount: count * 4, backendName: name, account: account))
     }
 
     // MARK: Memory
@@ -42,7 +56,7 @@ public final class CPUBackend: Backend {
             if count > 0 { Precision.convertToFloat(view.baseAddress!, dtype: dtype, count: count, into: t.floats) }
             return t
         }
-        let buffer = DeviceBuffer.host(byteCount: view.count, backendName: name)
+        let buffer = DeviceBuffer.host(byteCount: view.count, backendName: name, account: account)
         if view.count > 0 { buffer.pointer.copyMemory(from: view.baseAddress!, byteCount: view.count) }
         return Tensor(shape: shape, dtype: dtype, buffer: buffer)
     }
@@ -141,8 +155,8 @@ public final class CPUBackend: Backend {
             // Widen the stored weight in slabs of about 4 MiB: large enough that OpenBLAS packs x
             // only a few times per call, small enough that an LM head never needs a full f32 copy.
             let slab = max(1, min(columns.count, (1 << 20) / max(k, 1)))
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slab * k)
-            defer { scratch.deallocate() }
+            let scratch = self.scratch(slab * k)
+            defer { release(scratch, slab * k) }
             var row = columns.lowerBound
             while row < columns.upperBound {
                 let rowsNow = min(slab, columns.upperBound - row)

@@ -6,8 +6,8 @@ extension CPUBackend {
     public func quantize(_ weight: Tensor, scheme: QuantizationScheme) -> Tensor {
         precondition(weight.quantization == nil, "tensor is already quantized")
         let count = weight.elementCount
-        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
-        defer { values.deallocate() }
+        let values = scratch(count)
+        defer { release(values, count) }
         if count > 0 { Precision.convertToFloat(weight.buffer.pointer, dtype: weight.dtype, count: count, into: values) }
         return upload(quantized: GroupQuantizer.quantize(values, shape: weight.shape, scheme: scheme))
     }
@@ -17,7 +17,7 @@ extension CPUBackend {
         precondition(q.data.count == layout.geometry.groupCount * q.scheme.bytesPerGroup
                      && q.steps.count == layout.geometry.groupCount && q.mins.count == layout.geometry.groupCount,
                      "quantized tensor parts do not match shape \(q.shape) at \(q.scheme)")
-        let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name)
+        let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
         q.data.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         q.steps.withUnsafeBytes { (buffer.pointer + layout.stepsOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         q.mins.withUnsafeBytes { (buffer.pointer + layout.minsOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -27,7 +27,7 @@ extension CPUBackend {
     public func cacheTensor(shape: [Int], compression: QuantizationScheme?) -> Tensor {
         guard let compression else { return zeros(shape: shape) }
         let layout = QuantizedLayout(scheme: compression, shape: shape)
-        let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name)
+        let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
         buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: layout.byteCount)
         return Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: layout)
     }

@@ -1,6 +1,6 @@
 /// GPT-2's reversible map from bytes to printable Unicode characters: printable Latin-1 bytes
 /// map to themselves, the rest to U+0100 onwards, so every byte string is a visible string.
-enum ByteLevel {
+public enum ByteLevel {
     static let byteToScalar: [Unicode.Scalar] = {
         let printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
         var table = [Unicode.Scalar](repeating: " ", count: 256)
@@ -16,7 +16,7 @@ enum ByteLevel {
         return table
     }()
 
-    static let byteToString: [String] = byteToScalar.map { String(Character($0)) }
+    public static let byteToString: [String] = byteToScalar.map { String(Character($0)) }
 
     static let scalarToByte: [UInt32: UInt8] = {
         var map: [UInt32: UInt8] = [:]

@@ -1,0 +1,31 @@
+import StrataCore
+
+/// Where a model's tensors come from: a Hugging Face safetensors checkpoint or Strata's
+/// offload store. Both hand out memory-mapped views.
+public protocol TensorSource: AnyObject, Sendable {
+    var directory: String { get }
+    var tensorNames: [String] { get }
+    func contains(_ name: String) -> Bool
+    func tensor(_ name: String) -> TensorView?
+}
+
+extension TensorSource {
+    /// The tensor, or an error naming it and the checkpoint when it is absent or misshapen.
+    public func require(_ name: String, shape: [Int]? = nil) throws -> TensorView {
+        guard let view = tensor(name) else {
+            throw StrataError.invalidFile(path: directory, detail: "checkpoint has no tensor '\(name)', which the architecture needs")
+        }
+        if let shape, view.shape != shape {
+            throw StrataError.invalidFile(path: view.file.path, detail: "tensor '\(name)' has shape \(view.shape), expected \(shape) from config.json")
+        }
+        return view
+    }
+}
+
+public enum TensorSources {
+    /// The offload store when `directory` holds one, else the safetensors checkpoint.
+    public static func open(directory: String) throws -> any TensorSource {
+        if FileSystem.exists(FileSystem.join(directory, OffloadStore.manifestName)) { return try OffloadStore(directory: directory) }
+        return try Checkpoint(directory: directory)
+    }
+}

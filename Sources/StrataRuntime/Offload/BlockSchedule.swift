@@ -1,0 +1,237 @@
+import Dispatch
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+
+/// One (layer, gpu batch) unit of KV cache: its device rows stay on the device, host rows in
+/// host memory, disk rows in a file (the cache tensors' byte image, padded to 4096).
+final class CacheUnit: @unchecked Sendable {
+    let rows: (device: Range<Int>, host: Range<Int>, disk: Range<Int>)
+    let device: (key: Tensor, value: Tensor)?
+    let host: (key: Tensor, value: Tensor)?
+    let disk: DiskFile?
+    let diskTensorBytes: Int
+
+    init(rows: (device: Range<Int>, host: Range<Int>, disk: Range<Int>), device: (key: Tensor, value: Tensor)?,
+         host: (key: Tensor, value: Tensor)?, disk: DiskFile?, diskTensorBytes: Int) {
+        self.rows = rows; self.device = device; self.host = host; self.disk = disk; self.diskTensorBytes = diskTensorBytes
+    }
+}
+
+/// A unit's cache made ready for one layer forward, and the copies to write back after it.
+struct StagedCache: @unchecked Sendable {
+    var layerCache: LayerCache
+    var hostCopy: (key: Tensor, value: Tensor)?
+    var diskCopy: (key: Tensor, value: Tensor)?
+}
+
+/// A gpu batch's hidden states between layers, split by rows over the tiers.
+struct StoredActivation: @unchecked Sendable {
+    var rows: Int
+    var device: Tensor?
+    var host: DeviceBuffer?
+    var diskRows: Int
+}
+
+extension OffloadEngine {
+    // MARK: KV cache
+
+    /// Places the KV cache for a block of `policy.blockSize` sequences of up to `capacity`
+    /// positions: per (layer, gpu batch), rows apportioned over the tiers.
+    public func beginBlock(capacity: Int) throws {
+        let c = model.config, gbs = policy.gpuBatchSize
+        let scheme = model.compression.cache
+        let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: gbs, split: policy.cache)
+        caches = []
+        self.capacity = capacity
+        var placedCache: [Tier: Int] = [:]
+        for j in 0..<c.numLayers {
+            var units: [CacheUnit] = []
+            for k in 0..<policy.numGPUBatches {
+                let rows = apportion.parts(j * policy.numGPUBatches + k, rows: gbs)
+                func shape(_ r: Range<Int>) -> [Int] { [r.count, c.numKVHeads, capacity, c.headDim] }
+                let device: (key: Tensor, value: Tensor)? = rows.device.isEmpty ? nil
+                    : (compute.cacheTensor(shape: shape(rows.device), compression: scheme), compute.cacheTensor(shape: shape(rows.device), compression: scheme))
+                let host: (key: Tensor, value: Tensor)? = rows.host.isEmpty ? nil
+                    : (hostBackend.cacheTensor(shape: shape(rows.host), compression: scheme), hostBackend.cacheTensor(shape: shape(rows.host), compression: scheme))
+                var disk: DiskFile?
+                var diskBytes = 0
+                if !rows.disk.isEmpty {
+                    diskBytes = MemoryPlan.cacheBytes(rows: rows.disk.count, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
+                    let path = FileSystem.join(try Self.directory(offloadDirectory!, "cache"), "L\(j)-B\(k).bin")
+                    let file = try DiskFile(path: path, create: true)
+                    try file.truncate(to: 0)   // a fresh, all-zero cache
+                    try file.truncate(to: 2 * DiskFile.alignUp(diskBytes))
+                    disk = file
+                }
+                let unit = CacheUnit(rows: rows, device: device, host: host, disk: disk, diskTensorBytes: diskBytes)
+                placedCache[.device, default: 0] += (device.map { $0.key.byteCount * 2 } ?? 0)
+                placedCache[.host, default: 0] += (host.map { $0.key.byteCount * 2 } ?? 0)
+                placedCache[.disk, default: 0] += 2 * DiskFile.alignUp(diskBytes)
+                units.append(unit)
+            }
+            caches.append(units)
+        }
+        accounts.disk.charge(placedCache[.disk] ?? 0)
+        placement.withLock { $0.cache = placedCache }
+    }
+
+    public func endBlock() {
+        accounts.disk.refund(placed.cache[.disk] ?? 0)
+        caches = []
+    }
+
+    /// A staging cache tensor on the device over a 4096-aligned, padded buffer (direct I/O).
+    func stagingCacheTensor(rows: Int) -> Tensor {
+        let c = model.config, scheme = model.compression.cache
+        let shape = [rows, c.numKVHeads, capacity, c.headDim]
+        let bytes = MemoryPlan.cacheBytes(rows: rows, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
+        let buffer = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: compute.name, account: accounts.device, alignment: 4096)
+        if let scheme {
+            return Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: QuantizedLayout(scheme: scheme, shape: shape))
+        }
+        return Tensor(shape: shape, dtype: .f32, buffer: buffer)
+    }
+
+    func loadCache(_ j: Int, _ k: Int) throws -> StagedCache {
+        let unit = caches[j][k]
+        var parts: [LayerCache.Part] = []
+        var staged = StagedCache(layerCache: LayerCache(parts: []), hostCopy: nil, diskCopy: nil)
+        if let d = unit.device { parts.append(.init(rows: unit.rows.device, key: d.key, value: d.value)) }
+        if let h = unit.host {
+            if policy.cpuAttention {
+                // Host attention: the rows are attended where they live; nothing moves.
+                parts.append(.init(rows: unit.rows.host, key: h.key, value: h.value))
+            } else {
+                let key = stagingCacheTensor(rows: unit.rows.host.count), value = stagingCacheTensor(rows: unit.rows.host.count)
+                key.buffer.pointer.copyMemory(from: h.key.buffer.pointer, byteCount: h.key.byteCount)
+                value.buffer.pointer.copyMemory(from: h.value.buffer.pointer, byteCount: h.value.byteCount)
+                parts.append(.init(rows: unit.rows.host, key: key, value: value))
+                staged.hostCopy = (key, value)
+            }
+        }
+        if let file = unit.disk {
+            let key = stagingCacheTensor(rows: unit.rows.disk.count), value = stagingCacheTensor(rows: unit.rows.disk.count)
+            let padded = DiskFile.alignUp(unit.diskTensorBytes)
+            try file.read(into: key.buffer.pointer, count: padded, at: 0)
+            try file.read(into: value.buffer.pointer, count: padded, at: padded)
+            parts.append(.init(rows: unit.rows.disk, key: key, value: value))
+            staged.diskCopy = (key, value)
+        }
+        staged.layerCache = LayerCache(parts: parts)
+        return staged
+    }
+
+    func storeCache(_ j: Int, _ k: Int, _ staged: StagedCache) throws {
+        let unit = caches[j][k]
+        if let copy = staged.hostCopy, let h = unit.host {
+            h.key.buffer.pointer.copyMemory(from: copy.key.buffer.pointer, byteCount: h.key.byteCount)
+            h.value.buffer.pointer.copyMemory(from: copy.value.buffer.pointer, byteCount: h.value.byteCount)
+        }
+        if let copy = staged.diskCopy, let file = unit.disk {
+            let padded = DiskFile.alignUp(unit.diskTensorBytes)
+            try file.write(from: copy.key.buffer.pointer, count: padded, at: 0)
+            try file.write(from: copy.value.buffer.pointer, count: padded, at: padded)
+        }
+    }
+
+    // MARK: Activations
+
+    func storeActivation(_ k: Int, _ hidden: Tensor) throws -> StoredActivation {
+        let rows = hidden.rows, width = hidden.columns * 4
+        let split = policy.activations
+        let d = min(rows, Int((Double(rows) * split.device / 100).rounded()))
+        let h = min(rows - d, Int((Double(rows) * (split.device + split.host) / 100).rounded()) - d)
+        var stored = StoredActivation(rows: rows, device: nil, host: nil, diskRows: rows - d - h)
+        if d == rows { stored.device = hidden; return stored }
+        if d > 0 { stored.device = compute.concatRows([compute.rowView(hidden, 0..<d)]) }
+        if h > 0 {
+            let buffer = DeviceBuffer.host(byteCount: h * width, backendName: "cpu", account: accounts.host)
+            buffer.pointer.copyMemory(from: hidden.buffer.pointer + d * width, byteCount: h * width)
+            stored.host = buffer
+        }
+        if stored.diskRows > 0 {
+            let bytes = stored.diskRows * width
+            let bounce = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: "cpu", account: accounts.host, alignment: 4096)
+            bounce.pointer.copyMemory(from: hidden.buffer.pointer + (d + h) * width, byteCount: bytes)
+            try activationFile(k).write(from: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+        }
+        placement.withLock { p in
+            p.activations[.device] = max(p.activations[.device] ?? 0, d * width)
+            p.activations[.host] = max(p.activations[.host] ?? 0, h * width)
+            p.activations[.disk] = max(p.activations[.disk] ?? 0, (rows - d - h) * width)
+        }
+        return stored
+    }
+
+    func loadActivation(_ k: Int, _ stored: StoredActivation) throws -> Tensor {
+        let width = model.config.hiddenSize * 4
+        if let device = stored.device, device.rows == stored.rows { return device }
+        let out = compute.zeros(shape: [stored.rows, model.config.hiddenSize])
+        var row = 0
+        if let device = stored.device {
+            out.buffer.pointer.copyMemory(from: device.buffer.pointer, byteCount: device.rows * width)
+            row = device.rows
+        }
+        if let host = stored.host {
+            (out.buffer.pointer + row * width).copyMemory(from: host.pointer, byteCount: host.byteCount)
+            row += host.byteCount / width
+        }
+        if stored.diskRows > 0 {
+            let bytes = stored.diskRows * width
+            let bounce = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: "cpu", account: accounts.host, alignment: 4096)
+            try activationFile(k).read(into: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+            (out.buffer.pointer + row * width).copyMemory(from: bounce.pointer, byteCount: bytes)
+        }
+        return out
+    }
+
+    func activationFile(_ k: Int) throws -> DiskFile {
+        try DiskFile(path: FileSystem.join(try Self.directory(offloadDirectory!, "activations"), "B\(k).bin"), create: true)
+    }
+
+    // MARK: The zig-zag block schedule
+
+    /// One forward step (prefill or one decode token) for the whole block: for each layer,
+    /// for each gpu batch, compute while the next layer's weights and the next batch's cache
+    /// and activations load and the previous batch's are stored. Returns logits [block, vocab]
+    /// of each row's last position.
+    public func forward(_ step: ForwardStep) throws -> [Float] {
+        let gbs = policy.gpuBatchSize, nb = policy.numGPUBatches, layers = model.config.numLayers
+        precondition(step.batch == gbs * nb, "step batch \(step.batch) is not the block size \(gbs * nb)")
+        let steps = (0..<nb).map { k in
+            ForwardStep(tokens: Array(step.tokens[(k * gbs * step.length)..<((k + 1) * gbs * step.length)]), batch: gbs,
+                        length: step.length, pastLength: step.pastLength, padding: Array(step.padding[(k * gbs)..<((k + 1) * gbs)]))
+        }
+        var activations = [Pending<StoredActivation>?](repeating: nil, count: nb)
+        var logits = [Float]()
+        var stores: [Pending<Void>] = []
+        var nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(0) }
+        for j in 0..<layers {
+            let weights = try nextWeights.wait()
+            if j + 1 < layers { nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(j + 1) } }
+            var nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, 0) }
+            for k in 0..<nb {
+                let cache = try nextCache.wait()
+                if k + 1 < nb { nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, k + 1) } }
+                let input: Tensor
+                if j == 0 {
+                    input = model.embed(steps[k])
+                } else {
+                    let stored = try activations[k]!.wait()
+                    input = try Pending(on: activationQueue) { [self] in try loadActivation(k, stored) }.wait()
+                }
+                let output = model.layer(j, input, weights: weights, cache: cache.layerCache, step: steps[k])
+                stores.append(Pending(on: cacheQueue) { [self] in try storeCache(j, k, cache) })
+                if j + 1 < layers {
+                    activations[k] = Pending(on: activationQueue) { [self] in try storeActivation(k, output) }
+                } else {
+                    logits += compute.download(model.head(output, rows: steps[k].lastRows))
+                }
+            }
+        }
+        for s in stores { try s.wait() }
+        return logits
+    }
+}

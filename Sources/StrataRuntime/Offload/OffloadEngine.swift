@@ -1,0 +1,258 @@
+import Dispatch
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+import Synchronization
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Byte budgets per tier (nil: unlimited).
+public struct TierBudgets: Sendable, Equatable {
+    public var device: Int?
+    public var host: Int?
+    public var disk: Int?
+    public init(device: Int? = nil, host: Int? = nil, disk: Int? = nil) { self.device = device; self.host = host; self.disk = disk }
+}
+
+/// Executes a `Policy`: decoder-layer weights, KV cache and activations live on device, host
+/// and disk as the policy says, and each step runs FlexGen's zig-zag block schedule (token,
+/// layer, gpu batch) with weight prefetch and cache/activation loads and stores on their own
+/// I/O queues (or in line with `overlap` off). Embeddings and the LM head stay on the device.
+public final class OffloadEngine: @unchecked Sendable {
+    public let model: any CausalLM
+    public let policy: Policy
+    public let accounts: (device: MemoryAccount, host: MemoryAccount, disk: MemoryAccount)
+    let compute: CPUBackend
+    let hostBackend: CPUBackend
+    let source: any TensorSource
+    let placements: [LayerPlacement]
+    let residentDevice: [DeviceBuffer?]
+    let residentHost: [DeviceBuffer?]
+    /// Per layer, per tensor index: the file holding that tensor's image from byte 0.
+    let weightFiles: [[Int: DiskFile]]
+    let offloadDirectory: String?
+    let weightQueue: DispatchQueue?, cacheQueue: DispatchQueue?, activationQueue: DispatchQueue?
+    var caches: [[CacheUnit]] = []
+    var cacheApportion: RowApportion?
+    var capacity = 0
+
+    public struct Placement: Sendable {
+        public var weights: [Tier: Int] = [:]
+        public var cache: [Tier: Int] = [:]
+        public var activations: [Tier: Int] = [:]
+    }
+    /// Bytes actually placed on each tier (activations: the largest store of a gpu batch).
+    public var placed: Placement { placement.withLock { $0 } }
+    let placement = Mutex(Placement())
+
+    /// Plans placement from tensor metadata, refuses a policy that cannot fit (naming the tier
+    /// and the shortfall) before any weight is loaded, then places the layers.
+    public init(directory: String, policy: Policy, budgets: TierBudgets, offloadDirectory: String?, threads: Int,
+                weightFormat: CPUBackend.WeightFormat = .asStored, precision: PrecisionMap? = nil,
+                promptLength: Int, capacity: Int) throws {
+        try policy.validate()
+        self.policy = policy
+        let device = MemoryAccount(name: "device", budget: budgets.device)
+        let host = MemoryAccount(name: "host", budget: budgets.host)
+        let disk = MemoryAccount(name: "disk", budget: budgets.disk)
+        accounts = (device, host, disk)
+        compute = CPUBackend(threads: threads, weightFormat: weightFormat, account: device)
+        let hostBackend = CPUBackend(threads: threads, weightFormat: weightFormat, account: host)
+        self.hostBackend = hostBackend
+        let config = try ModelConfig(directory: directory)
+        let source = try TensorSources.open(directory: directory)
+        self.source = source
+        var weightMap = precision
+        if policy.compressWeight && weightMap == nil { weightMap = PrecisionMap.uniform(layers: config.numLayers, bits: 4) }
+        let cacheScheme = policy.compressCache ? QuantizationScheme.int4 : nil
+        let compression = Compression(weights: weightMap, cache: cacheScheme)
+
+        // Plan from metadata only.
+        let probe = try ModelLoader.describe(directory: directory, source: source)
+        var plans: [LayerPlacement] = []
+        for j in 0..<config.numLayers {
+            plans.append(try ImageFormat.layout(specs: probe.layerSpecs(j), source: source, scheme: try weightMap?.scheme(forLayer: j),
+                                                weightFormat: weightFormat, split: policy.weights))
+        }
+        placements = plans
+        let isStore = source is OffloadStore
+        let needsOffloadFiles = plans.contains { p in p.disk > 0 && p.tensors.contains { !Self.imageIsStoreFile($0, isStore: isStore, source: source) } }
+        if (needsOffloadFiles || policy.cache.disk > 0 || policy.activations.disk > 0) && offloadDirectory == nil {
+            throw StrataError.invalidRequest("the policy puts data on disk; give --offload-dir DIR")
+        }
+        self.offloadDirectory = offloadDirectory
+        try MemoryPlan(config: config, policy: policy, placements: plans, cacheScheme: cacheScheme, promptLength: promptLength,
+                       capacity: capacity, threads: threads, nonLayerBytes: probe.nonLayerBytes(source: source, weightFormat: weightFormat))
+            .check(budgets)
+
+        model = try ModelLoader.load(directory: directory, backend: compute, compression: compression, loadLayers: false)
+        if policy.overlap {
+            weightQueue = DispatchQueue(label: "strata.weights")
+            cacheQueue = DispatchQueue(label: "strata.cache")
+            activationQueue = DispatchQueue(label: "strata.activations")
+        } else {
+            (weightQueue, cacheQueue, activationQueue) = (nil, nil, nil)
+        }
+
+        let placedLayers = try Self.place(plans, source: source, hostBackend: hostBackend, accounts: accounts, isStore: isStore,
+                                          offloadDirectory: offloadDirectory)
+        residentDevice = placedLayers.device
+        residentHost = placedLayers.host
+        weightFiles = placedLayers.files
+        placement.withLock { $0.weights = placedLayers.bytes }
+    }
+
+    /// Places every layer: the device prefix and host middle of its image in memory, the disk
+    /// tail in files (the offload store's own file when the bytes are identical, else an image
+    /// file written to the offload directory).
+    static func place(_ plans: [LayerPlacement], source: any TensorSource, hostBackend: CPUBackend,
+                      accounts: (device: MemoryAccount, host: MemoryAccount, disk: MemoryAccount), isStore: Bool,
+                      offloadDirectory: String?) throws
+        -> (device: [DeviceBuffer?], host: [DeviceBuffer?], files: [[Int: DiskFile]], bytes: [Tier: Int]) {
+        let (device, host, disk) = accounts
+        var residentDevice: [DeviceBuffer?] = [], residentHost: [DeviceBuffer?] = [], files: [[Int: DiskFile]] = []
+        var bytes: [Tier: Int] = [:]
+        for (j, p) in plans.enumerated() {
+            let specs = p.tensors.map(\.spec)
+            var images: [Int: Tensor] = [:]
+            func image(_ i: Int) throws -> Tensor {
+                if let t = images[i] { return t }
+                let spec = specs[i]
+                let view = try source.require(spec.name, shape: spec.shape)
+                var t = hostBackend.upload(weight: view.bytes, dtype: view.dtype, shape: view.shape, owner: view.file)
+                if let scheme = p.tensors[i].quantization { t = hostBackend.quantize(t, scheme: scheme) }
+                images[i] = t
+                return t
+            }
+            let deviceBuffer = p.device > 0 ? DeviceBuffer.host(byteCount: p.device, backendName: "cpu", account: device, alignment: 4096) : nil
+            let hostBuffer = p.host > 0 ? DeviceBuffer.host(byteCount: p.host, backendName: "cpu", account: host, alignment: 4096) : nil
+            var layerFiles: [Int: DiskFile] = [:]
+            for (i, t) in p.tensors.enumerated() {
+                let start = t.slot, end = t.slot + t.byteCount
+                if start < p.device, let deviceBuffer {
+                    let n = min(end, p.device) - start
+                    (deviceBuffer.pointer + start).copyMemory(from: try image(i).buffer.pointer, byteCount: n)
+                }
+                if end > p.device && start < p.device + p.host, let hostBuffer {
+                    let from = max(start, p.device), to = min(end, p.device + p.host)
+                    (hostBuffer.pointer + (from - p.device)).copyMemory(from: try image(i).buffer.pointer + (from - start), byteCount: to - from)
+                }
+                if t.slot + t.slotBytes > p.device + p.host {
+                    if Self.imageIsStoreFile(t, isStore: isStore, source: source), let store = source as? OffloadStore {
+                        layerFiles[i] = try DiskFile(path: store.path(of: store.entries[t.spec.name]!), create: false)
+                    } else {
+                        let path = FileSystem.join(try Self.directory(offloadDirectory!, "weights"), "L\(j)-T\(i).bin")
+                        let file = try DiskFile(path: path, create: true)
+                        try Self.writeImage(try image(i), bytes: t.byteCount, to: file, host: host)
+                        layerFiles[i] = file
+                    }
+                    disk.charge(t.slot + t.slotBytes - max(t.slot, p.device + p.host))
+                }
+            }
+            residentDevice.append(deviceBuffer)
+            residentHost.append(hostBuffer)
+            files.append(layerFiles)
+            bytes[.device, default: 0] += p.device
+            bytes[.host, default: 0] += p.host
+            bytes[.disk, default: 0] += p.disk
+        }
+        return (residentDevice, residentHost, files, bytes)
+    }
+
+    /// Whether a tensor's disk bytes can be read straight from the offload store it came from.
+    static func imageIsStoreFile(_ t: TensorImage, isStore: Bool, source: any TensorSource) -> Bool {
+        guard isStore, t.quantization == nil, let store = source as? OffloadStore, let e = store.entries[t.spec.name] else { return false }
+        return e.dtype == t.dtype && e.bytes == t.byteCount
+    }
+
+    static func directory(_ base: String, _ name: String) throws -> String {
+        let path = FileSystem.join(base, name)
+        do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+            throw StrataError.ioFailure(path: path, detail: "cannot create the offload directory: \(error)")
+        }
+        return path
+    }
+
+    /// Writes a tensor image to `file` through a 4096-aligned bounce buffer, padded to 4096.
+    static func writeImage(_ t: Tensor, bytes: Int, to file: DiskFile, host: MemoryAccount) throws {
+        let bounce = DeviceBuffer.host(byteCount: min(DiskFile.chunk, DiskFile.alignUp(bytes)), backendName: "cpu", account: host,
+                                       alignment: 4096)
+        var offset = 0
+        while offset < bytes {
+            let n = min(DiskFile.chunk, bytes - offset)
+            bounce.pointer.copyMemory(from: t.buffer.pointer + offset, byteCount: n)
+            let padded = DiskFile.alignUp(n)
+            if padded > n { (bounce.pointer + n).initializeMemory(as: UInt8.self, repeating: 0, count: padded - n) }
+            try file.write(from: bounce.pointer, count: padded, at: offset)
+            offset += n
+        }
+    }
+
+    // MARK: Weights
+
+    /// A layer's weights on the device: resident tensors in place, the rest assembled in a
+    /// staging buffer from host memory and disk (direct I/O, chunks read in parallel).
+    func loadLayer(_ j: Int) throws -> LayerWeights {
+        let p = placements[j]
+        let start = p.stagingStart
+        let staging = p.stagingBytes > 0
+            ? DeviceBuffer.host(byteCount: p.stagingBytes, backendName: compute.name, account: accounts.device, alignment: 4096) : nil
+        if let staging {
+            if p.device > start, let resident = residentDevice[j] {
+                staging.pointer.copyMemory(from: resident.pointer + start, byteCount: p.device - start)
+            }
+            if p.host > 0, let host = residentHost[j] {
+                (staging.pointer + (p.device - start)).copyMemory(from: host.pointer, byteCount: p.host)
+            }
+            let diskStart = p.device + p.host
+            var reads: [(file: DiskFile, fileOffset: Int, stagingOffset: Int, count: Int)] = []
+            for (i, t) in p.tensors.enumerated() where t.slot + t.slotBytes > diskStart {
+                let from = max(t.slot, diskStart)
+                var offset = 0
+                let total = t.slot + t.slotBytes - from
+                while offset < total {
+                    let n = min(DiskFile.chunk, total - offset)
+                    reads.append((weightFiles[j][i]!, from - t.slot + offset, from - start + offset, n))
+                    offset += n
+                }
+            }
+            if !reads.isEmpty {
+                let failure = Mutex<Error?>(nil)
+                let base = UncheckedPointer(staging.pointer)
+                let jobs = reads
+                DispatchQueue.concurrentPerform(iterations: jobs.count) { r in
+                    let read = jobs[r]
+                    do { try read.file.read(into: base.pointer + read.stagingOffset, count: read.count, at: read.fileOffset) } catch {
+                        failure.withLock { $0 = error }
+                    }
+                }
+                if let error = failure.withLock({ $0 }) { throw error }
+            }
+        }
+        var tensors: [String: Tensor] = [:]
+        for t in p.tensors {
+            let buffer: DeviceBuffer
+            if t.slot < start || staging == nil {
+                let resident = residentDevice[j]!
+                buffer = DeviceBuffer(pointer: resident.pointer + t.slot, byteCount: t.byteCount, backendName: compute.name,
+                                      owner: resident, deallocate: nil)
+            } else {
+                buffer = DeviceBuffer(pointer: staging!.pointer + (t.slot - start), byteCount: t.byteCount, backendName: compute.name,
+                                      owner: staging, deallocate: nil)
+            }
+            tensors[t.spec.key] = Tensor(shape: t.spec.shape, dtype: t.dtype, buffer: buffer,
+                                         quantization: t.quantization.map { QuantizedLayout(scheme: $0, shape: t.spec.shape) })
+        }
+        return LayerWeights(tensors)
+    }
+}
+
+/// A raw pointer carried into concurrent I/O workers that write disjoint ranges.
+struct UncheckedPointer: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+}
