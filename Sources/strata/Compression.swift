@@ -14,16 +14,40 @@ import Foundation
 /// group-quantized as a precision map says; loading it needs no further flags.
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a model directory with decoder-layer weights stored group-quantized (per-layer precision map).")
+        abstract: "Convert a model: to Strata's offload store (--out), or to a safetensors copy with quantized layers (--output).",
+        discussion: """
+        strata convert --model HF_DIR --out STORE_DIR          offload store (per-tensor files for direct I/O, checksummed manifest; resumable)
+        strata convert --random opt-13b --out STORE_DIR        random f16 weights for a known architecture, written chunk by chunk
+        strata convert --model DIR --output DIR --precision P  safetensors copy whose decoder layers are stored quantized
+        """)
 
-    @Option(help: "Source model directory.") var model: String
-    @Option(help: "Output directory (created; must not be the source).") var output: String
-    @Option(help: "Precision map JSON (layer -> 2/3/4/8/16 bits).") var precision: String?
-    @Flag(help: "Every layer at 4 bits (instead of --precision).") var compressWeight = false
+    @Option(help: "Source model directory.") var model: String?
+    @Option(help: "Known architecture for a random-weight store (\(KnownArchitectures.names.joined(separator: ", "))).") var random: String?
+    @Option(help: "Offload store directory to write.") var out: String?
+    @Option(help: "Safetensors output directory for a quantized copy (created; must not be the source).") var output: String?
+    @Option(help: "Precision map JSON (layer -> 2/3/4/8/16 bits) for --output.") var precision: String?
+    @Flag(help: "Every layer at 4 bits for --output (instead of --precision).") var compressWeight = false
     @Option(help: "Group size with --compress-weight.") var groupSize = 64
+    @Option(help: "Seed for --random.") var seed: UInt64 = 0
 
     func run() throws {
         try reportingErrors {
+            if let out {
+                guard output == nil, precision == nil, !compressWeight else {
+                    throw StrataError.invalidRequest("--out writes an offload store as stored; quantize with --output, or at load time")
+                }
+                let progress: (Int, Int) -> Void = { done, total in Console.status("\(Console.progressBar(done: done, total: total)) tensor \(done)/\(total)") }
+                let summary: StoreConverter.Summary
+                switch (model, random) {
+                case (let m?, nil): summary = try StoreConverter.convert(model: m, out: out, progress: progress)
+                case (nil, let arch?): summary = try StoreConverter.random(architecture: arch, out: out, seed: seed, progress: progress)
+                default: throw StrataError.invalidRequest("give exactly one of --model DIR or --random ARCH with --out")
+                }
+                Console.status("")
+                Console.error("wrote \(out): \(summary.tensors) tensors written, \(summary.skipped) already complete, \(ByteSize.format(summary.bytes))")
+                return
+            }
+            guard let model, let output else { throw StrataError.invalidRequest("give --out STORE, or --model DIR with --output DIR") }
             let layers = try ModelConfig(directory: model).numLayers
             let map: PrecisionMap
             switch (precision, compressWeight) {

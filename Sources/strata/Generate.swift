@@ -13,6 +13,9 @@ struct Generate: ParsableCommand {
         """)
 
     @OptionGroup var backend: BackendOptions
+    @OptionGroup var offload: PolicyOptions
+    @Option(help: "Under a policy: positions per sequence the KV cache is planned for (default: the model's maximum).")
+    var context: Int?
 
     @Option(help: "A single prompt.") var prompt: String?
     @Option(help: "JSONL input, one {\"prompt\": ...} object per line.") var input: String?
@@ -33,12 +36,17 @@ struct Generate: ParsableCommand {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
     }
 
+    private func makeGenerator() throws -> Generator {
+        let positions = try context ?? ModelConfig(directory: backend.model).maxPositions
+        return try offload.makeGenerator(backend, promptLength: positions, capacity: positions, batchSize: batchSize).0
+    }
+
     func run() throws {
         try reportingErrors {
             let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
             try sampling.validate()
             if let prompt {
-                let generator = Generator(bundle: try backend.loadBundle())
+                let generator = try makeGenerator()
                 let ids = try generator.bundle.encodePrompt(prompt)
                 var timing = GenerationTiming()
                 let r = try generator.generate([GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, stopStrings: stops)],
@@ -54,7 +62,7 @@ struct Generate: ParsableCommand {
             let job = BatchJob(inputPath: input!, outputPath: output!, batchSize: batchSize, maxNewTokens: maxNewTokens,
                                stopStrings: stops, sampling: sampling, overwrite: overwrite)
             let out = try job.prepareOutput()   // fail on an unwritable path before loading the model
-            let generator = Generator(bundle: try backend.loadBundle())
+            let generator = try makeGenerator()
             let summary = try job.run(generator: generator, output: out) { p in
                 let rate = p.seconds > 0 ? Double(p.newTokens) / p.seconds : 0
                 Console.status("\(Console.progressBar(done: p.done, total: p.total)) \(p.done)/\(p.total) prompts, \(rate.formatted(1)) tokens/s")
@@ -93,6 +101,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure prefill, decode and total generation throughput on random prompts (FlexGen's workload).")
 
     @OptionGroup var backend: BackendOptions
+    @OptionGroup var offload: PolicyOptions
     @Option(help: "Sequences per batch.") var batchSize: Int = 16
     @Option(help: "Prompt tokens per sequence.") var promptLen: Int = 128
     @Option(help: "New tokens per sequence (EOS ignored).") var genLen: Int = 32
@@ -101,10 +110,13 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let generator = Generator(bundle: try backend.loadBundle())
+            let (generator, engine) = try offload.makeGenerator(backend, promptLength: promptLen, capacity: promptLen + genLen,
+                                                               batchSize: batchSize)
             let r = try Benchmark(batchSize: batchSize, promptLength: promptLen, genLength: genLen, repeats: `repeat`).run(generator)
             if json {
-                print(r.json.serialized())
+                var object = r.json.object!
+                if let engine { object["tiers"] = engine.tierReport }
+                print(JSONValue.object(object).serialized())
             } else {
                 print("""
                     model \(backend.model), batch \(batchSize), prompt \(promptLen), gen \(genLen), threads \(backend.threads)
@@ -113,6 +125,17 @@ struct Bench: ParsableCommand {
                     total     \(r.totalTokensPerSecond.formatted(2)) tokens/s (new tokens / wall time, \(r.wallSeconds.formatted(2)) s)
                     peak RSS  \((Double(r.peakRSSBytes) / 1_048_576).formatted(1)) MiB
                     """)
+                if let engine {
+                    print("policy    \(engine.policy.flags)")
+                    for (name, account) in [("device", engine.accounts.device), ("host", engine.accounts.host), ("disk", engine.accounts.disk)] {
+                        let budget = account.budget.map { " of \(ByteSize.format($0))" } ?? ""
+                        print("\(name.padding(9)) peak \(ByteSize.format(account.peak))\(budget)")
+                    }
+                }
+            }
+            if let violation = engine?.budgetViolation {
+                Console.error("error: \(violation)")
+                throw ExitCode(1)
             }
         }
     }

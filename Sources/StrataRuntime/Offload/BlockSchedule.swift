@@ -40,6 +40,10 @@ extension OffloadEngine {
     /// Places the KV cache for a block of `policy.blockSize` sequences of up to `capacity`
     /// positions: per (layer, gpu batch), rows apportioned over the tiers.
     public func beginBlock(capacity: Int) throws {
+        guard capacity <= plannedCapacity else {
+            throw StrataError.invalidRequest(
+                "a block needs \(capacity) positions per sequence but the memory plan was made for \(plannedCapacity) (raise --context)")
+        }
         let c = model.config, gbs = policy.gpuBatchSize
         let scheme = model.compression.cache
         let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: gbs, split: policy.cache)
@@ -156,6 +160,7 @@ extension OffloadEngine {
             let bounce = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: "cpu", account: accounts.host, alignment: 4096)
             bounce.pointer.copyMemory(from: hidden.buffer.pointer + (d + h) * width, byteCount: bytes)
             try activationFile(k).write(from: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+            accounts.disk.charge(DiskFile.alignUp(bytes))   // refunded when the rows are loaded back
         }
         placement.withLock { p in
             p.activations[.device] = max(p.activations[.device] ?? 0, d * width)
@@ -182,6 +187,7 @@ extension OffloadEngine {
             let bytes = stored.diskRows * width
             let bounce = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: "cpu", account: accounts.host, alignment: 4096)
             try activationFile(k).read(into: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+            accounts.disk.refund(DiskFile.alignUp(bytes))
             (out.buffer.pointer + row * width).copyMemory(from: bounce.pointer, byteCount: bytes)
         }
         return out

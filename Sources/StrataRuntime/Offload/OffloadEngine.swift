@@ -39,6 +39,8 @@ public final class OffloadEngine: @unchecked Sendable {
     var caches: [[CacheUnit]] = []
     var cacheApportion: RowApportion?
     var capacity = 0
+    /// The positions per sequence the memory plan was made for.
+    public let plannedCapacity: Int
 
     public struct Placement: Sendable {
         public var weights: [Tier: Int] = [:]
@@ -85,6 +87,7 @@ public final class OffloadEngine: @unchecked Sendable {
             throw StrataError.invalidRequest("the policy puts data on disk; give --offload-dir DIR")
         }
         self.offloadDirectory = offloadDirectory
+        plannedCapacity = capacity
         try MemoryPlan(config: config, policy: policy, placements: plans, cacheScheme: cacheScheme, promptLength: promptLength,
                        capacity: capacity, threads: threads, nonLayerBytes: probe.nonLayerBytes(source: source, weightFormat: weightFormat))
             .check(budgets)

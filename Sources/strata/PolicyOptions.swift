@@ -1,0 +1,91 @@
+import ArgumentParser
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+import StrataRuntime
+
+/// FlexGen-style offloading options. Any of them switches from the resident runner to the
+/// offloading engine.
+struct PolicyOptions: ParsableArguments {
+    @Option(parsing: .upToNextOption, help: "Placement percentages WG WC CG CC HG HC (weights, cache, activations on device and host; the rest on disk).")
+    var percent: [Double] = []
+    @Option(help: "Sequences per gpu batch.") var gpuBatchSize: Int?
+    @Option(help: "Gpu batches per block (a layer's weights load once per block).") var numGPUBatches: Int?
+    @Option(help: "Policy JSON file (gpu_batch_size, num_gpu_batches, percent, overlap, cpu_attention, compress_weight, compress_cache).")
+    var policy: String?
+    @Option(help: "Overlap transfers with compute (true/false).") var overlap: Bool?
+    @Flag(help: "Attend to host-resident KV cache on the host instead of moving it.") var cpuAttention = false
+    @Option(help: "Device tier budget, e.g. 16GiB (on the CPU backend: the arena compute reads).") var deviceMem: String?
+    @Option(help: "Host tier budget, e.g. 4GiB.") var hostMem: String?
+    @Option(help: "Disk tier budget, e.g. 100GiB.") var diskMem: String?
+    @Option(help: "Directory for disk-tier files (weights, KV cache, activations).") var offloadDir: String?
+
+    var active: Bool {
+        !percent.isEmpty || gpuBatchSize != nil || numGPUBatches != nil || policy != nil || offloadDir != nil || deviceMem != nil
+            || hostMem != nil || diskMem != nil || cpuAttention || overlap != nil
+    }
+
+    func makePolicy(compressWeight: Bool, compressCache: Bool) throws -> Policy {
+        var p: Policy
+        if let policy {
+            p = try Policy.load(path: policy)
+        } else {
+            p = percent.isEmpty ? Policy() : try Policy(percent: percent, gpuBatchSize: 1, numGPUBatches: 1)
+        }
+        if let gpuBatchSize { p.gpuBatchSize = gpuBatchSize }
+        if let numGPUBatches { p.numGPUBatches = numGPUBatches }
+        if let overlap { p.overlap = overlap }
+        if cpuAttention { p.cpuAttention = true }
+        if compressWeight { p.compressWeight = true }
+        if compressCache { p.compressCache = true }
+        try p.validate()
+        return p
+    }
+
+    func budgets() throws -> TierBudgets {
+        TierBudgets(device: try deviceMem.map { try ByteSize.parse($0, option: "--device-mem") },
+                    host: try hostMem.map { try ByteSize.parse($0, option: "--host-mem") },
+                    disk: try diskMem.map { try ByteSize.parse($0, option: "--disk-mem") })
+    }
+
+    /// A generator for `backend.model`: resident, or under the policy with the KV cache planned
+    /// for `capacity` positions and the working set for prompts of `promptLength`.
+    func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int) throws -> (Generator, OffloadEngine?) {
+        guard active else { return (Generator(bundle: try backend.loadBundle()), nil) }
+        let policy = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache)
+        try policy.validate(batchSize: batchSize)
+        let precision = try backend.precision.map { try PrecisionMap.load(path: $0) }
+        let config = try ModelConfig(directory: backend.model)
+        let engine = try OffloadEngine(directory: backend.model, policy: policy, budgets: budgets(), offloadDirectory: offloadDir,
+                                       threads: backend.threads, weightFormat: try backend.makeBackend().weightFormat,
+                                       precision: precision, promptLength: promptLength,
+                                       capacity: min(capacity, config.maxPositions))
+        return (Generator(bundle: try ModelBundle(directory: backend.model, model: engine.model), engine: engine), engine)
+    }
+}
+
+extension OffloadEngine {
+    /// Measured peaks, placed bytes and budgets per tier, as one JSON object.
+    var tierReport: JSONValue {
+        func tier(_ t: Tier, _ account: MemoryAccount) -> JSONValue {
+            let placed = self.placed
+            return .object([
+                "peak_bytes": .number(Double(account.peak)),
+                "budget_bytes": account.budget.map { .number(Double($0)) } ?? .null,
+                "placed_weight_bytes": .number(Double(placed.weights[t] ?? 0)),
+                "placed_cache_bytes": .number(Double(placed.cache[t] ?? 0)),
+                "placed_activation_bytes": .number(Double(placed.activations[t] ?? 0)),
+            ])
+        }
+        return .object(["device": tier(.device, accounts.device), "host": tier(.host, accounts.host), "disk": tier(.disk, accounts.disk),
+                        "policy": policy.json])
+    }
+
+    /// Over-budget tiers as one error line, or nil.
+    var budgetViolation: String? {
+        let over = [accounts.device, accounts.host, accounts.disk].filter { $0.excess > 0 }
+        guard !over.isEmpty else { return nil }
+        return over.map { "\($0.name) tier peaked at \($0.peak) bytes, \($0.excess) over its budget" }.joined(separator: "; ")
+    }
+}
