@@ -32,7 +32,7 @@ public enum Perplexity {
         return stride(from: 0, to: ids.count - window + 1, by: window).map { ids[$0..<($0 + window)] }
     }
 
-    public static func evaluate(bundle: ModelBundle, text: String, window: Int,
+    public static func evaluate(bundle: ModelBundle, text: String, window: Int, engine: OffloadEngine? = nil,
                                 progress: ((Int, Int) -> Void)? = nil) throws -> PerplexityResult {
         let model = bundle.model
         guard window >= 2 else { throw StrataError.invalidRequest("--window must be at least 2") }
@@ -43,6 +43,32 @@ public enum Perplexity {
         let pieces = windows(of: ids, window: window)
         guard !pieces.isEmpty else { throw StrataError.invalidRequest("text encodes to fewer than 2 tokens; nothing to score") }
         var result = PerplexityResult(windows: pieces.count, tokensScored: 0, negativeLogLikelihood: 0)
+        if let engine {
+            // Under a policy, whole blocks of equal-length windows run together.
+            let block = engine.policy.blockSize, length = pieces[0].count, vocab = model.config.vocabSize
+            try engine.beginBlock(capacity: length)
+            defer { engine.endBlock() }
+            for start in stride(from: 0, to: pieces.count, by: block) {
+                var rows = Array(pieces[start..<min(pieces.count, start + block)])
+                let real = rows.count
+                while rows.count < block { rows.append(rows[0]) }
+                let step = ForwardStep(tokens: rows.flatMap { $0.map(Int32.init) }, batch: block, length: length, pastLength: 0,
+                                       padding: [Int](repeating: 0, count: block))
+                let logits = try engine.forward(step, allRows: true)
+                logits.withUnsafeBufferPointer { all in
+                    for (b, piece) in rows.prefix(real).enumerated() {
+                        let tokens = Array(piece)
+                        for t in 0..<(length - 1) {
+                            result.negativeLogLikelihood += negativeLogProbability(all.baseAddress! + (b * length + t) * vocab, count: vocab,
+                                                                                   target: tokens[t + 1])
+                        }
+                        result.tokensScored += length - 1
+                    }
+                }
+                progress?(min(pieces.count, start + block), pieces.count)
+            }
+            return result
+        }
         for (index, piece) in pieces.enumerated() {
             let tokens = Array(piece)
             result.negativeLogLikelihood += score(model: model, tokens: tokens)

@@ -67,16 +67,19 @@ struct PerplexityCommand: ParsableCommand {
         commandName: "perplexity", abstract: "Perplexity of a text file over non-overlapping windows (GPTQ protocol).")
 
     @OptionGroup var backend: BackendOptions
+    @OptionGroup var offload: PolicyOptions
     @Option(help: "UTF-8 text file to score.") var text: String
     @Option(help: "Tokens per window.") var window = 2048
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
         try reportingErrors {
-            let bundle = try backend.loadBundle()
+            let maxPositions = try ModelConfig(directory: backend.model).maxPositions
+            let window = min(self.window, maxPositions)
+            let (generator, engine) = try offload.makeGenerator(backend, promptLength: window, capacity: window, batchSize: nil)
+            let bundle = generator.bundle
             let content = try readText(text)
-            let window = min(self.window, bundle.model.config.maxPositions)
-            let result = try Perplexity.evaluate(bundle: bundle, text: content, window: window) { done, total in
+            let result = try Perplexity.evaluate(bundle: bundle, text: content, window: window, engine: engine) { done, total in
                 if !json { Console.status("\(Console.progressBar(done: done, total: total)) window \(done)/\(total)") }
             }
             if json {

@@ -107,15 +107,31 @@ struct Bench: ParsableCommand {
     @Option(help: "New tokens per sequence (EOS ignored).") var genLen: Int = 32
     @Option(help: "Measured runs; the median is reported.") var `repeat`: Int = 1
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Under a policy with weights on disk: also measure the disk's direct-read bandwidth on the weight files and report the decode step against the disk-read bound.")
+    var measureDisk = false
+    @Option(help: "Bytes of weight files read to measure disk bandwidth.") var measureDiskBytes = "4GiB"
 
     func run() throws {
         try reportingErrors {
             let (generator, engine) = try offload.makeGenerator(backend, promptLength: promptLen, capacity: promptLen + genLen,
                                                                batchSize: batchSize)
             let r = try Benchmark(batchSize: batchSize, promptLength: promptLen, genLength: genLen, repeats: `repeat`).run(generator)
+            var diskBound: JSONValue?
+            if measureDisk, let engine, (engine.placed.weights[.disk] ?? 0) > 0 {
+                let limit = try ByteSize.parse(measureDiskBytes, option: "--measure-disk-bytes")
+                let (bytes, seconds) = try DiskReader.measureBandwidth(files: engine.diskWeightFiles, limit: limit)
+                let bandwidth = Double(bytes) / seconds
+                let stepBytes = Double(engine.placed.weights[.disk] ?? 0)
+                let bound = stepBytes / bandwidth
+                let step = Double(batchSize) / r.decodeTokensPerSecond
+                diskBound = .object(["read_bandwidth_bytes_per_s": .number(bandwidth), "weight_bytes_per_step": .number(stepBytes),
+                                     "bound_seconds_per_step": .number(bound), "decode_seconds_per_step": .number(step),
+                                     "fraction_of_bound": .number(bound / step)])
+            }
             if json {
                 var object = r.json.object!
                 if let engine { object["tiers"] = engine.tierReport }
+                if let diskBound { object["disk_bound"] = diskBound }
                 print(JSONValue.object(object).serialized())
             } else {
                 print("""
@@ -130,6 +146,10 @@ struct Bench: ParsableCommand {
                     for (name, account) in [("device", engine.accounts.device), ("host", engine.accounts.host), ("disk", engine.accounts.disk)] {
                         let budget = account.budget.map { " of \(ByteSize.format($0))" } ?? ""
                         print("\(name.padding(9)) peak \(ByteSize.format(account.peak))\(budget)")
+                    }
+                    if let d = diskBound?.object, let bw = d["read_bandwidth_bytes_per_s"]?.double, let bound = d["bound_seconds_per_step"]?.double,
+                       let step = d["decode_seconds_per_step"]?.double {
+                        print("disk      \((bw / 1e9).formatted(2)) GB/s direct reads; decode step \(step.formatted(2)) s vs disk-read bound \(bound.formatted(2)) s (\((100 * bound / step).formatted(1))%)")
                     }
                 }
             }

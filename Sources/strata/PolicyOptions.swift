@@ -51,10 +51,10 @@ struct PolicyOptions: ParsableArguments {
 
     /// A generator for `backend.model`: resident, or under the policy with the KV cache planned
     /// for `capacity` positions and the working set for prompts of `promptLength`.
-    func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int) throws -> (Generator, OffloadEngine?) {
+    func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws -> (Generator, OffloadEngine?) {
         guard active else { return (Generator(bundle: try backend.loadBundle()), nil) }
         let policy = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache)
-        try policy.validate(batchSize: batchSize)
+        if let batchSize { try policy.validate(batchSize: batchSize) }
         let precision = try backend.precision.map { try PrecisionMap.load(path: $0) }
         let config = try ModelConfig(directory: backend.model)
         let engine = try OffloadEngine(directory: backend.model, policy: policy, budgets: budgets(), offloadDirectory: offloadDir,

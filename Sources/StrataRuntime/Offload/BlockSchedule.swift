@@ -91,7 +91,7 @@ extension OffloadEngine {
         let c = model.config, scheme = model.compression.cache
         let shape = [rows, c.numKVHeads, capacity, c.headDim]
         let bytes = MemoryPlan.cacheBytes(rows: rows, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
-        let buffer = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: compute.name, account: accounts.device, alignment: 4096)
+        let buffer = devicePool.take(DiskFile.alignUp(bytes))
         if let scheme {
             return Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: QuantizedLayout(scheme: scheme, shape: shape))
         }
@@ -157,7 +157,7 @@ extension OffloadEngine {
         }
         if stored.diskRows > 0 {
             let bytes = stored.diskRows * width
-            let bounce = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: "cpu", account: accounts.host, alignment: 4096)
+            let bounce = hostPool.take(DiskFile.alignUp(bytes))
             bounce.pointer.copyMemory(from: hidden.buffer.pointer + (d + h) * width, byteCount: bytes)
             try activationFile(k).write(from: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
             accounts.disk.charge(DiskFile.alignUp(bytes))   // refunded when the rows are loaded back
@@ -185,7 +185,7 @@ extension OffloadEngine {
         }
         if stored.diskRows > 0 {
             let bytes = stored.diskRows * width
-            let bounce = DeviceBuffer.host(byteCount: DiskFile.alignUp(bytes), backendName: "cpu", account: accounts.host, alignment: 4096)
+            let bounce = hostPool.take(DiskFile.alignUp(bytes))
             try activationFile(k).read(into: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
             accounts.disk.refund(DiskFile.alignUp(bytes))
             (out.buffer.pointer + row * width).copyMemory(from: bounce.pointer, byteCount: bytes)
@@ -202,8 +202,8 @@ extension OffloadEngine {
     /// One forward step (prefill or one decode token) for the whole block: for each layer,
     /// for each gpu batch, compute while the next layer's weights and the next batch's cache
     /// and activations load and the previous batch's are stored. Returns logits [block, vocab]
-    /// of each row's last position.
-    public func forward(_ step: ForwardStep) throws -> [Float] {
+    /// of each row's last position, or of every position with `allRows` (perplexity).
+    public func forward(_ step: ForwardStep, allRows: Bool = false) throws -> [Float] {
         let gbs = policy.gpuBatchSize, nb = policy.numGPUBatches, layers = model.config.numLayers
         precondition(step.batch == gbs * nb, "step batch \(step.batch) is not the block size \(gbs * nb)")
         let steps = (0..<nb).map { k in
@@ -233,7 +233,7 @@ extension OffloadEngine {
                 if j + 1 < layers {
                     activations[k] = Pending(on: activationQueue) { [self] in try storeActivation(k, output) }
                 } else {
-                    logits += compute.download(model.head(output, rows: steps[k].lastRows))
+                    logits += compute.download(model.head(output, rows: allRows ? Array(0..<output.rows) : steps[k].lastRows))
                 }
             }
         }

@@ -39,6 +39,8 @@ public final class OffloadEngine: @unchecked Sendable {
     var caches: [[CacheUnit]] = []
     var cacheApportion: RowApportion?
     var capacity = 0
+    let devicePool: BufferPool
+    let hostPool: BufferPool
     /// The positions per sequence the memory plan was made for.
     public let plannedCapacity: Int
 
@@ -63,6 +65,8 @@ public final class OffloadEngine: @unchecked Sendable {
         let disk = MemoryAccount(name: "disk", budget: budgets.disk)
         accounts = (device, host, disk)
         compute = CPUBackend(threads: threads, weightFormat: weightFormat, account: device)
+        devicePool = BufferPool(backendName: "cpu", account: device)
+        hostPool = BufferPool(backendName: "cpu", account: host)
         let hostBackend = CPUBackend(threads: threads, weightFormat: weightFormat, account: host)
         self.hostBackend = hostBackend
         let config = try ModelConfig(directory: directory)
@@ -166,6 +170,12 @@ public final class OffloadEngine: @unchecked Sendable {
         return (residentDevice, residentHost, files, bytes)
     }
 
+    /// Files the disk tier reads weights from, in layer order.
+    public var diskWeightFiles: [String] {
+        var seen = Set<String>()
+        return weightFiles.flatMap { files in files.keys.sorted().map { files[$0]!.path } }.filter { seen.insert($0).inserted }
+    }
+
     /// Whether a tensor's disk bytes can be read straight from the offload store it came from.
     static func imageIsStoreFile(_ t: TensorImage, isStore: Bool, source: any TensorSource) -> Bool {
         guard isStore, t.quantization == nil, let store = source as? OffloadStore, let e = store.entries[t.spec.name] else { return false }
@@ -202,8 +212,7 @@ public final class OffloadEngine: @unchecked Sendable {
     func loadLayer(_ j: Int) throws -> LayerWeights {
         let p = placements[j]
         let start = p.stagingStart
-        let staging = p.stagingBytes > 0
-            ? DeviceBuffer.host(byteCount: p.stagingBytes, backendName: compute.name, account: accounts.device, alignment: 4096) : nil
+        let staging = p.stagingBytes > 0 ? devicePool.take(p.stagingBytes) : nil
         if let staging {
             if p.device > start, let resident = residentDevice[j] {
                 staging.pointer.copyMemory(from: resident.pointer + start, byteCount: p.device - start)
@@ -223,18 +232,8 @@ public final class OffloadEngine: @unchecked Sendable {
                     offset += n
                 }
             }
-            if !reads.isEmpty {
-                let failure = Mutex<Error?>(nil)
-                let base = UncheckedPointer(staging.pointer)
-                let jobs = reads
-                DispatchQueue.concurrentPerform(iterations: jobs.count) { r in
-                    let read = jobs[r]
-                    do { try read.file.read(into: base.pointer + read.stagingOffset, count: read.count, at: read.fileOffset) } catch {
-                        failure.withLock { $0 = error }
-                    }
-                }
-                if let error = failure.withLock({ $0 }) { throw error }
-            }
+            try DiskReader.read(reads.map { .init(file: $0.file, fileOffset: $0.fileOffset, destination: staging.pointer + $0.stagingOffset,
+                                                   count: $0.count) })
         }
         var tensors: [String: Tensor] = [:]
         for t in p.tensors {
@@ -254,8 +253,65 @@ public final class OffloadEngine: @unchecked Sendable {
     }
 }
 
-/// A raw pointer carried into concurrent I/O workers that write disjoint ranges.
-struct UncheckedPointer: @unchecked Sendable {
-    let pointer: UnsafeMutableRawPointer
-    init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+/// Direct-I/O reads spread over a few lanes: one sequential 16 MiB stream rarely keeps a
+/// virtual disk's queue full, and the lanes block in the kernel, not on the cores.
+public enum DiskReader {
+    public struct Job: @unchecked Sendable {
+        public var file: DiskFile
+        public var fileOffset: Int
+        public var destination: UnsafeMutableRawPointer
+        public var count: Int
+        public init(file: DiskFile, fileOffset: Int, destination: UnsafeMutableRawPointer, count: Int) {
+            self.file = file; self.fileOffset = fileOffset; self.destination = destination; self.count = count
+        }
+    }
+
+    public static let lanes = 4
+    static let queue = DispatchQueue(label: "strata.disk-read", attributes: .concurrent)
+
+    public static func read(_ jobs: [Job]) throws {
+        guard !jobs.isEmpty else { return }
+        if jobs.count == 1 { return try jobs[0].file.read(into: jobs[0].destination, count: jobs[0].count, at: jobs[0].fileOffset) }
+        let failure = Mutex<Error?>(nil)
+        let group = DispatchGroup()
+        let next = Mutex(0)
+        for _ in 0..<min(lanes, jobs.count) {
+            queue.async(group: group) {
+                while true {
+                    let i = next.withLock { n -> Int in defer { n += 1 }; return n }
+                    guard i < jobs.count else { return }
+                    let job = jobs[i]
+                    do { try job.file.read(into: job.destination, count: job.count, at: job.fileOffset) } catch {
+                        failure.withLock { $0 = error }
+                        return
+                    }
+                }
+            }
+        }
+        group.wait()
+        if let error = failure.withLock({ $0 }) { throw error }
+    }
+
+    /// Sequential direct-read bandwidth (bytes/s) over up to `limit` bytes of `files`, read the
+    /// way the engine reads weights; the disk-read bound of an offloaded run is measured with it.
+    public static func measureBandwidth(files: [String], limit: Int) throws -> (bytes: Int, seconds: Double) {
+        let buffer = DeviceBuffer.host(byteCount: lanes * DiskFile.chunk, backendName: "cpu", alignment: 4096)
+        var jobs: [Job] = []
+        var total = 0
+        for path in files where total < limit {
+            let file = try DiskFile(path: path, create: false)
+            var offset = 0
+            let size = DiskFile.alignDown(file.size)
+            while offset < size && total < limit {
+                let n = min(DiskFile.chunk, size - offset)
+                // The data is discarded: jobs share a few destination chunks.
+                jobs.append(Job(file: file, fileOffset: offset, destination: buffer.pointer + (jobs.count % lanes) * DiskFile.chunk, count: n))
+                offset += n
+                total += n
+            }
+        }
+        let start = Clock.now()
+        try read(jobs)
+        return (total, Clock.now() - start)
+    }
 }
