@@ -27,6 +27,11 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        .systemLibrary(
+            name: "CCbc",
+            pkgConfig: "cbc",
+            providers: [.apt(["coinor-libcbc-dev"])]
+        ),
         // Layer 1: shapes, dtypes, errors, JSON values. No knowledge of models.
         .target(name: "StrataCore", swiftSettings: kernelSettings),
         // Layer 2: safetensors, Hugging Face configs, tokenizers.
@@ -37,18 +42,21 @@ let package = Package(
         .target(name: "StrataModels", dependencies: ["StrataCore", "StrataFormats", "StrataBackend"], swiftSettings: kernelSettings),
         // Layer 5: KV cache, sampling, stopping, the batched generator.
         .target(name: "StrataRuntime", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels"], swiftSettings: kernelSettings),
+        // Layer 6: hardware profiles, cost model, policy search (LP via COIN-OR CBC).
+        .target(name: "StrataPlanning", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "StrataRuntime", "CCbc"],
+                swiftSettings: kernelSettings),
         // Layer 8: the command line. Thin: parse, call the layers below, print.
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
+                "StrataPlanning", "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime"],
+            dependencies: ["StrataRuntime", "StrataPlanning"],
             swiftSettings: cpuFlags
         ),
     ],

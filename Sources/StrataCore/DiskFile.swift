@@ -19,7 +19,7 @@ public final class DiskFile: @unchecked Sendable {
 
     public let path: String
     public let direct: Bool
-    let descriptor: Int32
+    public let descriptor: Int32
 
     public init(path: String, create: Bool) throws {
         self.path = path

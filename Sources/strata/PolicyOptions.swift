@@ -3,6 +3,7 @@ import StrataBackend
 import StrataCore
 import StrataFormats
 import StrataModels
+import StrataPlanning
 import StrataRuntime
 
 /// FlexGen-style offloading options. Any of them switches from the resident runner to the
@@ -12,7 +13,7 @@ struct PolicyOptions: ParsableArguments {
     var percent: [Double] = []
     @Option(help: "Sequences per gpu batch.") var gpuBatchSize: Int?
     @Option(help: "Gpu batches per block (a layer's weights load once per block).") var numGPUBatches: Int?
-    @Option(help: "Policy JSON file (gpu_batch_size, num_gpu_batches, percent, overlap, cpu_attention, compress_weight, compress_cache).")
+    @Option(help: "Policy JSON file (gpu_batch_size, num_gpu_batches, percent, overlap, cpu_attention, compress_weight, compress_cache), or 'auto' (cost model + search on this machine's profile).")
     var policy: String?
     @Option(help: "Overlap transfers with compute (true/false).") var overlap: Bool?
     @Flag(help: "Attend to host-resident KV cache on the host instead of moving it.") var cpuAttention = false
@@ -26,9 +27,11 @@ struct PolicyOptions: ParsableArguments {
             || hostMem != nil || diskMem != nil || cpuAttention || overlap != nil
     }
 
-    func makePolicy(compressWeight: Bool, compressCache: Bool) throws -> Policy {
+    func makePolicy(compressWeight: Bool, compressCache: Bool, auto: (() throws -> Policy)? = nil) throws -> Policy {
         var p: Policy
-        if let policy {
+        if policy == "auto", let auto {
+            p = try auto()
+        } else if let policy {
             p = try Policy.load(path: policy)
         } else {
             p = percent.isEmpty ? Policy() : try Policy(percent: percent, gpuBatchSize: 1, numGPUBatches: 1)
@@ -53,7 +56,9 @@ struct PolicyOptions: ParsableArguments {
     /// for `capacity` positions and the working set for prompts of `promptLength`.
     func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws -> (Generator, OffloadEngine?) {
         guard active else { return (Generator(bundle: try backend.loadBundle()), nil) }
-        let policy = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache)
+        let policy = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache) {
+            try autoPolicy(backend, promptLength: promptLength, capacity: capacity, batchSize: batchSize)
+        }
         if let batchSize { try policy.validate(batchSize: batchSize) }
         let precision = try backend.precision.map { try PrecisionMap.load(path: $0) }
         let config = try ModelConfig(directory: backend.model)
@@ -62,6 +67,30 @@ struct PolicyOptions: ParsableArguments {
                                        precision: precision, promptLength: promptLength,
                                        capacity: min(capacity, config.maxPositions))
         return (Generator(bundle: try ModelBundle(directory: backend.model, model: engine.model), engine: engine), engine)
+    }
+}
+
+extension PolicyOptions {
+    /// `--policy auto`: this machine's profile (cached, or measured now), the cost model for the
+    /// model and workload, and the LP search, limited to blocks that divide the batch.
+    func autoPolicy(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws -> Policy {
+        let profile = try ProfileCache.loadOrMeasure(threads: backend.threads, offloadDirectory: offloadDir ?? "/tmp/strata-offload")
+        let workload = Workload(promptLength: promptLength, genLength: max(1, capacity - promptLength))
+        let cost = CostModel(model: try ModelShape.named(backend.model), profile: profile, workload: workload)
+        var limits = try budgets()
+        // Device and host share RAM on a CPU machine: without budgets, give the device half.
+        if profile.copiesShareCompute {
+            limits.device = limits.device ?? Int(profile.deviceMemory * 0.5)
+            limits.host = limits.host ?? Int(profile.hostMemory * 0.3)
+        }
+        if offloadDir == nil { limits.disk = 0 }
+        var search = PolicySearch(cost: cost, budgets: limits)
+        if let batchSize { search.requiredDivisor = batchSize }
+        search.allowCompression = backend.compressWeight || backend.compressCache
+        let result = try search.search()
+        Console.error("--policy auto: \(result.policy.flags) (predicted \(result.prediction.tokensPerSecond.formatted(2)) tokens/s; "
+                      + "bottleneck prefill \(result.prediction.prefillBottleneck), decode \(result.prediction.decodeBottleneck))")
+        return result.policy
     }
 }
 

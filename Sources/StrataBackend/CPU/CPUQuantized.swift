@@ -96,3 +96,10 @@ extension CPUBackend {
         }
     }
 }
+
+extension CPUBackend {
+    /// Decodes a whole quantized tensor into `out` (f32, row-major); for measurements.
+    public static func decode(_ t: Tensor, into out: UnsafeMutablePointer<Float>) {
+        dequantizeRows(t, rows: 0..<t.rows, into: out)
+    }
+}

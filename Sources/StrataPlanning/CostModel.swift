@@ -1,0 +1,253 @@
+import StrataCore
+import StrataFormats
+import StrataModels
+import StrataRuntime
+
+/// The placement fractions a policy chooses (FlexGen's nine LP variables).
+public enum Fraction: Int, CaseIterable, Sendable {
+    case wg, wc, wd, cg, cc, cd, hg, hc, hd
+}
+
+/// A linear expression over the placement fractions: the cost model's terms are all of this
+/// form for a fixed batch shape, which is what lets a linear program choose the fractions.
+public struct Linear: Sendable {
+    public var constant: Double = 0
+    public var coefficients = [Double](repeating: 0, count: Fraction.allCases.count)
+
+    public init(_ constant: Double = 0) { self.constant = constant }
+    public init(_ f: Fraction, _ c: Double) { coefficients[f.rawValue] = c }
+
+    public static func + (a: Linear, b: Linear) -> Linear {
+        var r = a
+        r.constant += b.constant
+        for i in r.coefficients.indices { r.coefficients[i] += b.coefficients[i] }
+        return r
+    }
+    public static func * (a: Linear, s: Double) -> Linear {
+        var r = a
+        r.constant *= s
+        for i in r.coefficients.indices { r.coefficients[i] *= s }
+        return r
+    }
+    public static func / (a: Linear, s: Double) -> Linear { a * (1 / s) }
+
+    public func value(_ x: [Double]) -> Double { constant + zip(coefficients, x).reduce(0) { $0 + $1.0 * $1.1 } }
+
+    static func sum(_ fractions: [Fraction], _ c: Double) -> Linear {
+        fractions.reduce(Linear()) { $0 + Linear($1, c) }
+    }
+}
+
+/// The shape numbers the cost model needs, from config.json or a known architecture name.
+public struct ModelShape: Sendable {
+    public var name: String
+    public var layers: Int
+    public var hidden: Int
+    public var ffn: Int
+    public var heads: Int
+    public var kvWidth: Int
+    public var vocab: Int
+    public var gated: Bool
+
+    public init(config c: ModelConfig, name: String) {
+        self.name = name
+        layers = c.numLayers; hidden = c.hiddenSize; ffn = c.intermediateSize; heads = c.numHeads
+        kvWidth = c.numKVHeads * c.headDim; vocab = c.vocabSize; gated = c.family == .llama
+    }
+
+    /// A known architecture (`opt-30b`, `llama-2-70b`, ...) or a model directory.
+    public static func named(_ nameOrDirectory: String) throws -> ModelShape {
+        if FileSystem.isDirectory(nameOrDirectory) {
+            return ModelShape(config: try ModelConfig(directory: nameOrDirectory), name: nameOrDirectory)
+        }
+        let config = try ModelConfig(json: KnownArchitectures.config(nameOrDirectory), path: nameOrDirectory)
+        return ModelShape(config: config, name: nameOrDirectory)
+    }
+
+    /// Parameters of one decoder layer's matrices.
+    public var layerParameters: Double {
+        let h = Double(hidden), kv = Double(kvWidth)
+        return 2 * h * h + 2 * h * kv + (gated ? 3 : 2) * h * Double(ffn)
+    }
+    /// Layer weight bytes at 16 bits (FlexGen's wi = 8 h1^2 + 4 h1 h2 for OPT).
+    public var layerWeightBytes: Double { 2 * layerParameters }
+    /// KV cache bytes per token per layer at 16 bits (FlexGen's 4 h1 for full attention).
+    public var kvBytesPerToken: Double { 4 * Double(kvWidth) }
+    public var embeddingBytes: Double { 2 * Double(vocab * hidden) * (gated ? 2 : 1) }
+}
+
+/// What a run is asked to do.
+public struct Workload: Sendable {
+    public var promptLength: Int
+    public var genLength: Int
+    public init(promptLength: Int, genLength: Int) { self.promptLength = promptLength; self.genLength = genLength }
+}
+
+/// A batch shape and the non-placement choices, which fix everything the LP does not choose.
+public struct BatchChoice: Sendable, Equatable {
+    public var gpuBatchSize: Int
+    public var numGPUBatches: Int
+    public var compressWeight: Bool
+    public var compressCache: Bool
+    public var cpuAttention: Bool
+    public var overlap: Bool = true
+    public var blockSize: Int { gpuBatchSize * numGPUBatches }
+}
+
+/// FlexGen's cost model (ICML 2023, section 4 and its cost_model.py): per-layer prefill and
+/// decode times as maxima of transfer and compute terms, and peak memory per tier, extended
+/// with compressed weights and cache (4-bit group-wise: fewer bytes plus dequantization
+/// time), host attention delegation as an explicit choice, activations split across tiers,
+/// and CPU-only machines (the device is RAM, so host<->device copies cost compute time).
+public struct CostModel: Sendable {
+    public let model: ModelShape
+    public let profile: HardwareProfile
+    public let workload: Workload
+    /// False reproduces FlexGen's own formulas: no weight-streaming roofline for decode GEMMs
+    /// and compression ignored (its model leaves compression out). For comparisons only.
+    public var extensions = true
+
+    /// 4-bit groups of 64 with f16 step and minimum: 0.5 + 4/64 bytes per 2-byte value.
+    public static let compressionRatio = (0.5 + 4.0 / 64) / 2
+
+    public init(model: ModelShape, profile: HardwareProfile, workload: Workload) {
+        self.model = model; self.profile = profile; self.workload = workload
+    }
+
+    public struct Terms: Sendable {
+        /// Per-layer prefill time >= each term; per-layer, per-token decode time >= each term.
+        public var prefill: [(name: String, value: Linear)]
+        public var decode: [(name: String, value: Linear)]
+        /// Peak bytes per tier.
+        public var memory: [Tier: Linear]
+    }
+
+    public func terms(_ c: BatchChoice) -> Terms {
+        let p = profile
+        let s = Double(workload.promptLength), n = Double(workload.genLength)
+        let bls = Double(c.blockSize), gbs = Double(c.gpuBatchSize)
+        let h1 = Double(model.hidden)
+        let compressWeight = c.compressWeight && extensions, compressCache = c.compressCache && extensions
+        let rw = compressWeight ? Self.compressionRatio : 1, rc = compressCache ? Self.compressionRatio : 1
+        let W = model.layerWeightBytes * rw
+        let kv = model.kvBytesPerToken * rc
+        let actBytes = p.copiesShareCompute ? 4.0 : 2.0   // f32 compute on a CPU, f16 on a GPU
+        let flopsPerToken = 2 * model.layerParameters
+        let ctx = s + n / 2
+
+        // Hidden states moved per layer: prefill s tokens, decode one token, per sequence.
+        let actPrefill = actBytes * s * h1 * bls, actDecode = actBytes * h1 * bls
+        let dequantPrefill = compressWeight ? Linear(W / p.dequantize) : Linear()
+        let dequantDecode = dequantPrefill + (compressCache ? Linear(kv * ctx * bls / p.dequantize) : Linear())
+        let weightsIn = Linear.sum([.wc, .wd], W), weightsFromDisk = Linear(.wd, W)
+        var prefill: [(String, Linear)] = [], decode: [(String, Linear)] = []
+
+        let compPrefill = Linear(bls * s * flopsPerToken / p.mmPrefill + 4 * bls * s * s * h1 / p.bmmPrefill) + dequantPrefill
+        // Decode GEMMs are compute-bound at large batches and weight-streaming-bound at small ones.
+        let streaming = extensions ? Double(c.numGPUBatches) * W / p.deviceMemoryBandwidth : 0
+        let gemmDecode = max(bls * flopsPerToken / p.mmDecode, streaming)
+        var compDecode = Linear(gemmDecode) + Linear(.cg, 4 * bls * ctx * h1 / p.bmmDecode) + dequantDecode
+        let hostAttention = 4 * bls * ctx * h1 / (c.cpuAttention ? p.cpu : p.bmmDecode)
+        compDecode = compDecode + Linear.sum([.cc, .cd], hostAttention)
+
+        if p.copiesShareCompute {
+            // CPU-only: copies between RAM tiers run on the compute cores (they add to compute);
+            // disk transfers block in the kernel and overlap. Moving cache rows copies the whole
+            // planned capacity (s + n positions) in and back out each step.
+            let capacity = s + n
+            let hostCopiesPrefill = Linear(.wc, W / p.ctog) + Linear(.hc, 2 * actPrefill / p.ctog)
+                + Linear(.cc, c.cpuAttention ? 0 : 2 * kv * capacity * bls / p.ctog)
+            let diskPrefill = weightsFromDisk / p.dtoc + Linear(.hd, actPrefill / p.dtoc + actPrefill / p.ctodHidden)
+                + Linear(.cd, kv * capacity * bls / p.dtoc + kv * capacity * bls / p.ctodCache)
+            let hostCopiesDecode = Linear(.wc, W / p.ctog) + Linear(.hc, 2 * actDecode / p.ctog)
+                + Linear(.cc, c.cpuAttention ? 0 : 2 * kv * capacity * bls / p.ctog)
+            let diskDecode = weightsFromDisk / p.dtoc + Linear(.hd, actDecode / p.dtoc + actDecode / p.ctodHidden)
+                + Linear(.cd, kv * capacity * bls / p.dtoc + kv * capacity * bls / p.ctodCache)
+            if c.overlap {
+                prefill = [("compute + host copies", compPrefill + hostCopiesPrefill), ("disk I/O", diskPrefill)]
+                decode = [("compute + host copies", compDecode + hostCopiesDecode), ("disk I/O", diskDecode)]
+            } else {
+                prefill = [("compute + copies + disk I/O (no overlap)", compPrefill + hostCopiesPrefill + diskPrefill)]
+                decode = [("compute + copies + disk I/O (no overlap)", compDecode + hostCopiesDecode + diskDecode)]
+            }
+        } else {
+            // FlexGen's terms (the reference restates them).
+            let ctogPrefill = (weightsIn + Linear.sum([.hc, .hd], actPrefill)) / p.ctog
+            let gtocPrefill = Linear.sum([.cc, .cd], kv * (s + 1) * bls / p.gtocCache) + Linear.sum([.hc, .hd], actPrefill / p.gtocHidden)
+            let dtocPrefill = (weightsFromDisk + Linear(.hd, actPrefill)) / p.dtoc
+            let ctodPrefill = Linear(.cd, kv * (s + 1) * bls / p.ctodCache) + Linear(.hd, actPrefill / p.ctodHidden)
+            var ctogDecode = (weightsIn + Linear.sum([.hc, .hd], actDecode)) / p.ctog
+            var gtocDecode = Linear.sum([.hc, .hd], actDecode / p.gtocHidden)
+            if !c.cpuAttention {
+                // Without delegation the host/disk cache moves to the device and new entries back.
+                ctogDecode = ctogDecode + Linear.sum([.cc, .cd], kv * ctx * bls / p.ctog)
+                gtocDecode = gtocDecode + Linear.sum([.cc, .cd], kv * bls / p.gtocCache)
+            }
+            let dtocDecode = Linear(.cd, kv * ctx * bls / p.dtoc) + Linear(.hd, actDecode / p.dtoc) + Linear(.wd, W / (0.95 * p.dtoc))
+            let ctodDecode = Linear(.cd, kv * bls / p.ctodCache) + Linear(.hd, actDecode / p.ctodHidden)
+            if c.overlap {
+                prefill = [("ctog + dtoc (load weights)", ctogPrefill + dtocPrefill), ("gtoc + ctod (store cache)", gtocPrefill + ctodPrefill),
+                           ("compute", compPrefill)]
+                decode = [("ctog + gtoc", ctogDecode + gtocDecode), ("ctog + dtoc (load weights)", ctogDecode + dtocDecode),
+                          ("ctog + ctod", ctogDecode + ctodDecode), ("ctog + compute", ctogDecode + compDecode)]
+            } else {
+                prefill = [("all, sequential", ctogPrefill + gtocPrefill + dtocPrefill + ctodPrefill + compPrefill)]
+                decode = [("all, sequential", ctogDecode + gtocDecode + dtocDecode + ctodDecode + compDecode)]
+            }
+        }
+
+        // Peak memory per tier (prefill is the larger working set).
+        let l = Double(model.layers)
+        let cacheAll = kv * (s + n) * bls * l
+        let actAll = actBytes * s * h1 * bls
+        // Working set of one gpu batch: FlexGen counts the prefill attention scores; the CPU
+        // runtime also holds f32 activations, the FFN intermediate and logits (MemoryPlan).
+        let scores = 2 * gbs * Double(model.heads) * s * s
+        let working = p.copiesShareCompute
+            ? actBytes * gbs * s * (8 * h1 + 3 * Double(model.ffn)) + scores * 2 + actBytes * gbs * Double(model.vocab)
+            : scores
+        var device = Linear(.wg, W * l) + Linear(.cg, cacheAll) + Linear(.hg, actAll)
+        device = device + Linear(model.embeddingBytes + working) + (Linear(W * 2) + Linear(.wg, -W * 2))   // 2 staged layers of (1 - wg)
+        let host = Linear(.wc, W * l) + Linear(.cc, cacheAll) + Linear(.hc, actAll)
+        let disk = Linear(.wd, W * l) + Linear(.cd, cacheAll) + Linear(.hd, actAll)
+        return Terms(prefill: prefill, decode: decode, memory: [.device: device, .host: host, .disk: disk])
+    }
+
+    public struct Prediction: Sendable {
+        public var prefillSecondsPerLayer: Double
+        public var decodeSecondsPerLayer: Double
+        public var totalSeconds: Double
+        public var tokensPerSecond: Double
+        public var prefillBottleneck: String
+        public var decodeBottleneck: String
+        public var memory: [Tier: Double]
+    }
+
+    /// Predicted time and memory of a policy with placement fractions `x` (Fraction order).
+    public func predict(_ c: BatchChoice, fractions x: [Double]) -> Prediction {
+        let t = terms(c)
+        let pre = t.prefill.map { ($0.name, $0.value.value(x)) }.max { $0.1 < $1.1 }!
+        let dec = t.decode.map { ($0.name, $0.value.value(x)) }.max { $0.1 < $1.1 }!
+        let l = Double(model.layers), n = Double(workload.genLength)
+        let total = pre.1 * l + dec.1 * (n - 1) * l
+        return Prediction(prefillSecondsPerLayer: pre.1, decodeSecondsPerLayer: dec.1, totalSeconds: total,
+                          tokensPerSecond: Double(c.blockSize) * n / total, prefillBottleneck: pre.0, decodeBottleneck: dec.0,
+                          memory: t.memory.mapValues { $0.value(x) })
+    }
+
+    public func predict(_ policy: Policy) -> Prediction {
+        predict(BatchChoice(policy), fractions: Self.fractions(policy))
+    }
+
+    static func fractions(_ p: Policy) -> [Double] {
+        [p.weights.device, p.weights.host, p.weights.disk, p.cache.device, p.cache.host, p.cache.disk,
+         p.activations.device, p.activations.host, p.activations.disk].map { $0 / 100 }
+    }
+}
+
+extension BatchChoice {
+    public init(_ p: Policy) {
+        self.init(gpuBatchSize: p.gpuBatchSize, numGPUBatches: p.numGPUBatches, compressWeight: p.compressWeight,
+                  compressCache: p.compressCache, cpuAttention: p.cpuAttention, overlap: p.overlap)
+    }
+}

@@ -1,0 +1,91 @@
+import CCbc
+import StrataCore
+
+/// A linear (or mixed-integer) program solved with COIN-OR CBC. CBC over GLPK: both solve
+/// these models in well under a millisecond to tens of milliseconds (PLATFORM-NOTES), and
+/// CBC's EPL-2.0 licence does not bind the whole binary as GLPK's GPL-3 would.
+public final class LinearProgram {
+    public struct Variable: Hashable, Sendable { public let index: Int }
+    public enum Relation: Sendable { case lessOrEqual, greaterOrEqual, equal }
+
+    struct Column { var name: String; var lower: Double; var upper: Double; var objective: Double; var integer: Bool }
+    struct Row { var name: String; var terms: [(Int, Double)]; var relation: Relation; var rhs: Double }
+
+    private var columns: [Column] = []
+    private var rows: [Row] = []
+
+    public init() {}
+
+    public var variableCount: Int { columns.count }
+
+    @discardableResult
+    public func variable(_ name: String, lower: Double = 0, upper: Double = .infinity, objective: Double = 0,
+                         integer: Bool = false) -> Variable {
+        columns.append(Column(name: name, lower: lower, upper: upper, objective: objective, integer: integer))
+        return Variable(index: columns.count - 1)
+    }
+
+    public func setObjective(_ v: Variable, _ coefficient: Double) { columns[v.index].objective = coefficient }
+
+    /// sum(terms) relation rhs. Terms with the same variable add up.
+    public func constrain(_ terms: [(Variable, Double)], _ relation: Relation, _ rhs: Double, name: String = "") {
+        var merged: [Int: Double] = [:]
+        for (v, c) in terms where c != 0 { merged[v.index, default: 0] += c }
+        rows.append(Row(name: name, terms: merged.sorted { $0.key < $1.key }, relation: relation, rhs: rhs))
+    }
+
+    public struct Solution: Sendable {
+        public var objective: Double
+        public var values: [Double]
+        /// Stopped at the time limit with a feasible, not proven optimal, solution (MILP).
+        public var timedOut: Bool
+        public subscript(_ v: Variable) -> Double { values[v.index] }
+    }
+
+    /// Minimises the objective. Returns nil when the program is infeasible.
+    public func minimize(timeLimit: Double? = nil) throws -> Solution? {
+        guard let model = Cbc_newModel() else { throw StrataError.invalidRequest("CBC could not create a model") }
+        defer { Cbc_deleteModel(model) }
+        Cbc_setLogLevel(model, 0)
+        for c in columns {
+            c.name.withCString { Cbc_addCol(model, $0, c.lower, c.upper.isFinite ? c.upper : 1e30, c.objective, c.integer ? 1 : 0, 0, nil, nil) }
+        }
+        for r in rows {
+            var indices = r.terms.map { Int32($0.0) }
+            var coefficients = r.terms.map(\.1)
+            let sense: CChar = switch r.relation {
+            case .lessOrEqual: CChar(UInt8(ascii: "L"))
+            case .greaterOrEqual: CChar(UInt8(ascii: "G"))
+            case .equal: CChar(UInt8(ascii: "E"))
+            }
+            r.name.withCString { name in
+                Cbc_addRow(model, name, Int32(indices.count), &indices, &coefficients, sense, r.rhs)
+            }
+        }
+        Cbc_setObjSense(model, 1)
+        if let timeLimit { Cbc_setMaximumSeconds(model, timeLimit) }
+        _ = Cbc_solve(model)
+        if Cbc_isProvenInfeasible(model) != 0 { return nil }
+        let optimal = Cbc_isProvenOptimal(model) != 0
+        guard let solution = Cbc_getColSolution(model) else { return nil }
+        let values = Array(UnsafeBufferPointer(start: solution, count: columns.count))
+        // A time-limited MILP may stop without any feasible point.
+        if !optimal && !feasible(values) { return nil }
+        return Solution(objective: Cbc_getObjValue(model), values: values, timedOut: !optimal)
+    }
+
+    /// Whether `values` satisfy every row and bound (to 1e-6 relative).
+    func feasible(_ values: [Double]) -> Bool {
+        for (i, c) in columns.enumerated() where values[i] < c.lower - 1e-6 || values[i] > c.upper + 1e-6 { return false }
+        for r in rows {
+            let lhs = r.terms.reduce(0) { $0 + values[$1.0] * $1.1 }
+            let tolerance = 1e-6 * max(1, abs(r.rhs))
+            switch r.relation {
+            case .lessOrEqual: if lhs > r.rhs + tolerance { return false }
+            case .greaterOrEqual: if lhs < r.rhs - tolerance { return false }
+            case .equal: if abs(lhs - r.rhs) > tolerance { return false }
+            }
+        }
+        return true
+    }
+}

@@ -1,0 +1,165 @@
+import StrataBackend
+import StrataCore
+import StrataRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// `strata profile`: measures this machine for the cost model. On the CPU backend the device
+/// is RAM, so "device" rates are the CPU backend's own kernels and host<->device links are
+/// memory copies; the disk is measured with direct I/O in the offload directory.
+public struct Profiler {
+    public var threads: Int
+    public var offloadDirectory: String
+    public var thorough: Bool
+    /// One line per finished measurement (progress).
+    public var report: (String) -> Void = { _ in }
+
+    public init(threads: Int, offloadDirectory: String, thorough: Bool) {
+        self.threads = threads; self.offloadDirectory = offloadDirectory; self.thorough = thorough
+    }
+
+    var repeats: Int { thorough ? 9 : 3 }
+
+    func median(_ body: () throws -> Double) rethrows -> Double {
+        var samples: [Double] = []
+        for _ in 0..<repeats { samples.append(try body()) }
+        return samples.sorted()[samples.count / 2]
+    }
+
+    public func measure() throws -> HardwareProfile {
+        let backend = CPUBackend(threads: threads)
+        var rng = SeededGenerator(seed: 3)
+
+        // Memory copy (host <-> device on a CPU-only machine), 256 MiB.
+        let copyBytes = (thorough ? 512 : 256) << 20
+        let a = DeviceBuffer.host(byteCount: copyBytes, backendName: "cpu"), b = DeviceBuffer.host(byteCount: copyBytes, backendName: "cpu")
+        memset(a.pointer, 1, copyBytes)
+        memset(b.pointer, 2, copyBytes)
+        let copy = median {
+            let start = Clock.now()
+            b.pointer.copyMemory(from: a.pointer, byteCount: copyBytes)
+            return Double(copyBytes) / (Clock.now() - start)
+        }
+        report("memory copy        \((copy / 1e9).formatted2) GB/s")
+
+        // GEMM: prefill-like (512 rows) and decode-like (16 rows) on an f16 weight; weight
+        // streaming (1 row on a weight far larger than cache).
+        func weight(_ n: Int, _ k: Int) -> Tensor {
+            let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
+            return values.withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+        }
+        func activations(_ m: Int, _ k: Int) -> Tensor {
+            backend.upload(floats: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [m, k])
+        }
+        let w = weight(3072, 1024)
+        let gemm = { (m: Int) -> Double in
+            let x = activations(m, 1024)
+            _ = backend.linear(x, weight: w, bias: nil)
+            return median {
+                let start = Clock.now()
+                _ = backend.linear(x, weight: w, bias: nil)
+                return 2 * Double(m * 3072 * 1024) / (Clock.now() - start)
+            }
+        }
+        let mmPrefill = gemm(512), mmDecode = gemm(16)
+        report("GEMM prefill       \((mmPrefill / 1e9).formatted2) GFLOP/s (512 rows); decode \((mmDecode / 1e9).formatted2) GFLOP/s (16 rows)")
+        let big = weight(thorough ? 65536 : 32768, 2048)
+        let one = activations(1, 2048)
+        _ = backend.linear(one, weight: big, bias: nil)
+        let streaming = median {
+            let start = Clock.now()
+            _ = backend.linear(one, weight: big, bias: nil)
+            return Double(big.byteCount) / (Clock.now() - start)
+        }
+        report("weight streaming   \((streaming / 1e9).formatted2) GB/s (batch-1 decode GEMM)")
+
+        // Attention: prefill (128 queries over 128 keys) and decode (1 query over 512 keys).
+        func attention(queries: Int, past: Int) -> Double {
+            let batch = 8, heads = 12, d = 64, total = past + queries
+            let layout = AttentionLayout(batch: batch, length: queries, pastLength: past, padding: [Int](repeating: 0, count: batch),
+                                         heads: heads, kvHeads: heads, headDim: d, scale: 0.125)
+            let cacheShape = [batch, heads, total, d]
+            let k = backend.upload(floats: (0..<cacheShape.reduce(1, *)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: cacheShape)
+            let q = activations(batch * queries, heads * d)
+            _ = backend.attention(query: q, keyCache: k, valueCache: k, layout: layout)
+            return median {
+                let start = Clock.now()
+                _ = backend.attention(query: q, keyCache: k, valueCache: k, layout: layout)
+                // FlexGen counts 4 * h * context flops per query token (q K^T and P V).
+                return 4 * Double(batch * queries * heads * d) * Double(total) / (Clock.now() - start)
+            }
+        }
+        let bmmPrefill = attention(queries: 128, past: 0), bmmDecode = attention(queries: 1, past: 511)
+        report("attention          \((bmmPrefill / 1e9).formatted2) GFLOP/s prefill, \((bmmDecode / 1e9).formatted2) GFLOP/s decode")
+
+        // Dequantization of 4-bit weights (compressed bytes per second).
+        let quantized = backend.quantize(w, scheme: .int4)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: quantized.elementCount)
+        defer { scratch.deallocate() }
+        let dequantize = median {
+            let start = Clock.now()
+            CPUBackend.decode(quantized, into: scratch)
+            return Double(quantized.byteCount) / (Clock.now() - start)
+        }
+        report("4-bit dequantize   \((dequantize / 1e9).formatted2) GB/s of packed bytes")
+
+        // Disk: direct-I/O sequential write then read of a scratch file in the offload directory.
+        let (read, write) = try measureDisk()
+        report("disk (direct I/O)  read \((read / 1e9).formatted2) GB/s, write \((write / 1e9).formatted2) GB/s")
+
+        let memory = Double(Self.physicalMemory())
+        var fs = statvfs()
+        let diskFree = statvfs(offloadDirectory, &fs) == 0 ? Double(fs.f_bavail) * Double(fs.f_frsize) : 100e9
+        return HardwareProfile(
+            name: "cpu-\(Self.hostname())", source: "measured by strata profile (\(thorough ? "thorough" : "quick"), \(threads) threads)",
+            deviceMemory: memory, hostMemory: memory, diskCapacity: diskFree,
+            ctog: copy, gtocCache: copy, gtocHidden: copy, dtoc: read, ctodCache: write, ctodHidden: write,
+            mmPrefill: mmPrefill, mmDecode: mmDecode, bmmPrefill: bmmPrefill, bmmDecode: bmmDecode, cpu: bmmDecode,
+            dequantize: dequantize, deviceMemoryBandwidth: streaming, copiesShareCompute: true)
+    }
+
+    func measureDisk() throws -> (read: Double, write: Double) {
+        try FileManager.default.createDirectory(atPath: offloadDirectory, withIntermediateDirectories: true)
+        let path = FileSystem.join(offloadDirectory, "strata-profile.tmp")
+        defer { unlink(path) }
+        let bytes = (thorough ? 4096 : 1024) << 20
+        let file = try DiskFile(path: path, create: true)
+        let buffer = DeviceBuffer.host(byteCount: DiskFile.chunk, backendName: "cpu", alignment: 4096)
+        memset(buffer.pointer, 7, DiskFile.chunk)
+        var start = Clock.now()
+        var offset = 0
+        while offset < bytes {
+            try file.write(from: buffer.pointer, count: DiskFile.chunk, at: offset)
+            offset += DiskFile.chunk
+        }
+        _ = fsync(file.descriptor)
+        let write = Double(bytes) / (Clock.now() - start)
+        let jobs = stride(from: 0, to: bytes, by: DiskFile.chunk).map {
+            DiskReader.Job(file: file, fileOffset: $0, destination: buffer.pointer, count: DiskFile.chunk)
+        }
+        start = Clock.now()
+        try DiskReader.read(jobs)
+        return (Double(bytes) / (Clock.now() - start), write)
+    }
+
+    static func physicalMemory() -> Int {
+        Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    public static func hostname() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, 255)
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+extension Double {
+    var formatted2: String { String(Double(Int((self * 100).rounded())) / 100) }
+}
