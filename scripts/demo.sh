@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 swift build -c release --product strata
-MODEL=fixtures/models/opt-tiny
+MODEL=fixtures/models/opt-licenses
 OUT=${OUT:-/tmp/strata-demo-output.jsonl}
 .build/release/strata generate --model "$MODEL" --prompt "The GNU General Public License is" --max-new-tokens 24
 .build/release/strata generate --model "$MODEL" --input examples/prompts.jsonl --output "$OUT" \

@@ -1,5 +1,7 @@
+import Dispatch
 import StrataCore
 import StrataRuntime
+import Synchronization
 
 /// Finds the fastest policy: for each gpu batch size, number of gpu batches, and the
 /// compression and host-attention choices, a linear program picks the nine placement
@@ -38,30 +40,53 @@ public struct PolicySearch: Sendable {
         public var seconds: Double
     }
 
+    /// Gpu batches per block tried for each gpu batch size: every count up to 8, then a
+    /// geometric grid (the predicted throughput is flat there; this keeps the search under a
+    /// second for OPT-175B).
+    public var gpuBatchCounts: [Int] {
+        Array(1...min(8, maxGPUBatches)) + [10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128].filter { $0 <= maxGPUBatches }
+    }
+
     public func search() throws -> Result {
         let start = Clock.now()
-        var best: (Policy, CostModel.Prediction)?
-        var solved = 0
         let flags = [false, true]
-        for compressWeight in allowCompression ? flags : [false] {
-            for compressCache in allowCompression ? flags : [false] {
-                for cpuAttention in allowCPUAttention ? flags : [false] {
-                    for gbs in gpuBatchSizes {
-                        for nb in 1...maxGPUBatches {
-                            if let d = requiredDivisor, d % (gbs * nb) != 0 { if gbs * nb > d { break } else { continue } }
-                            let choice = BatchChoice(gpuBatchSize: gbs, numGPUBatches: nb, compressWeight: compressWeight,
-                                                     compressCache: compressCache, cpuAttention: cpuAttention)
-                            solved += 1
-                            // A bigger block only needs more memory: the first infeasible nb ends the row.
-                            guard let (policy, prediction) = try solve(choice) else { break }
-                            if best.map({ prediction.tokensPerSecond > $0.1.tokensPerSecond }) ?? true { best = (policy, prediction) }
-                        }
-                    }
-                }
+        var combos: [(Bool, Bool, Bool)] = []
+        for w in allowCompression ? flags : [false] {
+            for c in allowCompression ? flags : [false] {
+                for a in allowCPUAttention ? flags : [false] { combos.append((w, c, a)) }
             }
         }
-        guard let best else { throw infeasibility() }
-        return Result(policy: best.0, prediction: best.1, linearPrograms: solved, seconds: Clock.now() - start)
+        let choices = combos
+        // The combinations are independent: solve them on all cores.
+        let results = Mutex<[(Policy, CostModel.Prediction)?]>(Array(repeating: nil, count: combos.count))
+        let failure = Mutex<Error?>(nil)
+        let solvedCounts = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: choices.count) { i in
+            let (compressWeight, compressCache, cpuAttention) = choices[i]
+            var best: (Policy, CostModel.Prediction)?
+            var solved = 0
+            do {
+                for gbs in gpuBatchSizes {
+                    for nb in gpuBatchCounts {
+                        if let d = requiredDivisor, d % (gbs * nb) != 0 { if gbs * nb > d { break } else { continue } }
+                        let choice = BatchChoice(gpuBatchSize: gbs, numGPUBatches: nb, compressWeight: compressWeight,
+                                                 compressCache: compressCache, cpuAttention: cpuAttention)
+                        solved += 1
+                        // A bigger block only needs more memory: the first infeasible count ends the row.
+                        guard let (policy, prediction) = try solve(choice) else { break }
+                        if best.map({ prediction.tokensPerSecond > $0.1.tokensPerSecond }) ?? true { best = (policy, prediction) }
+                    }
+                }
+            } catch {
+                failure.withLock { $0 = error }
+            }
+            results.withLock { $0[i] = best }
+            solvedCounts.withLock { $0 += solved }
+        }
+        if let error = failure.withLock({ $0 }) { throw error }
+        let all = results.withLock { $0 }.compactMap { $0 }
+        guard let best = all.max(by: { $0.1.tokensPerSecond < $1.1.tokensPerSecond }) else { throw infeasibility() }
+        return Result(policy: best.0, prediction: best.1, linearPrograms: solvedCounts.withLock { $0 }, seconds: Clock.now() - start)
     }
 
     /// The best placement for one batch choice, or nil when nothing fits.

@@ -186,3 +186,33 @@ import Foundation
         #expect(abs(recorder.inputVarianceSum(of: weight) - (variance(feature0) + variance(feature1))) < 1e-9)
     }
 }
+
+/// The bundled trained model: Strata's perplexity equals transformers' on held-out text.
+@Suite struct TrainedModelTests {
+    @Test func perplexityMatchesTransformers() throws {
+        let directory = Fixtures.model("opt-licenses")
+        let reference = try JSONFields(JSONValue.load(path: directory + "/perplexity_reference.json"), path: "reference")
+        let text = try #require(FileManager.default.contents(atPath: Fixtures.root + "/text/heldout.txt"))
+        let bundle = try ModelBundle(directory: directory, backend: CPUBackend(threads: 2))
+        let result = try Perplexity.evaluate(bundle: bundle, text: String(decoding: text, as: UTF8.self), window: try reference.int("window"))
+        #expect(result.tokensScored == (try reference.int("tokens")))
+        let expected = try reference.double("perplexity")
+        // f32 on both sides over 23,506 tokens: relative 1e-5 leaves room for summation order only.
+        #expect(abs(result.perplexity - expected) / expected < 1e-5, "strata \(result.perplexity) vs transformers \(expected)")
+    }
+
+    @Test func compressionKeepsPerplexityClose() throws {
+        let directory = Fixtures.model("opt-licenses")
+        let text = String(decoding: try #require(FileManager.default.contents(atPath: Fixtures.root + "/text/heldout.txt")), as: UTF8.self)
+        let sample = String(text.prefix(12_000))
+        func ppl(_ compression: Compression) throws -> Double {
+            let bundle = try ModelBundle(directory: directory, backend: CPUBackend(threads: 2), compression: compression)
+            return try Perplexity.evaluate(bundle: bundle, text: sample, window: 512).perplexity
+        }
+        let full = try ppl(.none)
+        let int4 = try ppl(Compression(weights: PrecisionMap.uniform(layers: 4, bits: 4), cache: .int4))
+        let int2 = try ppl(Compression(weights: PrecisionMap.uniform(layers: 4, bits: 2)))
+        #expect(int4 > full * 0.98 && int4 < full * 1.05, "4-bit weights+cache \(int4) vs \(full)")
+        #expect(int2 > int4, "2-bit \(int2) should be worse than 4-bit \(int4)")
+    }
+}
