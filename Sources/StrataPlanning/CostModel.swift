@@ -142,10 +142,18 @@ public struct CostModel: Sendable {
         let weightsIn = Linear.sum([.wc, .wd], W), weightsFromDisk = Linear(.wd, W)
         var prefill: [(String, Linear)] = [], decode: [(String, Linear)] = []
 
-        let compPrefill = Linear(bls * s * flopsPerToken / p.mmPrefill + 4 * bls * s * s * h1 / p.bmmPrefill) + dequantPrefill
+        // The LM head (last position only), spread over the layers like everything else. FlexGen's
+        // model leaves it out, which is fair on a GPU (well under 1% of a step there); on a CPU
+        // it is ~8% of an OPT-1.3B decode step, so the CPU-only model counts it.
+        let l = Double(model.layers)
+        let countHead = extensions && p.copiesShareCompute
+        let headFlops = countHead ? 2 * Double(model.vocab * model.hidden) * bls / l : 0
+        let headStreaming = countHead ? Double(c.numGPUBatches) * 2 * Double(model.vocab * model.hidden) / l / p.deviceMemoryBandwidth : 0
+        let compPrefill = Linear(bls * s * flopsPerToken / p.mmPrefill + 4 * bls * s * s * h1 / p.bmmPrefill + headFlops / p.mmDecode)
+            + dequantPrefill
         // Decode GEMMs are compute-bound at large batches and weight-streaming-bound at small ones.
         let streaming = extensions ? Double(c.numGPUBatches) * W / p.deviceMemoryBandwidth : 0
-        let gemmDecode = max(bls * flopsPerToken / p.mmDecode, streaming)
+        let gemmDecode = max(bls * flopsPerToken / p.mmDecode, streaming) + max(headFlops / p.mmDecode, headStreaming)
         var compDecode = Linear(gemmDecode) + Linear(.cg, 4 * bls * ctx * h1 / p.bmmDecode) + dequantDecode
         let hostAttention = 4 * bls * ctx * h1 / (c.cpuAttention ? p.cpu : p.bmmDecode)
         compDecode = compDecode + Linear.sum([.cc, .cd], hostAttention)
@@ -197,7 +205,6 @@ public struct CostModel: Sendable {
         }
 
         // Peak memory per tier (prefill is the larger working set).
-        let l = Double(model.layers)
         let cacheAll = kv * (s + n) * bls * l
         let actAll = actBytes * s * h1 * bls
         // Working set of one gpu batch: FlexGen counts the prefill attention scores; the CPU

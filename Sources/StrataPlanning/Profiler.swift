@@ -17,6 +17,10 @@ public struct Profiler {
     public var threads: Int
     public var offloadDirectory: String
     public var thorough: Bool
+    /// Existing files (a file or a directory of them, e.g. an offload store's tensors) to measure
+    /// direct reads on instead of a freshly written file: a virtual disk's host may cache fresh
+    /// writes and report reads far faster than a real run sees.
+    public var diskReadSample: String?
     /// One line per finished measurement (progress).
     public var report: (String) -> Void = { _ in }
 
@@ -128,7 +132,7 @@ public struct Profiler {
         try FileManager.default.createDirectory(atPath: offloadDirectory, withIntermediateDirectories: true)
         let path = FileSystem.join(offloadDirectory, "strata-profile.tmp")
         defer { unlink(path) }
-        let bytes = (thorough ? 4096 : 1024) << 20
+        let bytes = (thorough ? 8192 : 2048) << 20
         let file = try DiskFile(path: path, create: true)
         let buffer = DeviceBuffer.host(byteCount: DiskFile.chunk, backendName: "cpu", alignment: 4096)
         memset(buffer.pointer, 7, DiskFile.chunk)
@@ -142,6 +146,16 @@ public struct Profiler {
         let write = Double(bytes) / (Clock.now() - start)
         let jobs = stride(from: 0, to: bytes, by: DiskFile.chunk).map {
             DiskReader.Job(file: file, fileOffset: $0, destination: buffer.pointer, count: DiskFile.chunk)
+        }
+        if let sample = diskReadSample {
+            var files: [String] = []
+            if FileSystem.isDirectory(sample) {
+                files = (try FileManager.default.contentsOfDirectory(atPath: sample)).sorted().map { FileSystem.join(sample, $0) }
+            } else {
+                files = [sample]
+            }
+            let (read, seconds) = try DiskReader.measureBandwidth(files: files, limit: bytes)
+            return (Double(read) / seconds, write)
         }
         start = Clock.now()
         try DiskReader.read(jobs)

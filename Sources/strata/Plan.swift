@@ -26,6 +26,7 @@ struct Plan: ParsableCommand {
     @Flag(help: "With --percent: host attention.") var cpuAttention = false
     @Flag(help: "With --percent: 4-bit weights.") var compressWeight = false
     @Flag(help: "With --percent: 4-bit KV cache.") var compressCache = false
+    @Flag(help: "With --percent: transfers do not overlap compute.") var noOverlap = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -49,6 +50,7 @@ struct Plan: ParsableCommand {
                 p.cpuAttention = cpuAttention
                 p.compressWeight = compressWeight
                 p.compressCache = compressCache
+                p.overlap = !noOverlap
                 try p.validate()
                 (policy, prediction) = (p, cost.predict(p))
             }

@@ -17,11 +17,14 @@ struct Profile: ParsableCommand {
     @Option(help: "Directory on the disk to measure (the offload directory).") var offloadDir = "/tmp/strata-offload"
     @Option(help: "Write the profile JSON here (default: the cache --policy auto reads).") var output: String?
     @Flag(help: "More samples and larger transfers (slower, steadier).") var thorough = false
+    @Option(help: "Measure direct reads on these existing files (a file or directory, e.g. a store's tensors/) instead of a freshly written file.")
+    var diskReadSample: String?
     @Flag(help: "Print the profile JSON to stdout.") var json = false
 
     func run() throws {
         try reportingErrors {
             var profiler = Profiler(threads: threads, offloadDirectory: offloadDir, thorough: thorough)
+            profiler.diskReadSample = diskReadSample
             if !json { profiler.report = { print($0) } }
             let profile = try profiler.measure()
             let path = output ?? ProfileCache.path
