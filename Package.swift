@@ -20,6 +20,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .systemLibrary(
@@ -43,7 +44,8 @@ let package = Package(
         // Layer 5: KV cache, sampling, stopping, the batched generator.
         .target(name: "StrataRuntime", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels"], swiftSettings: kernelSettings),
         // Layer 6: hardware profiles, cost model, policy search (LP via COIN-OR CBC).
-        .target(name: "StrataPlanning", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "StrataRuntime", "CCbc"],
+        .target(name: "StrataPlanning", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "StrataRuntime", "CCbc",
+                                                       .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelSettings),
         // Layer 8: the command line. Thin: parse, call the layers below, print.
         .executableTarget(

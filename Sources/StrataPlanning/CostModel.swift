@@ -55,8 +55,20 @@ public struct ModelShape: Sendable {
         kvWidth = c.numKVHeads * c.headDim; vocab = c.vocabSize; gated = c.family == .llama
     }
 
-    /// A known architecture (`opt-30b`, `llama-2-70b`, ...) or a model directory.
+    /// Shapes the planners know but the runtime does not run (BLOOM uses ALiBi attention).
+    static let planningOnly: [String: ModelShape] = [
+        "bloom-176b": ModelShape(name: "bloom-176b", layers: 70, hidden: 14336, ffn: 57344, heads: 112, kvWidth: 14336, vocab: 250880,
+                                 gated: false),
+    ]
+
+    public init(name: String, layers: Int, hidden: Int, ffn: Int, heads: Int, kvWidth: Int, vocab: Int, gated: Bool) {
+        self.name = name; self.layers = layers; self.hidden = hidden; self.ffn = ffn; self.heads = heads
+        self.kvWidth = kvWidth; self.vocab = vocab; self.gated = gated
+    }
+
+    /// A known architecture (`opt-30b`, `llama-2-70b`, `bloom-176b`, ...) or a model directory.
     public static func named(_ nameOrDirectory: String) throws -> ModelShape {
+        if let shape = planningOnly[nameOrDirectory.lowercased()] { return shape }
         if FileSystem.isDirectory(nameOrDirectory) {
             return ModelShape(config: try ModelConfig(directory: nameOrDirectory), name: nameOrDirectory)
         }

@@ -1,0 +1,261 @@
+import Dispatch
+import StrataCore
+import StrataRuntime
+import Synchronization
+
+/// LLM-PQ's planner: a mixed-integer program over layer x device x bits, contiguous stages in
+/// a device order, per-device memory, phase-aware stage times (prefill micro-batch eta, decode
+/// micro-batch xi) and a quality penalty theta * omega; an outer loop over device orders (by
+/// device type) and eta. Solved with CBC. The PipeEdge, Uniform and AdaBits baselines use the
+/// same tables.
+///
+/// When every layer has the same omega row (the default indicator), layers are interchangeable
+/// and the program is solved in its exact aggregated form: integer counts of layers per (stage,
+/// bits), expanded to contiguous ranges afterwards. With a per-layer indicator the full binary
+/// program is solved (and, past `binaryLimit` variables, the aggregated form with the mean
+/// omega, bits then given to the layers with the smallest omega: the fast heuristic).
+public struct ClusterPlanner: Sendable {
+    public let cost: ClusterCostModel
+    public var binaryLimit = 4000
+
+    public init(cost: ClusterCostModel) { self.cost = cost }
+
+    var spec: ClusterSpec { cost.spec }
+
+    public enum Method: String, Sendable, CaseIterable {
+        case llmpq = "llm-pq", pipeedge, uniform, adabits
+    }
+
+    /// Device orders: every order of the device types (devices of one type stay together, in
+    /// spec order).
+    public var orders: [[Int]] {
+        var groups: [[Int]] = []
+        var index = 0
+        for g in spec.groups {
+            groups.append(Array(index..<(index + g.count)))
+            index += g.count
+        }
+        func permutations(_ items: [[Int]]) -> [[[Int]]] {
+            guard items.count > 1 else { return [items] }
+            return items.indices.flatMap { i -> [[[Int]]] in
+                var rest = items
+                let head = rest.remove(at: i)
+                return permutations(rest).map { [head] + $0 }
+            }
+        }
+        return permutations(groups).map { $0.flatMap { $0 } }
+    }
+
+    /// xi = the even split of the global batch over the devices; eta runs over its divisors.
+    public var decodeMicroBatch: Int { (spec.globalBatch + cost.devices.count - 1) / cost.devices.count }
+    public var prefillMicroBatches: [Int] { (1...decodeMicroBatch).filter { decodeMicroBatch % $0 == 0 } }
+
+    public func plan(_ method: Method) throws -> ClusterPlan? {
+        let start = Clock.now()
+        var best: ClusterPlan?
+        let xi = decodeMicroBatch
+        switch method {
+        case .llmpq:
+            let candidates = orders.flatMap { o in prefillMicroBatches.map { (o, $0) } }
+            let results = Mutex<[ClusterPlan?]>(Array(repeating: nil, count: candidates.count))
+            let failure = Mutex<Error?>(nil)
+            DispatchQueue.concurrentPerform(iterations: candidates.count) { i in
+                do {
+                    let (order, eta) = candidates[i]
+                    let p = try solve(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta,
+                                      timeWeight: Self.millisecondsPerSecond, method: method)
+                    results.withLock { $0[i] = p }
+                } catch { failure.withLock { $0 = error } }
+            }
+            if let error = failure.withLock({ $0 }) { throw error }
+            best = results.withLock { $0 }.compactMap { $0 }.min { objective($0) < objective($1) }
+        case .pipeedge:
+            // Uniform bits (the highest that fits), the partition that minimises time.
+            for b in spec.bits.sorted(by: >) {
+                for order in orders {
+                    if let p = try solve(order: order, eta: xi, xi: xi, bits: [b], theta: 0, timeWeight: 1, method: method),
+                       best.map({ p.modelSeconds < $0.modelSeconds }) ?? true { best = p }
+                }
+                if best != nil { break }
+            }
+        case .uniform:
+            for b in spec.bits.sorted(by: >) {
+                if let p = evenSplit(bits: b, xi: xi) { best = p; break }
+            }
+        case .adabits:
+            // Quality first within memory; time only breaks ties.
+            best = try solve(order: Array(cost.devices.indices), eta: xi, xi: xi, bits: spec.bits, theta: 1, timeWeight: 1e-9, method: method)
+        }
+        guard var plan = best else { return nil }
+        plan.solveSeconds = Clock.now() - start
+        plan.simulatedSeconds = PipelineSimulator(cost: cost, plan: plan).run().end
+        return plan
+    }
+
+    /// LLM-PQ's latency tables, and so its objective and theta, are in milliseconds.
+    static let millisecondsPerSecond = 1000.0
+
+    func objective(_ p: ClusterPlan) -> Double { p.modelSeconds * Self.millisecondsPerSecond + p.qualityPenalty }
+
+    /// Stage times for a given assignment (seconds per micro-batch).
+    func stageTimes(device: Int, bits: [Int], eta: Int, xi: Int) -> (prefill: Double, decode: Double) {
+        (bits.reduce(0) { $0 + cost.latency(device: device, bits: $1, prefill: true, batch: eta) },
+         bits.reduce(0) { $0 + cost.latency(device: device, bits: $1, prefill: false, batch: xi) })
+    }
+
+    /// End-to-end seconds the program's objective assigns: prefill pipeline plus decode rounds.
+    func modelSeconds(stages: [(device: Int, bits: [Int])], eta: Int, xi: Int) -> Double {
+        let times = stages.map { stageTimes(device: $0.device, bits: $0.bits, eta: eta, xi: xi) }
+        let commPre = cost.communication(prefill: true, batch: eta), commDec = cost.communication(prefill: false, batch: xi)
+        let kp = Double((spec.globalBatch + eta - 1) / eta), kd = Double((spec.globalBatch + xi - 1) / xi)
+        let n = Double(spec.genLength), hops = Double(stages.count - 1)
+        let prefill = times.reduce(0) { $0 + $1.prefill } + hops * commPre + (kp - 1) * max(times.map(\.prefill).max()!, commPre)
+        let round = max(kd * max(times.map(\.decode).max()!, commDec), times.reduce(0) { $0 + $1.decode } + Double(stages.count) * commDec)
+        return prefill + (n - 1) * round
+    }
+
+    /// The program for one device order and micro-batch pair. Returns nil when nothing fits.
+    func solve(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double, method: Method) throws -> ClusterPlan? {
+        let L = spec.model.layers, N = order.count
+        let uniformOmega = Set(cost.omega.map { $0 }).count == 1
+        let bitIndex = bits.map { spec.bits.firstIndex(of: $0)! }
+        let lp = LinearProgram()
+        let kp = Double((spec.globalBatch + eta - 1) / eta), kd = Double((spec.globalBatch + xi - 1) / xi)
+        let n = Double(spec.genLength)
+        let commPre = cost.communication(prefill: true, batch: eta), commDec = cost.communication(prefill: false, batch: xi)
+        let tPre = (0..<N).map { lp.variable("Tpre\($0)", objective: timeWeight) }
+        let tDec = (0..<N).map { lp.variable("Tdec\($0)") }
+        let tPreMax = lp.variable("Tpre", objective: timeWeight * (kp - 1))
+        let tDecMax = lp.variable("Tdec")
+        let round = lp.variable("R", objective: timeWeight * (n - 1))
+        lp.constrain([(round, 1), (tDecMax, -kd)], .greaterOrEqual, 0)
+        lp.constrain([(round, 1)] + tDec.map { ($0, -1.0) }, .greaterOrEqual, Double(N) * commDec)
+        lp.constrain([(tPreMax, 1)], .greaterOrEqual, commPre)
+        lp.constrain([(tDecMax, 1)], .greaterOrEqual, commDec)
+        let useBinary = !uniformOmega && L * N * bits.count <= binaryLimit
+        // Per (stage, bits): a count variable (aggregated) or L binaries (full form).
+        var counts: [[LinearProgram.Variable]] = []
+        var binaries: [[[LinearProgram.Variable]]] = []
+        let meanOmega = bitIndex.map { bi in cost.omega.reduce(0) { $0 + $1[bi] } / Double(L) }
+        for j in 0..<N {
+            let device = order[j]
+            var stageTerms: [(LinearProgram.Variable, Double)] = []
+            var memory: [(LinearProgram.Variable, Double)] = []
+            var decode: [(LinearProgram.Variable, Double)] = []
+            var row: [LinearProgram.Variable] = []
+            var stageBinaries: [[LinearProgram.Variable]] = []
+            for (k, b) in bits.enumerated() {
+                let pre = cost.latency(device: device, bits: b, prefill: true, batch: eta)
+                let dec = cost.latency(device: device, bits: b, prefill: false, batch: xi)
+                let bytes = cost.layerBytes(bits: b)
+                if useBinary {
+                    let zs = (0..<L).map { i in lp.variable("z\(i)_\(j)_\(b)", upper: 1, objective: theta * cost.omega[i][bitIndex[k]], integer: true) }
+                    stageBinaries.append(zs)
+                    for z in zs { stageTerms.append((z, pre)); decode.append((z, dec)); memory.append((z, bytes)) }
+                } else {
+                    let c = lp.variable("n\(j)_\(b)", upper: Double(L), objective: theta * meanOmega[k], integer: true)
+                    row.append(c)
+                    stageTerms.append((c, pre)); decode.append((c, dec)); memory.append((c, bytes))
+                }
+            }
+            counts.append(row)
+            binaries.append(stageBinaries)
+            lp.constrain(stageTerms + [(tPre[j], -1)], .lessOrEqual, 0)
+            lp.constrain(decode + [(tDec[j], -1)], .lessOrEqual, 0)
+            lp.constrain([(tPreMax, 1), (tPre[j], -1)], .greaterOrEqual, 0)
+            lp.constrain([(tDecMax, 1), (tDec[j], -1)], .greaterOrEqual, 0)
+            let extra = j == 0 ? cost.firstStageExtra(microBatch: eta) : 0
+            lp.constrain(memory, .lessOrEqual, cost.capacity(device) - extra)
+        }
+        if useBinary {
+            for i in 0..<L {
+                lp.constrain((0..<N).flatMap { j in binaries[j].map { ($0[i], 1.0) } }, .equal, 1)
+                // Contiguous stages in order: "layer i+1 is on a stage <= j" implies the same for layer i.
+                if i + 1 < L {
+                    for j in 0..<(N - 1) {
+                        let upTo = (0...j).flatMap { s in binaries[s].map { ($0[i + 1], 1.0) } } + (0...j).flatMap { s in binaries[s].map { ($0[i], -1.0) } }
+                        lp.constrain(upTo, .lessOrEqual, 0)
+                    }
+                }
+            }
+            lp.constrain(binaries[0].map { ($0[0], 1.0) }, .equal, 1)
+            lp.constrain(binaries[N - 1].map { ($0[L - 1], 1.0) }, .equal, 1)
+        } else {
+            lp.constrain(counts.flatMap { $0.map { ($0, 1.0) } }, .equal, Double(L))
+            lp.constrain(counts[0].map { ($0, 1.0) }, .greaterOrEqual, 1)
+            lp.constrain(counts[N - 1].map { ($0, 1.0) }, .greaterOrEqual, 1)
+        }
+        guard let solution = try lp.minimize(timeLimit: spec.timeLimit) else { return nil }
+
+        // Expand to stages: per stage, the bits of its layers in layer order.
+        var stageBits: [[Int]] = []
+        if useBinary {
+            for j in 0..<N {
+                var layerBits: [(Int, Int)] = []
+                for (k, b) in bits.enumerated() {
+                    for i in 0..<L where solution[binaries[j][k][i]] > 0.5 { layerBits.append((i, b)) }
+                }
+                stageBits.append(layerBits.sorted { $0.0 < $1.0 }.map(\.1))
+            }
+        } else {
+            for j in 0..<N {
+                var list: [Int] = []
+                for (k, b) in bits.enumerated() { list += Array(repeating: b, count: Int(solution[counts[j][k]].rounded())) }
+                stageBits.append(list)
+            }
+            if !uniformOmega { stageBits = assignByOmega(stageBits, bits: bits) }
+        }
+        return makePlan(method: method, order: order, stageBits: stageBits, eta: eta, xi: xi, theta: theta)
+    }
+
+    /// Within each stage's layer range, the highest bits go to the layers with the largest omega.
+    func assignByOmega(_ stageBits: [[Int]], bits: [Int]) -> [[Int]] {
+        var start = 0
+        return stageBits.map { list in
+            let layers = Array(start..<(start + list.count))
+            start += list.count
+            let byOmega = layers.sorted { cost.omega[$0].reduce(0, +) > cost.omega[$1].reduce(0, +) }
+            var result = [Int](repeating: 0, count: list.count)
+            for (rank, b) in list.sorted(by: >).enumerated() { result[byOmega[rank] - layers.first!] = b }
+            return result
+        }
+    }
+
+    func evenSplit(bits: Int, xi: Int) -> ClusterPlan? {
+        let L = spec.model.layers, N = cost.devices.count
+        var stageBits: [[Int]] = []
+        for j in 0..<N { stageBits.append(Array(repeating: bits, count: L / N + (j < L % N ? 1 : 0))) }
+        let plan = makePlan(method: .uniform, order: Array(0..<N), stageBits: stageBits, eta: xi, xi: xi, theta: 0)
+        return plan.stages.allSatisfy({ $0.memoryBytes <= $0.capacityBytes }) ? plan : nil
+    }
+
+    func makePlan(method: Method, order: [Int], stageBits: [[Int]], eta: Int, xi: Int, theta: Double) -> ClusterPlan {
+        var stages: [ClusterPlan.Stage] = []
+        var layer = 0
+        var quality = 0.0
+        for (j, list) in stageBits.enumerated() {
+            let device = order[j]
+            let times = stageTimes(device: device, bits: list, eta: eta, xi: xi)
+            let memory = list.reduce(0) { $0 + cost.layerBytes(bits: $1) } + (j == 0 ? cost.firstStageExtra(microBatch: eta) : 0)
+            for (k, b) in list.enumerated() { quality += spec.theta * cost.omega[layer + k][spec.bits.firstIndex(of: b)!] }
+            stages.append(ClusterPlan.Stage(device: device, type: cost.devices[device].type, layers: layer..<(layer + list.count), bits: list,
+                                            memoryBytes: memory, capacityBytes: cost.capacity(device), prefillSeconds: times.prefill,
+                                            decodeSeconds: times.decode))
+            layer += list.count
+        }
+        let seconds = modelSeconds(stages: stages.map { ($0.device, $0.bits) }, eta: eta, xi: xi)
+        return ClusterPlan(method: method.rawValue, stages: stages, eta: eta, xi: xi, modelSeconds: seconds, simulatedSeconds: seconds,
+                           qualityPenalty: quality, solveSeconds: 0, globalBatch: spec.globalBatch, genLength: spec.genLength)
+    }
+
+    /// Why no method can place the model: total memory against the smallest need.
+    public func infeasibility() -> StrataError {
+        let minBits = spec.bits.min()!
+        let need = Double(spec.model.layers) * cost.layerBytes(bits: minBits) + cost.firstStageExtra(microBatch: 1)
+        let have = cost.devices.indices.reduce(0) { $0 + cost.capacity($1) }
+        let perDevice = cost.devices.indices.map { "\(cost.devices[$0].type)#\($0): \(Int(cost.capacity($0))) bytes usable" }.joined(separator: ", ")
+        return StrataError.invalidRequest(
+            "\(spec.model.name) cannot fit this cluster at any bit width: at \(minBits) bits its layers and KV cache need \(Int(need)) bytes, "
+            + "the devices offer \(Int(have)) (\(perDevice)); short by \(Int(max(0, need - have))) bytes")
+    }
+}

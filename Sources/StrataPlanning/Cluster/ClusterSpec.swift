@@ -1,0 +1,114 @@
+import StrataCore
+import StrataRuntime
+import Yams
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A heterogeneous cluster and an offline batch job, as `strata cluster plan` reads it (YAML):
+///
+///     model: opt-30b
+///     workload: {global_batch: 32, prompt_len: 512, gen_len: 100}
+///     devices:
+///       - {type: v100-32g, count: 1}
+///       - {type: t4, count: 3, memory: 14GiB}      # memory overrides the profile's
+///     links: {bandwidth: 1.25GB, latency: 0.0001}  # default for every pair (bytes/s, s)
+///     theta: 50000
+///     bits: [3, 4, 8, 16]
+///     omega: indicator.json                        # strata indicator output (else the default)
+///     time_limit: 10                               # seconds per MILP
+public struct ClusterSpec: Sendable {
+    public struct DeviceGroup: Sendable {
+        public var type: String
+        public var profile: HardwareProfile
+        public var count: Int
+        public var memory: Double
+    }
+
+    public var model: ModelShape
+    public var globalBatch: Int
+    public var promptLength: Int
+    public var genLength: Int
+    public var groups: [DeviceGroup]
+    public var linkBandwidth: Double
+    public var linkLatency: Double
+    public var theta: Double
+    public var bits: [Int]
+    public var omegaPath: String?
+    public var timeLimit: Double
+
+    /// Device memory as LLM-PQ's evaluation counts it (GiB), used when a spec gives none.
+    public static let llmpqMemoryGiB: [String: Double] = [
+        "t4": 14.76, "v100-32g": 31.74, "v100-16g": 14.76, "p100-12g": 11.91, "a100-40g": 39.4, "a100-80g": 79.35,
+    ]
+
+    public static func load(path: String) throws -> ClusterSpec {
+        guard let data = FileManager.default.contents(atPath: path) else { throw StrataError.fileNotFound(path: path) }
+        return try ClusterSpec(yaml: String(decoding: data, as: UTF8.self), path: path)
+    }
+
+    public init(yaml: String, path: String) throws {
+        let root: Any?
+        do { root = try Yams.load(yaml: yaml) } catch {
+            throw StrataError.invalidFile(path: path, detail: "not valid YAML: \(error)")
+        }
+        guard let map = root as? [String: Any] else { throw StrataError.invalidFile(path: path, detail: "expected a mapping at the top level") }
+        func bad(_ detail: String) -> StrataError { .invalidFile(path: path, detail: detail) }
+        func number(_ value: Any?, _ field: String) throws -> Double {
+            if let d = value as? Double { return d }
+            if let i = value as? Int { return Double(i) }
+            if let s = value as? String, let d = Double(s) { return d }
+            throw bad("field '\(field)' must be a number")
+        }
+        func bytes(_ value: Any?, _ field: String) throws -> Double {
+            if let s = value as? String {
+                do { return Double(try ByteSize.parse(s, option: field)) } catch { throw bad("field '\(field)': '\(s)' is not a size") }
+            }
+            return try number(value, field)
+        }
+
+        guard let modelName = map["model"] as? String else { throw bad("missing field 'model' (a known architecture or a model directory)") }
+        do { model = try ModelShape.named(modelName) } catch let e as StrataError { throw bad("field 'model': \(e)") }
+        guard let workload = map["workload"] as? [String: Any] else { throw bad("missing field 'workload' {global_batch, prompt_len, gen_len}") }
+        globalBatch = Int(try number(workload["global_batch"], "workload.global_batch"))
+        promptLength = Int(try number(workload["prompt_len"], "workload.prompt_len"))
+        genLength = Int(try number(workload["gen_len"], "workload.gen_len"))
+        guard globalBatch > 0, promptLength > 0, genLength > 0 else { throw bad("workload values must be positive") }
+
+        guard let devices = map["devices"] as? [Any], !devices.isEmpty else { throw bad("missing field 'devices' (a list of {type, count})") }
+        groups = []
+        for (i, item) in devices.enumerated() {
+            guard let d = item as? [String: Any], let type = d["type"] as? String else {
+                throw bad("devices[\(i)] must be a mapping with 'type'")
+            }
+            let profile: HardwareProfile
+            do { profile = try HardwareProfile.named(type) } catch {
+                throw bad("devices[\(i)]: unknown device type '\(type)'; known: \(HardwareProfile.builtIn.keys.sorted().joined(separator: ", ")) or a profile file")
+            }
+            let count = d["count"] == nil ? 1 : Int(try number(d["count"], "devices[\(i)].count"))
+            guard count >= 1 else { throw bad("devices[\(i)].count must be at least 1") }
+            let memory = try d["memory"].map { try bytes($0, "devices[\(i)].memory") }
+                ?? (Self.llmpqMemoryGiB[type.lowercased()].map { $0 * 1024 * 1024 * 1024 } ?? profile.deviceMemory)
+            groups.append(DeviceGroup(type: type.lowercased(), profile: profile, count: count, memory: memory))
+        }
+        let links = map["links"] as? [String: Any] ?? [:]
+        linkBandwidth = try links["bandwidth"].map { try bytes($0, "links.bandwidth") } ?? 1.25e9
+        linkLatency = try links["latency"].map { try number($0, "links.latency") } ?? 1e-4
+        theta = try map["theta"].map { try number($0, "theta") } ?? 50_000
+        if let list = map["bits"] {
+            guard let b = list as? [Int], !b.isEmpty else { throw bad("field 'bits' must be a list of integers") }
+            for v in b where ![2, 3, 4, 8, 16].contains(v) { throw bad("field 'bits' has \(v); allowed: 2, 3, 4, 8, 16") }
+            bits = b.sorted()
+        } else {
+            bits = [3, 4, 8, 16]
+        }
+        omegaPath = map["omega"] as? String
+        timeLimit = try map["time_limit"].map { try number($0, "time_limit") } ?? 10
+    }
+
+    /// One entry per physical device, in spec order.
+    public var devices: [DeviceGroup] { groups.flatMap { g in Array(repeating: g, count: g.count) } }
+    public var workload: Workload { Workload(promptLength: promptLength, genLength: genLength) }
+}
