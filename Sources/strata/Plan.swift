@@ -28,12 +28,15 @@ struct Plan: ParsableCommand {
     @Flag(help: "With --percent: 4-bit KV cache.") var compressCache = false
     @Flag(help: "With --percent: transfers do not overlap compute.") var noOverlap = false
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Use FlexGen's own formulas (no weight-streaming roofline, compression ignored), for comparison.")
+    var flexgenFormulas = false
 
     func run() throws {
         try reportingErrors {
             let shape = try ModelShape.named(model)
             let profile = try HardwareProfile.named(hardware)
-            let cost = CostModel(model: shape, profile: profile, workload: Workload(promptLength: promptLen, genLength: genLen))
+            var cost = CostModel(model: shape, profile: profile, workload: Workload(promptLength: promptLen, genLength: genLen))
+            cost.extensions = !flexgenFormulas
             let budgets = TierBudgets(device: try deviceMem.map { try ByteSize.parse($0, option: "--device-mem") },
                                       host: try hostMem.map { try ByteSize.parse($0, option: "--host-mem") },
                                       disk: try diskMem.map { try ByteSize.parse($0, option: "--disk-mem") })

@@ -44,8 +44,28 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "Quantization group size for --compress-weight and --compress-cache.")
     var groupSize = 64
 
+    @Option(help: "Compute backend: auto (CUDA if usable, else CPU, saying why), cpu, or cuda.")
+    var backend = "auto"
+
     func makeBackend() throws -> CPUBackend {
         guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }
+        switch backend {
+        case "cpu":
+            break
+        case "auto", "cuda":
+            switch CUDALoader.probe() {
+            case .unavailable(let reason):
+                if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(reason)") }
+                Console.error("note: CUDA unavailable (\(reason)); running on the CPU backend")
+            case .available(let devices, _):
+                // The kernels and loader exist; executing on the GPU is not in this build.
+                let why = "\(devices) CUDA device(s) found, but this build has no CUDA execution backend yet"
+                if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(why)") }
+                Console.error("note: \(why); running on the CPU backend")
+            }
+        default:
+            throw StrataError.invalidRequest("--backend must be auto, cpu or cuda, not '\(backend)'")
+        }
         guard let format = CPUBackend.WeightFormat(rawValue: weightFormat) else {
             throw StrataError.invalidRequest("--weight-format must be one of \(CPUBackend.WeightFormat.allCases.map(\.rawValue).joined(separator: ", "))")
         }
