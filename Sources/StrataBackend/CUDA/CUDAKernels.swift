@@ -115,53 +115,10 @@ public enum CUDAKernels {
         }
     }
 
-    // One block per (row, head): one query against positions padding[b] .. past (inclusive).
-    // scores needs capacity floats of dynamic shared memory.
-    extern "C" __global__ void attention_decode(const float* q, const float* kc, const float* vc, float* out, const int* padding,
-                                                int heads, int kvHeads, int headDim, int capacity, int past, float scale) {
-        extern __shared__ float scores[];
-        __shared__ float shared[32];
-        int b = blockIdx.x / heads, h = blockIdx.x % heads, g = h / (heads / kvHeads);
-        const float* qv = q + ((size_t)b * heads + h) * headDim;
-        const float* K = kc + ((size_t)b * kvHeads + g) * capacity * headDim;
-        const float* V = vc + ((size_t)b * kvHeads + g) * capacity * headDim;
-        int first = padding[b], last = past;
-        float localMax = -INFINITY;
-        for (int j = first + threadIdx.x; j <= last; j += blockDim.x) {
-            float s = 0.f;
-            for (int d = 0; d < headDim; ++d) s += qv[d] * K[(size_t)j * headDim + d];
-            s *= scale;
-            scores[j] = s;
-            localMax = fmaxf(localMax, s);
-        }
-        for (int o = 16; o > 0; o >>= 1) localMax = fmaxf(localMax, __shfl_xor_sync(0xffffffff, localMax, o));
-        if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = localMax;
-        __syncthreads();
-        float m = -INFINITY;
-        for (int w = 0; w < (blockDim.x + 31) / 32; ++w) m = fmaxf(m, shared[w]);
-        __syncthreads();
-        float local = 0.f;
-        for (int j = first + threadIdx.x; j <= last; j += blockDim.x) { float e = __expf(scores[j] - m); scores[j] = e; local += e; }
-        float total = block_sum(local, shared);
-        for (int d = threadIdx.x; d < headDim; d += blockDim.x) {
-            float acc = 0.f;
-            for (int j = first; j <= last; ++j) acc += scores[j] * V[(size_t)j * headDim + d];
-            out[((size_t)b * heads + h) * headDim + d] = acc / total;
-        }
-    }
-
-    // One block per (row, head, query position): causal attention over the cache, left padding masked.
-    extern "C" __global__ void attention_prefill(const float* q, const float* kc, const float* vc, float* out, const int* padding,
-                                                 int length, int heads, int kvHeads, int headDim, int capacity, int past, float scale) {
-        extern __shared__ float scores[];
-        __shared__ float shared[32];
-        int t = blockIdx.x % length, bh = blockIdx.x / length, b = bh / heads, h = bh % heads, g = h / (heads / kvHeads);
-        size_t qrow = (size_t)b * length + t;
-        const float* qv = q + (qrow * heads + h) * headDim;
-        const float* K = kc + ((size_t)b * kvHeads + g) * capacity * headDim;
-        const float* V = vc + ((size_t)b * kvHeads + g) * capacity * headDim;
-        int first = padding[b], last = past + t;
-        float* o = out + (qrow * heads + h) * headDim;
+    // softmax(scale * q K[first..last]^T) V for one query, by one block; scores holds the
+    // block's capacity floats of dynamic shared memory.
+    __device__ void attend(const float* qv, const float* K, const float* V, float* o, int first, int last, int headDim, float scale,
+                           float* scores, float* shared) {
         if (last < first) { for (int d = threadIdx.x; d < headDim; d += blockDim.x) o[d] = 0.f; return; }
         float localMax = -INFINITY;
         for (int j = first + threadIdx.x; j <= last; j += blockDim.x) {
@@ -184,6 +141,28 @@ public enum CUDAKernels {
             for (int j = first; j <= last; ++j) acc += scores[j] * V[(size_t)j * headDim + d];
             o[d] = acc / total;
         }
+    }
+
+    // One block per (row, head): the step's one query against positions padding[b] .. past.
+    extern "C" __global__ void attention_decode(const float* q, const float* kc, const float* vc, float* out, const int* padding,
+                                                int heads, int kvHeads, int headDim, int capacity, int past, float scale) {
+        extern __shared__ float scores[];
+        __shared__ float shared[32];
+        int b = blockIdx.x / heads, h = blockIdx.x % heads, g = h / (heads / kvHeads);
+        size_t cache = ((size_t)b * kvHeads + g) * capacity * headDim;
+        size_t row = ((size_t)b * heads + h) * headDim;
+        attend(q + row, kc + cache, vc + cache, out + row, padding[b], past, headDim, scale, scores, shared);
+    }
+
+    // One block per (row, head, query position): causal attention over the cache, left padding masked.
+    extern "C" __global__ void attention_prefill(const float* q, const float* kc, const float* vc, float* out, const int* padding,
+                                                 int length, int heads, int kvHeads, int headDim, int capacity, int past, float scale) {
+        extern __shared__ float scores[];
+        __shared__ float shared[32];
+        int t = blockIdx.x % length, bh = blockIdx.x / length, b = bh / heads, h = bh % heads, g = h / (heads / kvHeads);
+        size_t cache = ((size_t)b * kvHeads + g) * capacity * headDim;
+        size_t row = (((size_t)b * length + t) * heads + h) * headDim;
+        attend(q + row, kc + cache, vc + cache, out + row, padding[b], past + t, headDim, scale, scores, shared);
     }
 
     // 4-bit groups along the input dimension -> f16 weight [rows, cols] for cuBLAS.
