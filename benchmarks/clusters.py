@@ -18,7 +18,10 @@ files = sorted(glob.glob("examples/clusters/cluster*.yaml"), key=lambda p: int(r
 print("| cluster | model | devices | LLM-PQ | PipeEdge | Uniform | AdaBits | LLM-PQ / PipeEdge | LLM-PQ solve (s) | LLM-PQ plan |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for path in files:
-    out = json.loads(subprocess.run([strata, "cluster", "plan", path, "--json"], check=True, capture_output=True, text=True).stdout)
+    run = subprocess.run([strata, "cluster", "plan", path, "--json"], capture_output=True, text=True)
+    if run.returncode != 0 or not run.stdout.strip():
+        sys.exit(f"{path}: strata exited {run.returncode}: {run.stderr.strip()[-2000:]}")
+    out = json.loads(run.stdout)
     with open(path) as f:
         text = f.read()
     devices = " + ".join(f"{c}x {t}" for t, c in re.findall(r"type: ([\w.-]+), count: (\d+)", text))

@@ -64,6 +64,14 @@ public final class LinearProgram {
         }
         Cbc_setObjSense(model, 1)
         if let timeLimit { Cbc_setMaximumSeconds(model, timeLimit) }
+        // CBC stops branch-and-bound at a 1e-4 relative gap by default; plans are compared
+        // against each other, so prove optimality to 1e-7.
+        // (Typed setters only: Cbc_setParameter parses text through shared state and is not
+        // safe when models are solved on several threads.)
+        if columns.contains(where: \.integer) {
+            Cbc_setAllowableFractionGap(model, 1e-7)
+            Cbc_setAllowableGap(model, 1e-6)
+        }
         _ = Cbc_solve(model)
         if Cbc_isProvenInfeasible(model) != 0 { return nil }
         let optimal = Cbc_isProvenOptimal(model) != 0

@@ -68,7 +68,13 @@ public struct ClusterPlanner: Sendable {
                 } catch { failure.withLock { $0 = error } }
             }
             if let error = failure.withLock({ $0 }) { throw error }
-            best = results.withLock { $0 }.compactMap { $0 }.min { objective($0) < objective($1) }
+            // The baselines' plans are feasible points of this program too; keeping the best of
+            // all guards against a solver stopped at its time limit short of the optimum.
+            var candidatesFound = results.withLock { $0 }.compactMap { $0 }
+            for baseline in [Method.pipeedge, .adabits] {
+                if var p = try plan(baseline) { p.method = method.rawValue; candidatesFound.append(p) }
+            }
+            best = candidatesFound.min { objective($0) < objective($1) }
         case .pipeedge:
             // Uniform bits (the highest that fits), the partition that minimises time.
             for b in spec.bits.sorted(by: >) {
