@@ -1,5 +1,10 @@
 import CCbc
 import StrataCore
+import Synchronization
+
+/// CBC's solve entry point (CbcMain) keeps global state: two threads solving at once can make
+/// one of them drop into CBC's interactive prompt and read stdin. Every solve holds this lock.
+private let cbcLock = Mutex(())
 
 /// A linear (or mixed-integer) program solved with COIN-OR CBC. CBC over GLPK: both solve
 /// these models in well under a millisecond to tens of milliseconds (PLATFORM-NOTES), and
@@ -44,6 +49,34 @@ public final class LinearProgram {
 
     /// Minimises the objective. Returns nil when the program is infeasible.
     public func minimize(timeLimit: Double? = nil) throws -> Solution? {
+        // Pure LPs go to CLP directly: no global state, so they may run on several threads.
+        if !columns.contains(where: \.integer) { return try solveLinear() }
+        return try cbcLock.withLock { _ in try solveLocked(timeLimit: timeLimit) }
+    }
+
+    /// CLP on the column-major matrix; rows become lower/upper bounds.
+    private func solveLinear() throws -> Solution? {
+        guard let model = Clp_newModel() else { throw StrataError.invalidRequest("CLP could not create a model") }
+        defer { Clp_deleteModel(model) }
+        Clp_setLogLevel(model, 0)
+        var entries = [[(Int32, Double)]](repeating: [], count: columns.count)
+        for (r, row) in rows.enumerated() { for (c, v) in row.terms { entries[c].append((Int32(r), v)) } }
+        var start: [CoinBigIndex] = [0], index: [Int32] = [], value: [Double] = []
+        for column in entries {
+            for (r, v) in column { index.append(r); value.append(v) }
+            start.append(CoinBigIndex(index.count))
+        }
+        let lower = columns.map(\.lower), upper = columns.map { $0.upper.isFinite ? $0.upper : 1e30 }, objective = columns.map(\.objective)
+        let rowLower = rows.map { $0.relation == .lessOrEqual ? -1e30 : $0.rhs }
+        let rowUpper = rows.map { $0.relation == .greaterOrEqual ? 1e30 : $0.rhs }
+        Clp_loadProblem(model, Int32(columns.count), Int32(rows.count), start, index, value, lower, upper, objective, rowLower, rowUpper)
+        _ = Clp_initialSolve(model)
+        guard Clp_isProvenOptimal(model) != 0, let solution = Clp_getColSolution(model) else { return nil }
+        return Solution(objective: Clp_objectiveValue(model), values: Array(UnsafeBufferPointer(start: solution, count: columns.count)),
+                        timedOut: false)
+    }
+
+    private func solveLocked(timeLimit: Double?) throws -> Solution? {
         guard let model = Cbc_newModel() else { throw StrataError.invalidRequest("CBC could not create a model") }
         defer { Cbc_deleteModel(model) }
         Cbc_setLogLevel(model, 0)
