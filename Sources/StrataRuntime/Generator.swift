@@ -67,7 +67,11 @@ public final class Generator: Sendable {
                 var chunk = Array(requests[start..<min(requests.count, start + block)])
                 let real = chunk.count
                 while chunk.count < block { chunk.append(chunk[0]) }
-                results += Array(try run(chunk, sampling: sampling, ignoreEOS: ignoreEOS, timing: &timing).prefix(real))
+                let all = try run(chunk, sampling: sampling, ignoreEOS: ignoreEOS, timing: &timing)
+                results += all.prefix(real)
+                // The fill rows' work is not the caller's output: keep it out of the counts.
+                timing.newTokens -= all.dropFirst(real).reduce(0) { $0 + $1.tokenIds.count }
+                timing.promptTokens -= (block - real) * chunk[0].promptIds.count
             }
             return results
         }
