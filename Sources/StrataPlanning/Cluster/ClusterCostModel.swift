@@ -9,6 +9,7 @@ public struct ClusterCostModel: Sendable {
     /// omega[layer][index of bits in spec.bits]
     public let omega: [[Double]]
     public let omegaSource: String
+    public let calibration: LatencyCalibration
 
     /// Memory a device keeps back for the runtime (CUDA context, allocator slack), as LLM-PQ does.
     public static let runtimeReserve = 1.0 * 1024 * 1024 * 1024
@@ -21,6 +22,7 @@ public struct ClusterCostModel: Sendable {
     public init(spec: ClusterSpec) throws {
         self.spec = spec
         devices = spec.devices
+        calibration = try spec.calibrationPath.map { try LatencyCalibration(path: $0) } ?? LatencyCalibration()
         let layers = spec.model.layers
         if let path = spec.omegaPath {
             let indicator = try QualityIndicator.load(path: path)
@@ -80,6 +82,10 @@ public struct ClusterCostModel: Sendable {
     /// Roofline: compute at the profile's GEMM rate or weight streaming at its memory bandwidth,
     /// plus attention, plus on-the-fly dequantization below 16 bits.
     public func latency(device: Int, bits: Int, prefill: Bool, batch: Int) -> Double {
+        if let fitted = calibration.latency(device: devices[device].type, bits: bits, prefill: prefill, batch: batch,
+                                            prompt: spec.promptLength, generated: Double(spec.genLength) / 2) {
+            return fitted
+        }
         let p = devices[device].profile, m = spec.model
         let s = Double(spec.promptLength), ctx = s + Double(spec.genLength) / 2
         let b = Double(batch), h = Double(m.hidden)
@@ -97,6 +103,16 @@ public struct ClusterCostModel: Sendable {
         return t * calibration(device: device, prefill: prefill)
     }
 
+    /// Seconds rank 0 (the first stage) spends on the LM head for a micro-batch: LLM-PQ's first
+    /// stage also holds the embeddings, LM head and sampling, so a slow first device slows
+    /// every token. Only the last position's logits are needed in both phases.
+    public func headLatency(device: Int, prefill: Bool, batch: Int) -> Double {
+        let p = devices[device].profile, m = spec.model
+        let params = Double(m.vocab * m.hidden)
+        let rate = prefill ? p.mmPrefill : p.mmDecode
+        return max(2 * params * Double(batch) / rate, 2 * params / p.deviceMemoryBandwidth) * calibration(device: device, prefill: false)
+    }
+
     /// Scale from the analytic model to LLM-PQ's published profile for this device type (1 when
     /// none is published): the ratio at the published point (OPT-30B layer, batch 8, fp16).
     func calibration(device: Int, prefill: Bool) -> Double {
@@ -109,9 +125,16 @@ public struct ClusterCostModel: Sendable {
         return (prefill ? measured.prefill : measured.decode) / analytic
     }
 
-    /// Seconds to send a micro-batch's fp16 hidden states from stage j to j+1.
-    public func communication(prefill: Bool, batch: Int) -> Double {
+    /// Seconds to send a micro-batch's fp16 hidden states from device `from` to device `to`.
+    public func communication(from: Int, to: Int, prefill: Bool, batch: Int) -> Double {
         let tokens = prefill ? Double(batch * spec.promptLength) : Double(batch)
-        return spec.linkLatency + tokens * Double(spec.model.hidden) * 2 / spec.linkBandwidth
+        let link = spec.link(devices[from].type, devices[to].type)
+        return link.latency + tokens * Double(spec.model.hidden) * 2 / link.bandwidth
+    }
+
+    /// Per stage boundary of a device order: stage j -> j+1, and (last entry) the last stage
+    /// back to the first, which decode's ring uses.
+    public func boundaries(_ order: [Int], prefill: Bool, batch: Int) -> [Double] {
+        order.indices.map { j in communication(from: order[j], to: order[(j + 1) % order.count], prefill: prefill, batch: batch) }
     }
 }

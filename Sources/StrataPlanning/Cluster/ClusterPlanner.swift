@@ -103,20 +103,26 @@ public struct ClusterPlanner: Sendable {
 
     func objective(_ p: ClusterPlan) -> Double { p.modelSeconds * Self.millisecondsPerSecond + p.qualityPenalty }
 
-    /// Stage times for a given assignment (seconds per micro-batch).
-    func stageTimes(device: Int, bits: [Int], eta: Int, xi: Int) -> (prefill: Double, decode: Double) {
-        (bits.reduce(0) { $0 + cost.latency(device: device, bits: $1, prefill: true, batch: eta) },
-         bits.reduce(0) { $0 + cost.latency(device: device, bits: $1, prefill: false, batch: xi) })
+    /// Stage times for a given assignment (seconds per micro-batch); the first stage also runs
+    /// the LM head.
+    func stageTimes(device: Int, bits: [Int], eta: Int, xi: Int, first: Bool) -> (prefill: Double, decode: Double) {
+        (bits.reduce(0) { $0 + cost.latency(device: device, bits: $1, prefill: true, batch: eta) }
+            + (first ? cost.headLatency(device: device, prefill: true, batch: eta) : 0),
+         bits.reduce(0) { $0 + cost.latency(device: device, bits: $1, prefill: false, batch: xi) }
+            + (first ? cost.headLatency(device: device, prefill: false, batch: xi) : 0))
     }
 
     /// End-to-end seconds the program's objective assigns: prefill pipeline plus decode rounds.
     func modelSeconds(stages: [(device: Int, bits: [Int])], eta: Int, xi: Int) -> Double {
-        let times = stages.map { stageTimes(device: $0.device, bits: $0.bits, eta: eta, xi: xi) }
-        let commPre = cost.communication(prefill: true, batch: eta), commDec = cost.communication(prefill: false, batch: xi)
+        let times = stages.enumerated().map { stageTimes(device: $1.device, bits: $1.bits, eta: eta, xi: xi, first: $0 == 0) }
+        let order = stages.map(\.device)
+        let commPre = cost.boundaries(order, prefill: true, batch: eta), commDec = cost.boundaries(order, prefill: false, batch: xi)
         let kp = Double((spec.globalBatch + eta - 1) / eta), kd = Double((spec.globalBatch + xi - 1) / xi)
-        let n = Double(spec.genLength), hops = Double(stages.count - 1)
-        let prefill = times.reduce(0) { $0 + $1.prefill } + hops * commPre + (kp - 1) * max(times.map(\.prefill).max()!, commPre)
-        let round = max(kd * max(times.map(\.decode).max()!, commDec), times.reduce(0) { $0 + $1.decode } + Double(stages.count) * commDec)
+        let n = Double(spec.genLength), hops = commPre.dropLast()
+        let slowestPrefill = zip(times, commPre).map { max($0.prefill, $1) }.max()!
+        let prefill = times.reduce(0) { $0 + $1.prefill } + hops.reduce(0, +) + (kp - 1) * slowestPrefill
+        let slowestDecode = zip(times, commDec).map { max($0.decode, $1) }.max()!
+        let round = max(kd * slowestDecode, times.reduce(0) { $0 + $1.decode } + commDec.reduce(0, +))
         return prefill + (n - 1) * round
     }
 
@@ -128,16 +134,19 @@ public struct ClusterPlanner: Sendable {
         let lp = LinearProgram()
         let kp = Double((spec.globalBatch + eta - 1) / eta), kd = Double((spec.globalBatch + xi - 1) / xi)
         let n = Double(spec.genLength)
-        let commPre = cost.communication(prefill: true, batch: eta), commDec = cost.communication(prefill: false, batch: xi)
+        let commPre = cost.boundaries(order, prefill: true, batch: eta), commDec = cost.boundaries(order, prefill: false, batch: xi)
         let tPre = (0..<N).map { lp.variable("Tpre\($0)", objective: timeWeight) }
         let tDec = (0..<N).map { lp.variable("Tdec\($0)") }
         let tPreMax = lp.variable("Tpre", objective: timeWeight * (kp - 1))
         let tDecMax = lp.variable("Tdec")
         let round = lp.variable("R", objective: timeWeight * (n - 1))
         lp.constrain([(round, 1), (tDecMax, -kd)], .greaterOrEqual, 0)
-        lp.constrain([(round, 1)] + tDec.map { ($0, -1.0) }, .greaterOrEqual, Double(N) * commDec)
-        lp.constrain([(tPreMax, 1)], .greaterOrEqual, commPre)
-        lp.constrain([(tDecMax, 1)], .greaterOrEqual, commDec)
+        lp.constrain([(round, 1)] + tDec.map { ($0, -1.0) }, .greaterOrEqual, commDec.reduce(0, +))
+        // A stage is as slow as its outgoing link (LLM-PQ: Tpre_j >= comm_j).
+        for j in 0..<N {
+            lp.constrain([(tPre[j], 1)], .greaterOrEqual, j + 1 < N ? commPre[j] : 0)
+            lp.constrain([(tDec[j], 1)], .greaterOrEqual, commDec[j])
+        }
         let useBinary = !uniformOmega && L * N * bits.count <= binaryLimit
         // Per (stage, bits): a count variable (aggregated) or L binaries (full form).
         var counts: [[LinearProgram.Variable]] = []
@@ -166,8 +175,10 @@ public struct ClusterPlanner: Sendable {
             }
             counts.append(row)
             binaries.append(stageBinaries)
-            lp.constrain(stageTerms + [(tPre[j], -1)], .lessOrEqual, 0)
-            lp.constrain(decode + [(tDec[j], -1)], .lessOrEqual, 0)
+            let headPrefill = j == 0 ? cost.headLatency(device: device, prefill: true, batch: eta) : 0
+            let headDecode = j == 0 ? cost.headLatency(device: device, prefill: false, batch: xi) : 0
+            lp.constrain(stageTerms + [(tPre[j], -1)], .lessOrEqual, -headPrefill)
+            lp.constrain(decode + [(tDec[j], -1)], .lessOrEqual, -headDecode)
             lp.constrain([(tPreMax, 1), (tPre[j], -1)], .greaterOrEqual, 0)
             lp.constrain([(tDecMax, 1), (tDec[j], -1)], .greaterOrEqual, 0)
             let extra = j == 0 ? cost.firstStageExtra(microBatch: eta) : 0
@@ -241,7 +252,7 @@ public struct ClusterPlanner: Sendable {
         var quality = 0.0
         for (j, list) in stageBits.enumerated() {
             let device = order[j]
-            let times = stageTimes(device: device, bits: list, eta: eta, xi: xi)
+            let times = stageTimes(device: device, bits: list, eta: eta, xi: xi, first: j == 0)
             let memory = list.reduce(0) { $0 + cost.layerBytes(bits: $1) } + (j == 0 ? cost.firstStageExtra(microBatch: eta) : 0)
             for (k, b) in list.enumerated() { quality += spec.theta * cost.omega[layer + k][spec.bits.firstIndex(of: b)!] }
             stages.append(ClusterPlan.Stage(device: device, type: cost.devices[device].type, layers: layer..<(layer + list.count), bits: list,

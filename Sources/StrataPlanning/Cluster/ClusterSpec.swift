@@ -14,10 +14,15 @@ import Foundation
 ///     devices:
 ///       - {type: v100-32g, count: 1}
 ///       - {type: t4, count: 3, memory: 14GiB}      # memory overrides the profile's
-///     links: {bandwidth: 1.25GB, latency: 0.0001}  # default for every pair (bytes/s, s)
+///     links:                                       # default for every pair (bytes/s, s) ...
+///       bandwidth: 1.25GB
+///       latency: 0.0001
+///       pairs:                                     # ... and per pair of device types
+///         - {between: [v100-32g, t4], bandwidth: 3GB, latency: 0.00005}
 ///     theta: 50000
 ///     bits: [3, 4, 8, 16]
 ///     omega: indicator.json                        # strata indicator output (else the default)
+///     calibration: latencies.json                  # measured layer latencies (LatencyCalibration)
 ///     time_limit: 10                               # seconds per MILP
 public struct ClusterSpec: Sendable {
     public struct DeviceGroup: Sendable {
@@ -34,9 +39,12 @@ public struct ClusterSpec: Sendable {
     public var groups: [DeviceGroup]
     public var linkBandwidth: Double
     public var linkLatency: Double
+    /// Links between two device types that differ from the default.
+    public var pairLinks: [(types: Set<String>, bandwidth: Double, latency: Double)] = []
     public var theta: Double
     public var bits: [Int]
     public var omegaPath: String?
+    public var calibrationPath: String?
     public var timeLimit: Double
 
     /// Device memory as LLM-PQ's evaluation counts it (GiB), used when a spec gives none.
@@ -96,6 +104,18 @@ public struct ClusterSpec: Sendable {
         let links = map["links"] as? [String: Any] ?? [:]
         linkBandwidth = try links["bandwidth"].map { try bytes($0, "links.bandwidth") } ?? 1.25e9
         linkLatency = try links["latency"].map { try number($0, "links.latency") } ?? 1e-4
+        for (i, item) in (links["pairs"] as? [Any] ?? []).enumerated() {
+            guard let pair = item as? [String: Any], let between = pair["between"] as? [String], between.count == 2 else {
+                throw bad("links.pairs[\(i)] needs 'between: [type, type]'")
+            }
+            let known = Set(groups.map(\.type))
+            for t in between where !known.contains(t.lowercased()) {
+                throw bad("links.pairs[\(i)] names device type '\(t)', which is not in 'devices'")
+            }
+            pairLinks.append((Set(between.map { $0.lowercased() }),
+                              try pair["bandwidth"].map { try bytes($0, "links.pairs[\(i)].bandwidth") } ?? linkBandwidth,
+                              try pair["latency"].map { try number($0, "links.pairs[\(i)].latency") } ?? linkLatency))
+        }
         theta = try map["theta"].map { try number($0, "theta") } ?? 50_000
         if let list = map["bits"] {
             guard let b = list as? [Int], !b.isEmpty else { throw bad("field 'bits' must be a list of integers") }
@@ -105,7 +125,15 @@ public struct ClusterSpec: Sendable {
             bits = [3, 4, 8, 16]
         }
         omegaPath = map["omega"] as? String
+        calibrationPath = map["calibration"] as? String
         timeLimit = try map["time_limit"].map { try number($0, "time_limit") } ?? 10
+    }
+
+    /// Bandwidth (bytes/s) and latency (s) of the link between two device types.
+    public func link(_ a: String, _ b: String) -> (bandwidth: Double, latency: Double) {
+        let key: Set<String> = [a, b]
+        if let l = pairLinks.first(where: { $0.types == key }) { return (l.bandwidth, l.latency) }
+        return (linkBandwidth, linkLatency)
     }
 
     /// One entry per physical device, in spec order.

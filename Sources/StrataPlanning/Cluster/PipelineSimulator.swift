@@ -21,7 +21,8 @@ public struct PipelineSimulator: Sendable {
         let stages = plan.stages
         let N = stages.count, G = plan.globalBatch
         let kp = (G + plan.eta - 1) / plan.eta, kd = (G + plan.xi - 1) / plan.xi
-        let commPre = cost.communication(prefill: true, batch: plan.eta), commDec = cost.communication(prefill: false, batch: plan.xi)
+        let order = stages.map(\.device)
+        let commPre = cost.boundaries(order, prefill: true, batch: plan.eta), commDec = cost.boundaries(order, prefill: false, batch: plan.xi)
         var free = [Double](repeating: 0, count: N)
         var events: [Event] = []
         events.reserveCapacity((kp + kd * plan.genLength) * N)
@@ -33,7 +34,7 @@ public struct PipelineSimulator: Sendable {
                 let end = start + stages[j].prefillSeconds
                 events.append(Event(stage: j, start: start, end: end, prefill: true))
                 free[j] = end
-                arrival = end + commPre
+                arrival = end + commPre[j]
                 if j == N - 1 { prefillEnd = max(prefillEnd, end) }
             }
         }
@@ -48,10 +49,10 @@ public struct PipelineSimulator: Sendable {
                     let end = start + stages[j].decodeSeconds
                     events.append(Event(stage: j, start: start, end: end, prefill: false))
                     free[j] = end
-                    arrival = end + commDec
+                    arrival = end + commDec[j]
                 }
                 back[m] = arrival
-                last = max(last, arrival - commDec)
+                last = max(last, arrival - commDec[N - 1])
             }
         }
         return (last, events)
