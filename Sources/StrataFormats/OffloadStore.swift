@@ -80,6 +80,11 @@ public final class OffloadStore: TensorSource, @unchecked Sendable {
         return TensorView(name: name, dtype: e.dtype, shape: e.shape, bytes: file.bytes(0..<e.bytes), file: file)
     }
 
+    /// Unmaps every tensor file mapped so far (views handed out keep their own mapping alive).
+    /// The offloading engine calls this after placement so resident set size reflects what the
+    /// tiers hold, not the store pages it read once.
+    public func releaseMappings() { mapped.withLock { $0.removeAll() } }
+
     /// Re-reads every tensor and compares its checksum; the first mismatch is an error.
     public func verify() throws {
         for name in tensorNames {

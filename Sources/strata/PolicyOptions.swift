@@ -84,6 +84,10 @@ extension PolicyOptions {
             limits.host = limits.host ?? Int(profile.hostMemory * 0.3)
         }
         if offloadDir == nil { limits.disk = 0 }
+        // The cost model's memory terms are FlexGen-style estimates; the engine's MemoryPlan
+        // checks the exact layout. Searching within 95% of each budget keeps the two agreeing.
+        limits.device = limits.device.map { Int(Double($0) * 0.95) }
+        limits.host = limits.host.map { Int(Double($0) * 0.95) }
         var search = PolicySearch(cost: cost, budgets: limits)
         if let batchSize { search.requiredDivisor = batchSize }
         search.allowCompression = backend.compressWeight || backend.compressCache

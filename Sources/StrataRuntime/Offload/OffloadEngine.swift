@@ -107,6 +107,7 @@ public final class OffloadEngine: @unchecked Sendable {
 
         let placedLayers = try Self.place(plans, source: source, hostBackend: hostBackend, accounts: accounts, isStore: isStore,
                                           offloadDirectory: offloadDirectory)
+        (source as? OffloadStore)?.releaseMappings()
         residentDevice = placedLayers.device
         residentHost = placedLayers.host
         weightFiles = placedLayers.files
@@ -160,6 +161,8 @@ public final class OffloadEngine: @unchecked Sendable {
                     disk.charge(t.slot + t.slotBytes - max(t.slot, p.device + p.host))
                 }
             }
+            // The store pages read to build this layer's images are not part of any tier.
+            (source as? OffloadStore)?.releaseMappings()
             residentDevice.append(deviceBuffer)
             residentHost.append(hostBuffer)
             files.append(layerFiles)
