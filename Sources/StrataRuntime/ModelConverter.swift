@@ -17,8 +17,6 @@ public enum ModelConverter {
         public var convertedBytes: Int
     }
 
-    static let companionFiles = ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                                 "special_tokens_map.json"]
 
     public static func convert(model: String, output: String, precision map: PrecisionMap, mapPath: String) throws -> Summary {
         let config = try ModelConfig(directory: model)
@@ -59,19 +57,8 @@ public enum ModelConverter {
             throw StrataError.invalidFile(path: configPath, detail: "expected a JSON object at the top level")
         }
         fields["strata_precision"] = map.json
-        try write(Data(JSONValue.object(fields).serialized().utf8), to: FileSystem.join(output, "config.json"))
-        for file in companionFiles where FileSystem.exists(FileSystem.join(model, file)) {
-            guard let data = FileManager.default.contents(atPath: FileSystem.join(model, file)) else {
-                throw StrataError.ioFailure(path: FileSystem.join(model, file), detail: "cannot read")
-            }
-            try write(data, to: FileSystem.join(output, file))
-        }
+        try StoreConverter.write(Data(JSONValue.object(fields).serialized().utf8), to: FileSystem.join(output, "config.json"))
+        try StoreConverter.copyCompanions(from: model, to: output, except: ["config.json"])
         return summary
-    }
-
-    static func write(_ data: Data, to path: String) throws {
-        do { try data.write(to: URL(fileURLWithPath: path)) } catch {
-            throw StrataError.ioFailure(path: path, detail: "\(error)")
-        }
     }
 }

@@ -50,6 +50,12 @@ extension OffloadEngine {
         caches = []
         self.capacity = capacity
         var placedCache: [Tier: Int] = [:]
+        let cacheDirectory = policy.cache.disk > 0 ? try Self.directory(offloadDirectory!, "cache") : ""
+        activationFiles = policy.activations.disk > 0
+            ? try (0..<policy.numGPUBatches).map {
+                try DiskFile(path: FileSystem.join(try Self.directory(offloadDirectory!, "activations"), "B\($0).bin"), create: true)
+            }
+            : []
         for j in 0..<c.numLayers {
             var units: [CacheUnit] = []
             for k in 0..<policy.numGPUBatches {
@@ -63,7 +69,7 @@ extension OffloadEngine {
                 var diskBytes = 0
                 if !rows.disk.isEmpty {
                     diskBytes = MemoryPlan.cacheBytes(rows: rows.disk.count, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
-                    let path = FileSystem.join(try Self.directory(offloadDirectory!, "cache"), "L\(j)-B\(k).bin")
+                    let path = FileSystem.join(cacheDirectory, "L\(j)-B\(k).bin")
                     let file = try DiskFile(path: path, create: true)
                     try file.truncate(to: 0)   // a fresh, all-zero cache
                     try file.truncate(to: 2 * DiskFile.alignUp(diskBytes))
@@ -84,6 +90,7 @@ extension OffloadEngine {
     public func endBlock() {
         accounts.disk.refund(placed.cache[.disk] ?? 0)
         caches = []
+        activationFiles = []
     }
 
     /// A staging cache tensor on the device over a 4096-aligned, padded buffer (direct I/O).
@@ -159,7 +166,7 @@ extension OffloadEngine {
             let bytes = stored.diskRows * width
             let bounce = hostPool.take(DiskFile.alignUp(bytes))
             bounce.pointer.copyMemory(from: hidden.buffer.pointer + (d + h) * width, byteCount: bytes)
-            try activationFile(k).write(from: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+            try activationFiles[k].write(from: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
             accounts.disk.charge(DiskFile.alignUp(bytes))   // refunded when the rows are loaded back
         }
         placement.withLock { p in
@@ -186,16 +193,13 @@ extension OffloadEngine {
         if stored.diskRows > 0 {
             let bytes = stored.diskRows * width
             let bounce = hostPool.take(DiskFile.alignUp(bytes))
-            try activationFile(k).read(into: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+            try activationFiles[k].read(into: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
             accounts.disk.refund(DiskFile.alignUp(bytes))
             (out.buffer.pointer + row * width).copyMemory(from: bounce.pointer, byteCount: bytes)
         }
         return out
     }
 
-    func activationFile(_ k: Int) throws -> DiskFile {
-        try DiskFile(path: FileSystem.join(try Self.directory(offloadDirectory!, "activations"), "B\(k).bin"), create: true)
-    }
 
     // MARK: The zig-zag block schedule
 

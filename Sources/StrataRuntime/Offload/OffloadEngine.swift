@@ -37,7 +37,8 @@ public final class OffloadEngine: @unchecked Sendable {
     let offloadDirectory: String?
     let weightQueue: DispatchQueue?, cacheQueue: DispatchQueue?, activationQueue: DispatchQueue?
     var caches: [[CacheUnit]] = []
-    var cacheApportion: RowApportion?
+    /// One file per gpu batch for disk-resident activation rows, opened by `beginBlock`.
+    var activationFiles: [DiskFile] = []
     var capacity = 0
     let devicePool: BufferPool
     let hostPool: BufferPool

@@ -90,8 +90,9 @@ public enum StoreConverter {
     static let companions = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                              "merges.txt", "special_tokens_map.json"]
 
-    static func copyCompanions(from model: String, to out: String) throws {
-        for file in companions where FileSystem.exists(FileSystem.join(model, file)) {
+    /// Copies a model directory's config and tokenizer files (those present) to `out`.
+    static func copyCompanions(from model: String, to out: String, except skipped: Set<String> = []) throws {
+        for file in companions where !skipped.contains(file) && FileSystem.exists(FileSystem.join(model, file)) {
             guard let data = FileManager.default.contents(atPath: FileSystem.join(model, file)) else {
                 throw StrataError.ioFailure(path: FileSystem.join(model, file), detail: "cannot read")
             }
