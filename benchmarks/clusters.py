@@ -2,7 +2,9 @@
 """LLM-PQ and its baselines on the reference's 11 evaluation clusters: predicted (simulated)
 throughput per method, speedup over PipeEdge, and solve time, as a markdown table.
 
-    python3 benchmarks/clusters.py
+    python3 benchmarks/clusters.py [--kernels llm-pq|strata] [STRATA_BINARY]
+
+The example specs name LLM-PQ's kernels (the paper's runtime); --kernels overrides them.
 """
 import glob
 import json
@@ -11,14 +13,20 @@ import re
 import subprocess
 import sys
 
-strata = sys.argv[1] if len(sys.argv) > 1 else ".build/release/strata"
+import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("strata", nargs="?", default=".build/release/strata")
+parser.add_argument("--kernels", help="override the specs' kernel set")
+args = parser.parse_args()
+strata = args.strata
+extra = ["--kernels", args.kernels] if args.kernels else []
 rows = []
 speedups = []
 files = sorted(glob.glob("examples/clusters/cluster*.yaml"), key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[0]))
 print("| cluster | model | devices | LLM-PQ | PipeEdge | Uniform | AdaBits | LLM-PQ / PipeEdge | LLM-PQ solve (s) | LLM-PQ plan |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for path in files:
-    run = subprocess.run([strata, "cluster", "plan", path, "--json"], capture_output=True, text=True)
+    run = subprocess.run([strata, "cluster", "plan", path, "--json"] + extra, capture_output=True, text=True)
     if run.returncode != 0 or not run.stdout.strip():
         sys.exit(f"{path}: strata exited {run.returncode}: {run.stderr.strip()[-2000:]}")
     out = json.loads(run.stdout)

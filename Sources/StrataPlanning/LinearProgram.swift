@@ -47,11 +47,14 @@ public final class LinearProgram {
         public subscript(_ v: Variable) -> Double { values[v.index] }
     }
 
-    /// Minimises the objective. Returns nil when the program is infeasible.
-    public func minimize(timeLimit: Double? = nil) throws -> Solution? {
+    /// Minimises the objective. Returns nil when the program is infeasible, or (MILPs) when a
+    /// `cutoff` is given and no point has an objective below it: branch-and-bound then prunes
+    /// every node whose bound reaches the cutoff, which is what makes a search over many
+    /// programs fast once a good plan is known.
+    public func minimize(timeLimit: Double? = nil, cutoff: Double? = nil) throws -> Solution? {
         // Pure LPs go to CLP directly: no global state, so they may run on several threads.
         if !columns.contains(where: \.integer) { return try solveLinear() }
-        return try cbcLock.withLock { _ in try solveLocked(timeLimit: timeLimit) }
+        return try cbcLock.withLock { _ in try solveLocked(timeLimit: timeLimit, cutoff: cutoff) }
     }
 
     /// CLP on the column-major matrix; rows become lower/upper bounds.
@@ -76,7 +79,7 @@ public final class LinearProgram {
                         timedOut: false)
     }
 
-    private func solveLocked(timeLimit: Double?) throws -> Solution? {
+    private func solveLocked(timeLimit: Double?, cutoff: Double?) throws -> Solution? {
         guard let model = Cbc_newModel() else { throw StrataError.invalidRequest("CBC could not create a model") }
         defer { Cbc_deleteModel(model) }
         Cbc_setLogLevel(model, 0)
@@ -97,6 +100,7 @@ public final class LinearProgram {
         }
         Cbc_setObjSense(model, 1)
         if let timeLimit { Cbc_setMaximumSeconds(model, timeLimit) }
+        if let cutoff { Cbc_setCutoff(model, cutoff) }
         // CBC stops branch-and-bound at a 1e-4 relative gap by default; plans are compared
         // against each other, so prove optimality to 1e-7.
         // (Typed setters only: Cbc_setParameter parses text through shared state and is not
@@ -112,6 +116,7 @@ public final class LinearProgram {
         let values = Array(UnsafeBufferPointer(start: solution, count: columns.count))
         // A time-limited MILP may stop without any feasible point.
         if !optimal && !feasible(values) { return nil }
+        if let cutoff, Cbc_getObjValue(model) >= cutoff || !feasible(values) { return nil }
         return Solution(objective: Cbc_getObjValue(model), values: values, timedOut: !optimal)
     }
 

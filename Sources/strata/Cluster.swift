@@ -21,10 +21,18 @@ struct ClusterPlanCommand: ParsableCommand {
     @Argument(help: "Cluster spec (YAML): model, workload, devices, theta, bits.") var spec: String
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Write LLM-PQ's per-stage timeline (simulated) as SVG.") var timeline: String?
+    @Option(help: "Quantized-kernel speeds to plan for, overriding the spec's 'kernels': \(KernelSet.builtIn.keys.sorted().joined(separator: ", ")).")
+    var kernels: String?
 
     func run() throws {
         try reportingErrors {
-            let spec = try ClusterSpec.load(path: self.spec)
+            var spec = try ClusterSpec.load(path: self.spec)
+            if let kernels {
+                guard let k = KernelSet.builtIn[kernels.lowercased()] else {
+                    throw ValidationError("--kernels: unknown kernel set '\(kernels)'; known: \(KernelSet.builtIn.keys.sorted().joined(separator: ", "))")
+                }
+                spec.kernels = k
+            }
             let cost = try ClusterCostModel(spec: spec)
             let planner = ClusterPlanner(cost: cost)
             var plans: [(ClusterPlanner.Method, ClusterPlan?)] = []
@@ -41,12 +49,12 @@ struct ClusterPlanCommand: ParsableCommand {
                 var methods: [String: JSONValue] = [:]
                 for (m, p) in plans { methods[m.rawValue] = p?.json ?? .object(["infeasible": .bool(true)]) }
                 print(JSONValue.object([
-                    "spec": .string(self.spec), "model": .string(spec.model.name), "omega": .string(cost.omegaSource),
+                    "spec": .string(self.spec), "model": .string(spec.model.name), "omega": .string(cost.omegaSource), "kernels": .string(spec.kernels.name),
                     "methods": .object(methods),
                 ]).serialized())
                 return
             }
-            print("\(spec.model.name) on \(spec.groups.map { "\($0.count)x \($0.type)" }.joined(separator: " + ")); global batch \(spec.globalBatch), prompt \(spec.promptLength), gen \(spec.genLength), theta \(Int(spec.theta))")
+            print("\(spec.model.name) on \(spec.groups.map { "\($0.count)x \($0.type)" }.joined(separator: " + ")); global batch \(spec.globalBatch), prompt \(spec.promptLength), gen \(spec.genLength), theta \(Int(spec.theta)); \(spec.kernels.name) kernels")
             for (m, p) in plans {
                 guard let p else { print("\n\(m.rawValue): infeasible (no partition fits at its bit widths)"); continue }
                 let speedup = pipeedge.map { " (\((p.throughput / $0.throughput).formatted(2))x PipeEdge)" } ?? ""

@@ -61,6 +61,18 @@ import Testing
         #expect(try lp.minimize() == nil)
     }
 
+    /// A MILP with a cutoff: nothing below it gives nil, a cutoff above the optimum still finds it.
+    @Test func integerProgramHonoursACutoff() throws {
+        // min -3x - 2y  s.t. 2x + 2y <= 9, x <= 3 (integers)  ->  x = 3, y = 1, objective -11
+        let lp = LinearProgram()
+        let x = lp.variable("x", upper: 3, objective: -3, integer: true), y = lp.variable("y", objective: -2, integer: true)
+        lp.constrain([(x, 2), (y, 2)], .lessOrEqual, 9)
+        let s = try #require(try lp.minimize())
+        #expect(s[x] == 3 && s[y] == 1 && abs(s.objective + 11) < 1e-9)
+        #expect(try lp.minimize(cutoff: -11.5) == nil)
+        #expect(try lp.minimize(cutoff: -10.5).map { abs($0.objective + 11) < 1e-9 } == true)
+    }
+
     @Test func profilesRoundTripAndBuiltInsAreLabelled() throws {
         for (name, p) in HardwareProfile.builtIn {
             #expect(!p.source.isEmpty && p.name == name)

@@ -80,7 +80,8 @@ public struct ClusterCostModel: Sendable {
     /// Seconds for one layer on `device` at `bits`: prefill of a micro-batch of `batch`
     /// sequences over s tokens, or one decode step of `batch` sequences at the mean context.
     /// Roofline: compute at the profile's GEMM rate or weight streaming at its memory bandwidth,
-    /// plus attention, plus on-the-fly dequantization below 16 bits.
+    /// plus attention, plus on-the-fly dequantization below 16 bits; or, where the spec's kernel
+    /// set says so, the fp16 GEMM time times that width's slowdown.
     public func latency(device: Int, bits: Int, prefill: Bool, batch: Int) -> Double {
         if let fitted = calibration.latency(device: devices[device].type, bits: bits, prefill: prefill, batch: batch,
                                             prompt: spec.promptLength, generated: Double(spec.genLength) / 2) {
@@ -94,13 +95,20 @@ public struct ClusterCostModel: Sendable {
         // pass over half the fp16 bytes at memory speed (decode stays memory-bound, so fewer
         // bits read fewer bytes; the decode work is what keeps 4-bit from being 4x faster).
         let dequant = bits < 16 ? m.layerParameters / p.deviceMemoryBandwidth : 0
-        var t: Double
-        if prefill {
-            t = max(2 * m.layerParameters * b * s / p.mmPrefill, weights / p.deviceMemoryBandwidth) + 4 * b * s * s * h / p.bmmPrefill + dequant
+        let linear: Double, attention: Double
+        if let slowdown = spec.kernels.slowdown[bits] {
+            // A runtime whose kernel at this width is a fixed factor off its fp16 GEMM.
+            let fp16 = prefill
+                ? max(2 * m.layerParameters * b * s / p.mmPrefill, layerWeightBytes(bits: 16) / p.deviceMemoryBandwidth)
+                : max(2 * m.layerParameters * b / p.mmDecode, layerWeightBytes(bits: 16) / p.deviceMemoryBandwidth)
+            linear = slowdown * fp16
         } else {
-            t = max(2 * m.layerParameters * b / p.mmDecode, weights / p.deviceMemoryBandwidth) + 4 * b * ctx * h / p.bmmDecode + dequant
+            linear = (prefill
+                ? max(2 * m.layerParameters * b * s / p.mmPrefill, weights / p.deviceMemoryBandwidth)
+                : max(2 * m.layerParameters * b / p.mmDecode, weights / p.deviceMemoryBandwidth)) + dequant
         }
-        return t * calibration(device: device, prefill: prefill)
+        attention = prefill ? 4 * b * s * s * h / p.bmmPrefill : 4 * b * ctx * h / p.bmmDecode
+        return (linear + attention) * calibration(device: device, prefill: prefill)
     }
 
     /// Seconds rank 0 (the first stage) spends on the LM head for a micro-batch: LLM-PQ's first

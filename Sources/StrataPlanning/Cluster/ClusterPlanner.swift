@@ -1,7 +1,5 @@
-import Dispatch
 import StrataCore
 import StrataRuntime
-import Synchronization
 
 /// LLM-PQ's planner: a mixed-integer program over layer x device x bits, contiguous stages in
 /// a device order, per-device memory, phase-aware stage times (prefill micro-batch eta, decode
@@ -56,25 +54,26 @@ public struct ClusterPlanner: Sendable {
         let xi = decodeMicroBatch
         switch method {
         case .llmpq:
-            let candidates = orders.flatMap { o in prefillMicroBatches.map { (o, $0) } }
-            let results = Mutex<[ClusterPlan?]>(Array(repeating: nil, count: candidates.count))
-            let failure = Mutex<Error?>(nil)
-            DispatchQueue.concurrentPerform(iterations: candidates.count) { i in
-                do {
-                    let (order, eta) = candidates[i]
-                    let p = try solve(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta,
-                                      timeWeight: Self.millisecondsPerSecond, method: method)
-                    results.withLock { $0[i] = p }
-                } catch { failure.withLock { $0 = error } }
-            }
-            if let error = failure.withLock({ $0 }) { throw error }
-            // The baselines' plans are feasible points of this program too; keeping the best of
-            // all guards against a solver stopped at its time limit short of the optimum.
-            var candidatesFound = results.withLock { $0 }.compactMap { $0 }
+            // The baselines' plans are feasible points of this program too: they seed the search
+            // (and guard against a solver stopped at its time limit short of the optimum).
             for baseline in [Method.pipeedge, .adabits] {
-                if var p = try plan(baseline) { p.method = method.rawValue; candidatesFound.append(p) }
+                if var p = try plan(baseline), best.map({ objective(p) < objective($0) }) ?? true {
+                    p.method = method.rawValue
+                    best = p
+                }
             }
-            best = candidatesFound.min { objective($0) < objective($1) }
+            // Then each (order, eta) program, cut off at the best objective so far: the program's
+            // objective never exceeds the plan's (it leaves out the prefill hops, a constant), so
+            // a program that cannot beat the cutoff holds no better plan. CBC runs one model at a
+            // time anyway (its global state), so sequential order costs nothing.
+            for eta in prefillMicroBatches {
+                for order in orders {
+                    let cutoff = best.map { objective($0) * (1 + 1e-9) }
+                    if let p = try solve(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta,
+                                         timeWeight: Self.millisecondsPerSecond, method: method, cutoff: cutoff),
+                       best.map({ objective(p) < objective($0) }) ?? true { best = p }
+                }
+            }
         case .pipeedge:
             // Uniform bits (the highest that fits), the partition that minimises time.
             for b in spec.bits.sorted(by: >) {
@@ -100,6 +99,7 @@ public struct ClusterPlanner: Sendable {
 
     /// LLM-PQ's latency tables, and so its objective and theta, are in milliseconds.
     static let millisecondsPerSecond = 1000.0
+    static let gib = 1024.0 * 1024 * 1024
 
     func objective(_ p: ClusterPlan) -> Double { p.modelSeconds * Self.millisecondsPerSecond + p.qualityPenalty }
 
@@ -127,7 +127,8 @@ public struct ClusterPlanner: Sendable {
     }
 
     /// The program for one device order and micro-batch pair. Returns nil when nothing fits.
-    func solve(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double, method: Method) throws -> ClusterPlan? {
+    func solve(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double, method: Method,
+               cutoff: Double? = nil) throws -> ClusterPlan? {
         let L = spec.model.layers, N = order.count
         let uniformOmega = Set(cost.omega.map { $0 }).count == 1
         let bitIndex = bits.map { spec.bits.firstIndex(of: $0)! }
@@ -162,7 +163,9 @@ public struct ClusterPlanner: Sendable {
             for (k, b) in bits.enumerated() {
                 let pre = cost.latency(device: device, bits: b, prefill: true, batch: eta)
                 let dec = cost.latency(device: device, bits: b, prefill: false, batch: xi)
-                let bytes = cost.layerBytes(bits: b)
+                // In GiB: byte-sized coefficients (1e9..1e10) next to millisecond times made
+                // CBC return points up to 1.5% off the optimum it could reach when scaled.
+                let bytes = cost.layerBytes(bits: b) / Self.gib
                 if useBinary {
                     let zs = (0..<L).map { i in lp.variable("z\(i)_\(j)_\(b)", upper: 1, objective: theta * cost.omega[i][bitIndex[k]], integer: true) }
                     stageBinaries.append(zs)
@@ -182,7 +185,7 @@ public struct ClusterPlanner: Sendable {
             lp.constrain([(tPreMax, 1), (tPre[j], -1)], .greaterOrEqual, 0)
             lp.constrain([(tDecMax, 1), (tDec[j], -1)], .greaterOrEqual, 0)
             let extra = j == 0 ? cost.firstStageExtra(microBatch: eta) : 0
-            lp.constrain(memory, .lessOrEqual, cost.capacity(device) - extra)
+            lp.constrain(memory, .lessOrEqual, (cost.capacity(device) - extra) / Self.gib)
         }
         if useBinary {
             for i in 0..<L {
@@ -202,7 +205,10 @@ public struct ClusterPlanner: Sendable {
             lp.constrain(counts[0].map { ($0, 1.0) }, .greaterOrEqual, 1)
             lp.constrain(counts[N - 1].map { ($0, 1.0) }, .greaterOrEqual, 1)
         }
-        guard let solution = try lp.minimize(timeLimit: spec.timeLimit) else { return nil }
+        // The heuristic form prices quality at the mean omega, which can exceed the plan's own
+        // penalty after bits go to the layers that need them: no cutoff there.
+        let safeCutoff = uniformOmega || useBinary ? cutoff : nil
+        guard let solution = try lp.minimize(timeLimit: spec.timeLimit, cutoff: safeCutoff) else { return nil }
 
         // Expand to stages: per stage, the bits of its layers in layer order.
         var stageBits: [[Int]] = []

@@ -23,6 +23,7 @@ import Foundation
 ///     bits: [3, 4, 8, 16]
 ///     omega: indicator.json                        # strata indicator output (else the default)
 ///     calibration: latencies.json                  # measured layer latencies (LatencyCalibration)
+///     kernels: strata                              # or llm-pq, or {8: 1.5, 4: 6} (KernelSet)
 ///     time_limit: 10                               # seconds per MILP
 public struct ClusterSpec: Sendable {
     public struct DeviceGroup: Sendable {
@@ -45,6 +46,7 @@ public struct ClusterSpec: Sendable {
     public var bits: [Int]
     public var omegaPath: String?
     public var calibrationPath: String?
+    public var kernels: KernelSet
     public var timeLimit: Double
 
     /// Device memory as LLM-PQ's evaluation counts it (GiB), used when a spec gives none.
@@ -126,6 +128,7 @@ public struct ClusterSpec: Sendable {
         }
         omegaPath = map["omega"] as? String
         calibrationPath = map["calibration"] as? String
+        kernels = try KernelSet.parse(map["kernels"], path: path)
         timeLimit = try map["time_limit"].map { try number($0, "time_limit") } ?? 10
     }
 
