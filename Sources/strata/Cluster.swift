@@ -58,7 +58,7 @@ struct ClusterPlanCommand: ParsableCommand {
             for (m, p) in plans {
                 guard let p else { print("\n\(m.rawValue): infeasible (no partition fits at its bit widths)"); continue }
                 let speedup = pipeedge.map { " (\((p.throughput / $0.throughput).formatted(2))x PipeEdge)" } ?? ""
-                print("\n\(m.rawValue): \(p.throughput.formatted(2)) tokens/s\(speedup), end-to-end \(p.simulatedSeconds.formatted(1)) s simulated, \(p.modelSeconds.formatted(1)) s by the program; eta \(p.eta), xi \(p.xi); solved in \(p.solveSeconds.formatted(2)) s")
+                print("\n\(m.rawValue): \(p.throughput.formatted(2)) tokens/s\(speedup), end-to-end \(p.simulatedSeconds.formatted(1)) s simulated (prefill \(p.simulatedPrefillSeconds.formatted(1)) s), \(p.modelSeconds.formatted(1)) s by the program; eta \(p.eta), xi \(p.xi); solved in \(p.solveSeconds.formatted(2)) s")
                 print("  stage  device      layers    bits                 memory used / available      prefill/mb  decode/mb")
                 for (i, s) in p.stages.enumerated() {
                     let histogram = Dictionary(grouping: s.bits, by: { $0 }).sorted { $0.key > $1.key }.map { "\($0.value.count)x\($0.key)" }.joined(separator: " ")

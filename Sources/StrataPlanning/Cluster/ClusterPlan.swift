@@ -20,6 +20,8 @@ public struct ClusterPlan: Sendable {
     public var xi: Int
     public var modelSeconds: Double
     public var simulatedSeconds: Double
+    /// When the last prefill micro-batch leaves the last stage (simulated); decode is the rest.
+    public var simulatedPrefillSeconds: Double
     public var qualityPenalty: Double
     public var solveSeconds: Double
     public var globalBatch: Int
@@ -39,6 +41,7 @@ public struct ClusterPlan: Sendable {
             "method": .string(method), "eta": .number(Double(eta)), "xi": .number(Double(xi)),
             "throughput_tokens_per_s": .number(throughput), "solve_seconds": .number(solveSeconds),
             "model_seconds": .number(modelSeconds), "simulated_seconds": .number(simulatedSeconds),
+            "prefill_seconds": .number(simulatedPrefillSeconds), "decode_seconds": .number(simulatedSeconds - simulatedPrefillSeconds),
             "quality_penalty": .number(qualityPenalty),
             "precision_map": precisionMap.json,
             "stages": .array(stages.map { s in

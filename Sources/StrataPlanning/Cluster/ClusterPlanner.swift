@@ -93,7 +93,9 @@ public struct ClusterPlanner: Sendable {
         }
         guard var plan = best else { return nil }
         plan.solveSeconds = Clock.now() - start
-        plan.simulatedSeconds = PipelineSimulator(cost: cost, plan: plan).run().end
+        let simulation = PipelineSimulator(cost: cost, plan: plan).run()
+        plan.simulatedSeconds = simulation.end
+        plan.simulatedPrefillSeconds = simulation.prefillEnd
         return plan
     }
 
@@ -267,7 +269,7 @@ public struct ClusterPlanner: Sendable {
             layer += list.count
         }
         let seconds = modelSeconds(stages: stages.map { ($0.device, $0.bits) }, eta: eta, xi: xi)
-        return ClusterPlan(method: method.rawValue, stages: stages, eta: eta, xi: xi, modelSeconds: seconds, simulatedSeconds: seconds,
+        return ClusterPlan(method: method.rawValue, stages: stages, eta: eta, xi: xi, modelSeconds: seconds, simulatedSeconds: seconds, simulatedPrefillSeconds: 0,
                            qualityPenalty: quality, solveSeconds: 0, globalBatch: spec.globalBatch, genLength: spec.genLength)
     }
 

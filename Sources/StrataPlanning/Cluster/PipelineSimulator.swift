@@ -17,7 +17,7 @@ public struct PipelineSimulator: Sendable {
 
     public init(cost: ClusterCostModel, plan: ClusterPlan) { self.cost = cost; self.plan = plan }
 
-    public func run() -> (end: Double, events: [Event]) {
+    public func run() -> (end: Double, prefillEnd: Double, events: [Event]) {
         let stages = plan.stages
         let N = stages.count, G = plan.globalBatch
         let kp = (G + plan.eta - 1) / plan.eta, kd = (G + plan.xi - 1) / plan.xi
@@ -55,12 +55,12 @@ public struct PipelineSimulator: Sendable {
                 last = max(last, arrival - commDec[N - 1])
             }
         }
-        return (last, events)
+        return (last, prefillEnd, events)
     }
 
     /// The per-stage timeline as SVG: one row per stage, prefill blue, decode orange.
     public func svg(width: Double = 1200) -> String {
-        let (end, events) = run()
+        let (end, _, events) = run()
         let rowHeight = 28.0, left = 150.0
         let scale = (width - left - 10) / max(end, 1e-9)
         var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\(quote(Int(Double(plan.stages.count) * rowHeight + 40)))>\n"
