@@ -28,11 +28,11 @@ public struct KernelSet: Sendable, Equatable {
     /// quantization and an fp16 outlier path around an int8 GEMM), 3- and 4-bit layers through
     /// GPTQ-style kernels written for matrix-vector products. The reference publishes no
     /// per-bit layer timings, so the two factors are fitted to its worked example (cluster 3,
-    /// simulated end-to-end): PipeEdge at uniform 8 bits over LLM-PQ's plan is 104.6 / 58.8 =
-    /// 1.78x, and Uniform at 4 bits over PipeEdge is 919 / 104.6 = 8.79x. Strata's own
-    /// reproduction of those three plans (same programs, these factors) gives the same two
-    /// ratios; `ClusterTests` checks that, and how the unfitted numbers (AdaBits' 68.4 s and
-    /// the measured speedups of clusters 4, 6 and 10) come out.
+    /// simulated end-to-end, as Strata's planner reproduces the three plans): the int8 factor
+    /// by least squares on the logs of LLM-PQ's 58.8 s and PipeEdge's (uniform 8 bits) 104.6 s,
+    /// landing at 64.4 s and 98.3 s; the low-bit factor on Uniform's (4 bits) 919 s, landing at
+    /// 917 s. `ClusterTests` keeps the three within 10%; BENCHMARKS.md sets the unfitted
+    /// numbers (AdaBits, the measured clusters 4, 6 and 10) beside them.
     public static let llmpq = KernelSet(name: "llm-pq", slowdown: [8: llmpqInt8, 4: llmpqLowBit, 3: llmpqLowBit, 2: llmpqLowBit])
     static let llmpqInt8 = 2.6
     static let llmpqLowBit = 21.3
