@@ -95,19 +95,12 @@ public struct ClusterCostModel: Sendable {
         // pass over half the fp16 bytes at memory speed (decode stays memory-bound, so fewer
         // bits read fewer bytes; the decode work is what keeps 4-bit from being 4x faster).
         let dequant = bits < 16 ? m.layerParameters / p.deviceMemoryBandwidth : 0
-        let linear: Double, attention: Double
-        if let slowdown = spec.kernels.slowdown[bits] {
+        let tokens = prefill ? s : 1
+        let linear = spec.kernels.slowdown[bits].map {
             // A runtime whose kernel at this width is a fixed factor off its fp16 GEMM.
-            let fp16 = prefill
-                ? max(2 * m.layerParameters * b * s / p.mmPrefill, layerWeightBytes(bits: 16) / p.deviceMemoryBandwidth)
-                : max(2 * m.layerParameters * b / p.mmDecode, layerWeightBytes(bits: 16) / p.deviceMemoryBandwidth)
-            linear = slowdown * fp16
-        } else {
-            linear = (prefill
-                ? max(2 * m.layerParameters * b * s / p.mmPrefill, weights / p.deviceMemoryBandwidth)
-                : max(2 * m.layerParameters * b / p.mmDecode, weights / p.deviceMemoryBandwidth)) + dequant
-        }
-        attention = prefill ? 4 * b * s * s * h / p.bmmPrefill : 4 * b * ctx * h / p.bmmDecode
+            $0 * Self.linearRoofline(p, parameters: m.layerParameters, batch: b, tokens: tokens, bytes: layerWeightBytes(bits: 16), prefill: prefill)
+        } ?? Self.linearRoofline(p, parameters: m.layerParameters, batch: b, tokens: tokens, bytes: weights, prefill: prefill) + dequant
+        let attention = Self.attention(p, batch: b, tokens: tokens, context: prefill ? s : ctx, hidden: h, prefill: prefill)
         return (linear + attention) * calibration(device: device, prefill: prefill)
     }
 
@@ -117,8 +110,8 @@ public struct ClusterCostModel: Sendable {
     public func headLatency(device: Int, prefill: Bool, batch: Int) -> Double {
         let p = devices[device].profile, m = spec.model
         let params = Double(m.vocab * m.hidden)
-        let rate = prefill ? p.mmPrefill : p.mmDecode
-        return max(2 * params * Double(batch) / rate, 2 * params / p.deviceMemoryBandwidth) * calibration(device: device, prefill: false)
+        return Self.linearRoofline(p, parameters: params, batch: Double(batch), tokens: 1, bytes: 2 * params, prefill: prefill)
+            * calibration(device: device, prefill: false)
     }
 
     /// Scale from the analytic model to LLM-PQ's published profile for this device type (1 when
@@ -127,10 +120,22 @@ public struct ClusterCostModel: Sendable {
         guard let measured = Self.published[devices[device].type] else { return 1 }
         let p = devices[device].profile
         let h = 7168.0, params = 4 * h * h + 2 * h * 28672, s = 512.0, b = 8.0
-        let analytic = prefill
-            ? max(2 * params * b * s / p.mmPrefill, 2 * params / p.deviceMemoryBandwidth) + 4 * b * s * s * h / p.bmmPrefill
-            : max(2 * params * b / p.mmDecode, 2 * params / p.deviceMemoryBandwidth) + 4 * b * s * h / p.bmmDecode
+        let tokens = prefill ? s : 1
+        let analytic = Self.linearRoofline(p, parameters: params, batch: b, tokens: tokens, bytes: 2 * params, prefill: prefill)
+            + Self.attention(p, batch: b, tokens: tokens, context: s, hidden: h, prefill: prefill)
         return (prefill ? measured.prefill : measured.decode) / analytic
+    }
+
+    /// A linear part's seconds: `2 * parameters` flops per token at the profile's GEMM rate for
+    /// the phase, or streaming `bytes` of weights at memory speed, whichever is slower.
+    static func linearRoofline(_ p: HardwareProfile, parameters: Double, batch: Double, tokens: Double, bytes: Double, prefill: Bool) -> Double {
+        max(2 * parameters * batch * tokens / (prefill ? p.mmPrefill : p.mmDecode), bytes / p.deviceMemoryBandwidth)
+    }
+
+    /// Attention's seconds: scores and weighted sum, 4 flops per (query token, context token,
+    /// hidden unit), at the profile's batched-GEMM rate for the phase.
+    static func attention(_ p: HardwareProfile, batch: Double, tokens: Double, context: Double, hidden: Double, prefill: Bool) -> Double {
+        4 * batch * tokens * context * hidden / (prefill ? p.bmmPrefill : p.bmmDecode)
     }
 
     /// Seconds to send a micro-batch's fp16 hidden states from device `from` to device `to`.
