@@ -120,11 +120,16 @@ public struct ModelDescription: Sendable {
 
 public enum ModelLoader {
     public static func describe(directory: String, source: any TensorSource) throws -> ModelDescription {
-        let config = try ModelConfig(directory: directory)
+        describe(config: try ModelConfig(directory: directory), contains: source.contains)
+    }
+
+    /// The description of a checkpoint whose tensor names `contains` answers for (a source, or
+    /// a known architecture's tensor list).
+    public static func describe(config: ModelConfig, contains: (String) -> Bool) -> ModelDescription {
         let prefix: String
         switch config.family {
-        case .opt: prefix = source.contains("model.decoder.embed_tokens.weight") ? "model.decoder." : "decoder."
-        case .llama: prefix = source.contains("model.embed_tokens.weight") ? "model." : ""
+        case .opt: prefix = contains("model.decoder.embed_tokens.weight") ? "model.decoder." : "decoder."
+        case .llama: prefix = contains("model.embed_tokens.weight") ? "model." : ""
         }
         return ModelDescription(config: config, prefix: prefix)
     }

@@ -3,41 +3,6 @@ import StrataFormats
 import StrataModels
 import StrataRuntime
 
-/// The placement fractions a policy chooses (FlexGen's nine LP variables).
-public enum Fraction: Int, CaseIterable, Sendable {
-    case wg, wc, wd, cg, cc, cd, hg, hc, hd
-}
-
-/// A linear expression over the placement fractions: the cost model's terms are all of this
-/// form for a fixed batch shape, which is what lets a linear program choose the fractions.
-public struct Linear: Sendable {
-    public var constant: Double = 0
-    public var coefficients = [Double](repeating: 0, count: Fraction.allCases.count)
-
-    public init(_ constant: Double = 0) { self.constant = constant }
-    public init(_ f: Fraction, _ c: Double) { coefficients[f.rawValue] = c }
-
-    public static func + (a: Linear, b: Linear) -> Linear {
-        var r = a
-        r.constant += b.constant
-        for i in r.coefficients.indices { r.coefficients[i] += b.coefficients[i] }
-        return r
-    }
-    public static func * (a: Linear, s: Double) -> Linear {
-        var r = a
-        r.constant *= s
-        for i in r.coefficients.indices { r.coefficients[i] *= s }
-        return r
-    }
-    public static func / (a: Linear, s: Double) -> Linear { a * (1 / s) }
-
-    public func value(_ x: [Double]) -> Double { constant + zip(coefficients, x).reduce(0) { $0 + $1.0 * $1.1 } }
-
-    static func sum(_ fractions: [Fraction], _ c: Double) -> Linear {
-        fractions.reduce(Linear()) { $0 + Linear($1, c) }
-    }
-}
-
 /// The shape numbers the cost model needs, from config.json or a known architecture name.
 public struct ModelShape: Sendable {
     public var name: String
@@ -95,17 +60,6 @@ public struct Workload: Sendable {
     public init(promptLength: Int, genLength: Int) { self.promptLength = promptLength; self.genLength = genLength }
 }
 
-/// A batch shape and the non-placement choices, which fix everything the LP does not choose.
-public struct BatchChoice: Sendable, Equatable {
-    public var gpuBatchSize: Int
-    public var numGPUBatches: Int
-    public var compressWeight: Bool
-    public var compressCache: Bool
-    public var cpuAttention: Bool
-    public var overlap: Bool = true
-    public var blockSize: Int { gpuBatchSize * numGPUBatches }
-}
-
 /// FlexGen's cost model (ICML 2023, section 4 and its cost_model.py): per-layer prefill and
 /// decode times as maxima of transfer and compute terms, and peak memory per tier, extended
 /// with compressed weights and cache (4-bit group-wise: fewer bytes plus dequantization
@@ -118,6 +72,9 @@ public struct CostModel: Sendable {
     /// False reproduces FlexGen's own formulas: no weight-streaming roofline for decode GEMMs
     /// and compression ignored (its model leaves compression out). For comparisons only.
     public var extensions = true
+    /// The engine's memory description for the model; when set, memory terms are the engine's
+    /// (see `memory(_:activationsOnDisk:)`).
+    public var memory: MemoryModel?
 
     /// 4-bit groups of 64 with f16 step and minimum: 0.5 + 4/64 bytes per 2-byte value.
     public static let compressionRatio = (0.5 + 4.0 / 64) / 2
@@ -130,14 +87,12 @@ public struct CostModel: Sendable {
         /// Per-layer prefill time >= each term; per-layer, per-token decode time >= each term.
         public var prefill: [(name: String, value: Linear)]
         public var decode: [(name: String, value: Linear)]
-        /// Peak bytes per tier.
-        public var memory: [Tier: Linear]
     }
 
     public func terms(_ c: BatchChoice) -> Terms {
         let p = profile
         let s = Double(workload.promptLength), n = Double(workload.genLength)
-        let bls = Double(c.blockSize), gbs = Double(c.gpuBatchSize)
+        let bls = Double(c.blockSize)
         let h1 = Double(model.hidden)
         let compressWeight = c.compressWeight && extensions, compressCache = c.compressCache && extensions
         let rw = compressWeight ? Self.compressionRatio : 1, rc = compressCache ? Self.compressionRatio : 1
@@ -216,6 +171,28 @@ public struct CostModel: Sendable {
             }
         }
 
+        return Terms(prefill: prefill, decode: decode)
+    }
+
+    /// Peak bytes per tier as linear bounds in the placement fractions. With an engine memory
+    /// model (`memory`), the engine's own description, so a policy that satisfies them is one
+    /// the engine accepts; `activationsOnDisk: false` is then valid only where hd = 0 (no
+    /// host bounce buffers). Without one, FlexGen's estimates (GPU profiles, which the CPU engine
+    /// does not run).
+    public func memory(_ c: BatchChoice, activationsOnDisk: Bool) -> [Tier: Linear] {
+        if let memory {
+            let s = workload.promptLength
+            return memory.bound(c, promptLength: s, capacity: min(s + workload.genLength, memory.config.maxPositions),
+                                activationsOnDisk: activationsOnDisk)
+        }
+        let p = profile
+        let s = Double(workload.promptLength), n = Double(workload.genLength)
+        let bls = Double(c.blockSize), gbs = Double(c.gpuBatchSize)
+        let h1 = Double(model.hidden), l = Double(model.layers)
+        let compressWeight = c.compressWeight && extensions, compressCache = c.compressCache && extensions
+        let W = model.layerWeightBytes * (compressWeight ? Self.compressionRatio : 1)
+        let kv = model.kvBytesPerToken * (compressCache ? Self.compressionRatio : 1)
+        let actBytes = p.copiesShareCompute ? 4.0 : 2.0
         // Peak memory per tier (prefill is the larger working set).
         let cacheAll = kv * (s + n) * bls * l
         let actAll = actBytes * s * h1 * bls
@@ -229,7 +206,7 @@ public struct CostModel: Sendable {
         device = device + Linear(model.embeddingBytes + working) + (Linear(W * 2) + Linear(.wg, -W * 2))   // 2 staged layers of (1 - wg)
         let host = Linear(.wc, W * l) + Linear(.cc, cacheAll) + Linear(.hc, actAll)
         let disk = Linear(.wd, W * l) + Linear(.cd, cacheAll) + Linear(.hd, actAll)
-        return Terms(prefill: prefill, decode: decode, memory: [.device: device, .host: host, .disk: disk])
+        return [.device: device, .host: host, .disk: disk]
     }
 
     public struct Prediction: Sendable {
@@ -251,22 +228,11 @@ public struct CostModel: Sendable {
         let total = pre.1 * l + dec.1 * (n - 1) * l
         return Prediction(prefillSecondsPerLayer: pre.1, decodeSecondsPerLayer: dec.1, totalSeconds: total,
                           tokensPerSecond: Double(c.blockSize) * n / total, prefillBottleneck: pre.0, decodeBottleneck: dec.0,
-                          memory: t.memory.mapValues { $0.value(x) })
+                          memory: memory(c, activationsOnDisk: x[Fraction.hd.rawValue] > 0).mapValues { $0.value(x) })
     }
 
     public func predict(_ policy: Policy) -> Prediction {
-        predict(BatchChoice(policy), fractions: Self.fractions(policy))
+        predict(BatchChoice(policy), fractions: Fraction.of(policy))
     }
 
-    static func fractions(_ p: Policy) -> [Double] {
-        [p.weights.device, p.weights.host, p.weights.disk, p.cache.device, p.cache.host, p.cache.disk,
-         p.activations.device, p.activations.host, p.activations.disk].map { $0 / 100 }
-    }
-}
-
-extension BatchChoice {
-    public init(_ p: Policy) {
-        self.init(gpuBatchSize: p.gpuBatchSize, numGPUBatches: p.numGPUBatches, compressWeight: p.compressWeight,
-                  compressCache: p.compressCache, cpuAttention: p.cpuAttention, overlap: p.overlap)
-    }
 }

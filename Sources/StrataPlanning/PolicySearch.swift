@@ -85,58 +85,126 @@ public struct PolicySearch: Sendable {
         }
         if let error = failure.withLock({ $0 }) { throw error }
         let all = results.withLock { $0 }.compactMap { $0 }
-        guard let best = all.max(by: { $0.1.tokensPerSecond < $1.1.tokensPerSecond }) else { throw infeasibility() }
+        guard let best = all.max(by: { $0.1.tokensPerSecond < $1.1.tokensPerSecond }) else { throw try infeasibility() }
         return Result(policy: best.0, prediction: best.1, linearPrograms: solvedCounts.withLock { $0 }, seconds: Clock.now() - start)
     }
 
-    /// The best placement for one batch choice, or nil when nothing fits.
+    /// Bytes kept free below each budget in the LP's memory rows: the solver meets its rows to
+    /// a relative tolerance (~1e-9 of bytes in the GiB), not to the byte. A numerical guard, not a
+    /// reserve: the bounds themselves are exact upper bounds of the engine's plan.
+    static let guardBytes = 64.0 * 1024
+    static let gib = 1024.0 * 1024 * 1024
+
+    /// Whether the disk tier is off (no budget for it): its fractions are then fixed at zero.
+    var diskOff: Bool { budgets[.disk]! <= 0 }
+
+    /// The best placement for one batch choice, or nil when nothing fits. With the engine's
+    /// memory model, activation rows on disk cost host bounce buffers: placements with and
+    /// without them are solved apart and the faster kept.
     public func solve(_ choice: BatchChoice) throws -> (Policy, CostModel.Prediction)? {
+        let variants = cost.memory == nil ? [true] : diskOff ? [false] : [false, true]
+        var best: (Policy, CostModel.Prediction)?
+        for activationsOnDisk in variants {
+            guard let found = try solve(choice, activationsOnDisk: activationsOnDisk) else { continue }
+            if best.map({ found.1.tokensPerSecond > $0.1.tokensPerSecond }) ?? true { best = found }
+        }
+        return best
+    }
+
+    /// The placement variables with the disk fractions fixed at zero where the disk is off (and
+    /// hd where activations may not go to disk), and the one-tier-per-group sums.
+    private func placementVariables(_ lp: LinearProgram, activationsOnDisk: Bool, objective: (Fraction) -> Double = { _ in 0 })
+        -> [LinearProgram.Variable] {
+        let x = Fraction.allCases.map { f -> LinearProgram.Variable in
+            let fixed = (diskOff && [.wd, .cd, .hd].contains(f)) || (!activationsOnDisk && f == .hd)
+            return lp.variable("\(f)", lower: 0, upper: fixed ? 0 : 1, objective: objective(f))
+        }
+        for group in [[Fraction.wg, .wc, .wd], [.cg, .cc, .cd], [.hg, .hc, .hd]] {
+            lp.constrain(group.map { (x[$0.rawValue], 1.0) }, .equal, 1)
+        }
+        return x
+    }
+
+    /// Memory rows in GiB (byte coefficients next to second-scale times hurt the solver):
+    /// bound(x) - slack <= budget - guard, for every tier that is on.
+    private func constrainMemory(_ lp: LinearProgram, _ x: [LinearProgram.Variable], _ memory: [Tier: Linear],
+                                 slack: [Tier: LinearProgram.Variable] = [:]) {
+        for tier in Tier.allCases where !(tier == .disk && diskOff) {
+            let e = memory[tier]!
+            var terms = x.indices.map { (x[$0], e.coefficients[$0] / Self.gib) }
+            if let s = slack[tier] { terms.append((s, -1)) }
+            lp.constrain(terms, .lessOrEqual, (budgets[tier]! - e.constant - Self.guardBytes) / Self.gib)
+        }
+    }
+
+    /// Whether the policy's fractions satisfy the memory bounds it was solved under.
+    func fits(_ policy: Policy, _ memory: [Tier: Linear]) -> Bool {
+        let x = Fraction.of(policy)
+        if diskOff && (x[2] > 0 || x[5] > 0 || x[8] > 0) { return false }
+        return Tier.allCases.allSatisfy { tier in (tier == .disk && diskOff) || memory[tier]!.value(x) <= budgets[tier]! }
+    }
+
+    func solve(_ choice: BatchChoice, activationsOnDisk: Bool) throws -> (Policy, CostModel.Prediction)? {
         let terms = cost.terms(choice)
+        let memory = cost.memory(choice, activationsOnDisk: activationsOnDisk)
         let lp = LinearProgram()
         // A tiny cost on slower tiers breaks ties (a fraction that does not change the time goes
         // to the faster tier) without moving the optimum.
         let tieBreak: [Fraction: Double] = [.wc: 1, .wd: 2, .cc: 1, .cd: 2, .hc: 1, .hd: 2]
-        let x = Fraction.allCases.map { lp.variable("\($0)", lower: 0, upper: 1, objective: 1e-6 * (tieBreak[$0] ?? 0)) }
+        let x = placementVariables(lp, activationsOnDisk: activationsOnDisk) { 1e-6 * (tieBreak[$0] ?? 0) }
         let l = Double(cost.model.layers), n = Double(cost.workload.genLength)
         let tPrefill = lp.variable("T_pre", objective: l), tDecode = lp.variable("T_gen", objective: l * (n - 1))
-        for group in [[Fraction.wg, .wc, .wd], [.cg, .cc, .cd], [.hg, .hc, .hd]] {
-            lp.constrain(group.map { (x[$0.rawValue], 1.0) }, .equal, 1)
-        }
         func bound(_ e: Linear, by t: LinearProgram.Variable) {
             lp.constrain(x.indices.map { (x[$0], e.coefficients[$0]) } + [(t, -1)], .lessOrEqual, -e.constant)
         }
         for (_, e) in terms.prefill { bound(e, by: tPrefill) }
         for (_, e) in terms.decode { bound(e, by: tDecode) }
-        for (tier, e) in terms.memory {
-            lp.constrain(x.indices.map { (x[$0], e.coefficients[$0]) }, .lessOrEqual, budgets[tier]! - e.constant)
-        }
+        constrainMemory(lp, x, memory)
         guard let solution = try lp.minimize() else { return nil }
-        // Percentages to 0.1 (what a user can type), rounded down on the faster tiers so the
-        // rounded policy never needs more device or host memory than the LP's solution.
-        let values = x.map { (max(0, min(1, solution[$0])) * 1000 + 1e-6).rounded(.down) / 10 }
-        let policy = Policy(gpuBatchSize: choice.gpuBatchSize, numGPUBatches: choice.numGPUBatches,
-                            weights: TierSplit(device: values[0], host: min(values[1], 100 - values[0])),
-                            cache: TierSplit(device: values[3], host: min(values[4], 100 - values[3])),
-                            activations: TierSplit(device: values[6], host: min(values[7], 100 - values[6])),
-                            overlap: choice.overlap, cpuAttention: choice.cpuAttention,
-                            compressWeight: choice.compressWeight, compressCache: choice.compressCache)
+        let raw = x.map { max(0, min(1, solution[$0])) }
+        // Percentages to 0.1 (what a user can type): device and host rounded down, the rest on
+        // the slowest tier in use. If that moves a tier over its bound, the LP's own fractions.
+        func rounded(_ group: Int) -> [Double] {
+            let d = (raw[group] * 1000 + 1e-6).rounded(.down) / 1000
+            if raw[group + 2] < 1e-9 { return [d, 1 - d, 0] }
+            let h = min((raw[group + 1] * 1000 + 1e-6).rounded(.down) / 1000, 1 - d)
+            return [d, h, 1 - d - h]
+        }
+        func exact(_ group: Int) -> [Double] {
+            let d = raw[group], h = raw[group + 2] < 1e-9 ? 1 - d : min(raw[group + 1], 1 - d)
+            return [d, h, 1 - d - h]
+        }
+        var policy = Policy(choice, fractions: [0, 3, 6].flatMap(rounded))
+        if !fits(policy, memory) { policy = Policy(choice, fractions: [0, 3, 6].flatMap(exact)) }
+        guard fits(policy, memory) else { return nil }
         return (policy, cost.predict(policy))
     }
 
-    /// Why no policy fits: the smallest possible need per tier (gpu batch 1, everything on
-    /// the cheapest tier that has room) against the budgets.
-    func infeasibility() -> StrataError {
-        let t = cost.terms(BatchChoice(gpuBatchSize: 1, numGPUBatches: 1, compressWeight: allowCompression,
-                                       compressCache: allowCompression, cpuAttention: false))
-        let minimal = t.memory.mapValues { $0.constant }
-        let weights = cost.model.layerWeightBytes * Double(cost.model.layers) * (allowCompression ? CostModel.compressionRatio : 1)
-        let total = budgets.values.reduce(0, +) - minimal.values.reduce(0, +)
-        var parts: [String] = []
-        for tier in Tier.allCases {
-            parts.append("\(tier.rawValue): budget \(Int(budgets[tier]!)) bytes, fixed need \(Int(minimal[tier] ?? 0)) bytes")
+    /// Why no policy fits: the least extra memory, per tier, that would let the smallest block
+    /// (one sequence, compressed where allowed) fit, from an LP whose memory rows may overrun
+    /// their budgets by a slack (extra disk preferred over host over device, cheapest first).
+    func infeasibility() throws -> StrataError {
+        let choice = BatchChoice(gpuBatchSize: 1, numGPUBatches: 1, compressWeight: allowCompression, compressCache: allowCompression,
+                                 cpuAttention: allowCPUAttention)
+        let memory = cost.memory(choice, activationsOnDisk: !diskOff)
+        let lp = LinearProgram()
+        let x = placementVariables(lp, activationsOnDisk: !diskOff)
+        let price: [Tier: Double] = [.device: 4, .host: 2, .disk: 1]
+        var slack: [Tier: LinearProgram.Variable] = [:]
+        for tier in Tier.allCases where !(tier == .disk && diskOff) { slack[tier] = lp.variable("more_\(tier)", objective: price[tier]!) }
+        constrainMemory(lp, x, memory, slack: slack)
+        let budgetText = Tier.allCases.map { "\($0.rawValue) \(Int(budgets[$0]!))" }.joined(separator: ", ")
+        var detail = "no policy fits \(cost.model.name) within the budgets (bytes: \(budgetText))"
+        if let solution = try lp.minimize() {
+            let short = Tier.allCases.compactMap { t -> String? in
+                guard let s = slack[t], solution[s] * Self.gib > 1 else { return nil }
+                let bytes = Int((solution[s] * Self.gib + Self.guardBytes).rounded(.up))
+                return "the \(t.rawValue) tier needs \(bytes) bytes (\(ByteSize.format(bytes))) more"
+            }
+            let smallest = "even one sequence per block" + (allowCompression ? " with 4-bit weights and cache" : "")
+            detail += ": \(smallest) does not fit; \(short.joined(separator: " and "))"
         }
-        return StrataError.invalidRequest(
-            "no policy fits \(cost.model.name): its layers alone need \(Int(weights)) bytes (compressed where allowed) but device+host+disk "
-            + "leave \(Int(max(0, total))) bytes after fixed needs (short by \(Int(max(0, weights - total))) bytes); " + parts.joined(separator: "; "))
+        if diskOff { detail += " (the disk tier is off: a disk budget, e.g. --offload-dir, may do instead)" }
+        return StrataError.invalidRequest(detail)
     }
 }

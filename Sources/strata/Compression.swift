@@ -76,7 +76,7 @@ struct PerplexityCommand: ParsableCommand {
         try reportingErrors {
             let maxPositions = try ModelConfig(directory: backend.model).maxPositions
             let window = min(self.window, maxPositions)
-            let (generator, engine) = try offload.makeGenerator(backend, promptLength: window, capacity: window, batchSize: nil)
+            let (generator, engine, _) = try offload.makeGenerator(backend, promptLength: window, capacity: window, batchSize: nil)
             let bundle = generator.bundle
             let content = try readText(text)
             let result = try Perplexity.evaluate(bundle: bundle, text: content, window: window, engine: engine) { done, total in

@@ -38,7 +38,7 @@ struct Generate: ParsableCommand {
 
     private func makeGenerator() throws -> Generator {
         let positions = try context ?? ModelConfig(directory: backend.model).maxPositions
-        return try offload.makeGenerator(backend, promptLength: positions, capacity: positions, batchSize: batchSize).0
+        return try offload.makeGenerator(backend, promptLength: positions, capacity: positions, batchSize: batchSize).generator
     }
 
     func run() throws {
@@ -113,7 +113,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let (generator, engine) = try offload.makeGenerator(backend, promptLength: promptLen, capacity: promptLen + genLen,
+            let (generator, engine, prediction) = try offload.makeGenerator(backend, promptLength: promptLen, capacity: promptLen + genLen,
                                                                batchSize: batchSize)
             // Disk bandwidth is measured before and after the run (this VM's disk varies by 2x
             // from minute to minute); the faster measurement sets the bound, the strictest one.
@@ -143,6 +143,12 @@ struct Bench: ParsableCommand {
                 var object = r.json.object!
                 if let engine { object["tiers"] = engine.tierReport }
                 if let diskBound { object["disk_bound"] = diskBound }
+                if let prediction {
+                    object["predicted_tokens_per_s"] = .number(prediction.tokensPerSecond)
+                    object["prediction_error"] = .number(prediction.tokensPerSecond / r.totalTokensPerSecond - 1)
+                    object["predicted_bottleneck"] = .object(["prefill": .string(prediction.prefillBottleneck),
+                                                              "decode": .string(prediction.decodeBottleneck)])
+                }
                 print(JSONValue.object(object).serialized())
             } else {
                 print("""
@@ -154,6 +160,11 @@ struct Bench: ParsableCommand {
                     """)
                 if let engine {
                     print("policy    \(engine.policy.flags)")
+                    if let prediction {
+                        let error = 100 * (prediction.tokensPerSecond / r.totalTokensPerSecond - 1)
+                        print("predicted \(prediction.tokensPerSecond.formatted(2)) tokens/s by the cost model; measured \(r.totalTokensPerSecond.formatted(2)): "
+                              + "error \(error >= 0 ? "+" : "")\(error.formatted(1))%")
+                    }
                     for (name, account) in [("device", engine.accounts.device), ("host", engine.accounts.host), ("disk", engine.accounts.disk)] {
                         let budget = account.budget.map { " of \(ByteSize.format($0))" } ?? ""
                         print("\(name.padding(9)) peak \(ByteSize.format(account.peak))\(budget)")

@@ -27,15 +27,18 @@ struct PolicyOptions: ParsableArguments {
             || hostMem != nil || diskMem != nil || cpuAttention || overlap != nil
     }
 
-    func makePolicy(compressWeight: Bool, compressCache: Bool, auto: (() throws -> Policy)? = nil) throws -> Policy {
+    func makePolicy(compressWeight: Bool, compressCache: Bool, auto: (() throws -> AutoPolicy)? = nil) throws -> (Policy, CostModel.Prediction?) {
         var p: Policy
+        var prediction: CostModel.Prediction?
         if policy == "auto", let auto {
-            p = try auto()
+            let chosen = try auto()
+            (p, prediction) = (chosen.policy, chosen.prediction)
         } else if let policy {
             p = try Policy.load(path: policy)
         } else {
             p = percent.isEmpty ? Policy() : try Policy(percent: percent, gpuBatchSize: 1, numGPUBatches: 1)
         }
+        let searched = p
         if let gpuBatchSize { p.gpuBatchSize = gpuBatchSize }
         if let numGPUBatches { p.numGPUBatches = numGPUBatches }
         if let overlap { p.overlap = overlap }
@@ -43,7 +46,8 @@ struct PolicyOptions: ParsableArguments {
         if compressWeight { p.compressWeight = true }
         if compressCache { p.compressCache = true }
         try p.validate()
-        return p
+        // Flags that change the searched policy make its prediction someone else's.
+        return (p, p == searched ? prediction : nil)
     }
 
     func budgets() throws -> TierBudgets {
@@ -53,30 +57,35 @@ struct PolicyOptions: ParsableArguments {
     }
 
     /// A generator for `backend.model`: resident, or under the policy with the KV cache planned
-    /// for `capacity` positions and the working set for prompts of `promptLength`.
-    func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws -> (Generator, OffloadEngine?) {
-        guard active else { return (Generator(bundle: try backend.loadBundle()), nil) }
-        let policy = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache) {
+    /// for `capacity` positions and the working set for prompts of `promptLength`; with
+    /// `--policy auto`, the cost model's prediction for the chosen policy.
+    func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws
+        -> (generator: Generator, engine: OffloadEngine?, prediction: CostModel.Prediction?) {
+        guard active else { return (Generator(bundle: try backend.loadBundle()), nil, nil) }
+        let (policy, prediction) = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache) {
             try autoPolicy(backend, promptLength: promptLength, capacity: capacity, batchSize: batchSize)
         }
         if let batchSize { try policy.validate(batchSize: batchSize) }
         let precision = try backend.precision.map { try PrecisionMap.load(path: $0) }
         let config = try ModelConfig(directory: backend.model)
         let engine = try OffloadEngine(directory: backend.model, policy: policy, budgets: budgets(), offloadDirectory: offloadDir,
-                                       threads: backend.threads, weightFormat: try backend.makeBackend().weightFormat,
+                                       threads: backend.threads, weightFormat: try backend.weightFormatOption(),
                                        precision: precision, promptLength: promptLength,
                                        capacity: min(capacity, config.maxPositions))
-        return (Generator(bundle: try ModelBundle(directory: backend.model, model: engine.model), engine: engine), engine)
+        return (Generator(bundle: try ModelBundle(directory: backend.model, model: engine.model), engine: engine), engine, prediction)
     }
 }
 
 extension PolicyOptions {
     /// `--policy auto`: this machine's profile (cached, or measured now), the cost model for the
     /// model and workload, and the LP search, limited to blocks that divide the batch.
-    func autoPolicy(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws -> Policy {
+    func autoPolicy(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws -> AutoPolicy {
         let profile = try ProfileCache.loadOrMeasure(threads: backend.threads, offloadDirectory: offloadDir ?? "/tmp/strata-offload")
         let workload = Workload(promptLength: promptLength, genLength: max(1, capacity - promptLength))
-        let cost = CostModel(model: try ModelShape.named(backend.model), profile: profile, workload: workload)
+        var cost = CostModel(model: try ModelShape.named(backend.model), profile: profile, workload: workload)
+        // The engine's own memory description: what the search constrains is what the engine checks.
+        cost.memory = try MemoryModel(directory: backend.model, weightFormat: try backend.weightFormatOption(),
+                                      precision: try backend.precision.map { try PrecisionMap.load(path: $0) }, threads: backend.threads)
         var limits = try budgets()
         // Device and host share RAM on a CPU machine: without budgets, give the device half.
         if profile.copiesShareCompute {
@@ -84,18 +93,20 @@ extension PolicyOptions {
             limits.host = limits.host ?? Int(profile.hostMemory * 0.3)
         }
         if offloadDir == nil { limits.disk = 0 }
-        // The cost model's memory terms are FlexGen-style estimates; the engine's MemoryPlan
-        // checks the exact layout. Searching within 95% of each budget keeps the two agreeing.
-        limits.device = limits.device.map { Int(Double($0) * 0.95) }
-        limits.host = limits.host.map { Int(Double($0) * 0.95) }
         var search = PolicySearch(cost: cost, budgets: limits)
         if let batchSize { search.requiredDivisor = batchSize }
         search.allowCompression = backend.compressWeight || backend.compressCache
         let result = try search.search()
         Console.error("--policy auto: \(result.policy.flags) (predicted \(result.prediction.tokensPerSecond.formatted(2)) tokens/s; "
                       + "bottleneck prefill \(result.prediction.prefillBottleneck), decode \(result.prediction.decodeBottleneck))")
-        return result.policy
+        return AutoPolicy(policy: result.policy, prediction: result.prediction)
     }
+}
+
+/// The policy `--policy auto` chose and what the cost model predicts for it.
+struct AutoPolicy {
+    var policy: Policy
+    var prediction: CostModel.Prediction
 }
 
 extension OffloadEngine {

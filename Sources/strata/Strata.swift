@@ -66,10 +66,14 @@ struct BackendOptions: ParsableArguments {
         default:
             throw StrataError.invalidRequest("--backend must be auto, cpu or cuda, not '\(backend)'")
         }
+        return CPUBackend(threads: threads, weightFormat: try weightFormatOption())
+    }
+
+    func weightFormatOption() throws -> CPUBackend.WeightFormat {
         guard let format = CPUBackend.WeightFormat(rawValue: weightFormat) else {
             throw StrataError.invalidRequest("--weight-format must be one of \(CPUBackend.WeightFormat.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        return CPUBackend(threads: threads, weightFormat: format)
+        return format
     }
 
     func compression() throws -> Compression {

@@ -68,7 +68,7 @@ extension OffloadEngine {
                 var disk: DiskFile?
                 var diskBytes = 0
                 if !rows.disk.isEmpty {
-                    diskBytes = MemoryPlan.cacheBytes(rows: rows.disk.count, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
+                    diskBytes = MemoryModel.cacheBytes(rows: rows.disk.count, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
                     let path = FileSystem.join(cacheDirectory, "L\(j)-B\(k).bin")
                     let file = try DiskFile(path: path, create: true)
                     try file.truncate(to: 0)   // a fresh, all-zero cache
@@ -97,7 +97,7 @@ extension OffloadEngine {
     func stagingCacheTensor(rows: Int) -> Tensor {
         let c = model.config, scheme = model.compression.cache
         let shape = [rows, c.numKVHeads, capacity, c.headDim]
-        let bytes = MemoryPlan.cacheBytes(rows: rows, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
+        let bytes = MemoryModel.cacheBytes(rows: rows, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
         let buffer = devicePool.take(DiskFile.alignUp(bytes))
         if let scheme {
             return Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: QuantizedLayout(scheme: scheme, shape: shape))
@@ -151,9 +151,8 @@ extension OffloadEngine {
 
     func storeActivation(_ k: Int, _ hidden: Tensor) throws -> StoredActivation {
         let rows = hidden.rows, width = hidden.columns * 4
-        let split = policy.activations
-        let d = min(rows, Int((Double(rows) * split.device / 100).rounded()))
-        let h = min(rows - d, Int((Double(rows) * (split.device + split.host) / 100).rounded()) - d)
+        let split = ActivationSplit(rows: rows, policy.activations)
+        let d = split.device, h = split.host
         var stored = StoredActivation(rows: rows, device: nil, host: nil, diskRows: rows - d - h)
         if d == rows { stored.device = hidden; return stored }
         if d > 0 { stored.device = compute.concatRows([compute.rowView(hidden, 0..<d)]) }

@@ -78,13 +78,9 @@ public final class OffloadEngine: @unchecked Sendable {
         let cacheScheme = policy.compressCache ? QuantizationScheme.int4 : nil
         let compression = Compression(weights: weightMap, cache: cacheScheme)
 
-        // Plan from metadata only.
-        let probe = try ModelLoader.describe(directory: directory, source: source)
-        var plans: [LayerPlacement] = []
-        for j in 0..<config.numLayers {
-            plans.append(try ImageFormat.layout(specs: probe.layerSpecs(j), source: source, scheme: try weightMap?.scheme(forLayer: j),
-                                                weightFormat: weightFormat, split: policy.weights))
-        }
+        // Plan from metadata only, with the memory model the policy search uses.
+        let memory = try MemoryModel(directory: directory, weightFormat: weightFormat, precision: precision, threads: threads)
+        let plans = memory.placements(policy)
         placements = plans
         let isStore = source is OffloadStore
         let needsOffloadFiles = plans.contains { p in p.disk > 0 && p.tensors.contains { !Self.imageIsStoreFile($0, isStore: isStore, source: source) } }
@@ -93,9 +89,7 @@ public final class OffloadEngine: @unchecked Sendable {
         }
         self.offloadDirectory = offloadDirectory
         plannedCapacity = capacity
-        try MemoryPlan(config: config, policy: policy, placements: plans, cacheScheme: cacheScheme, promptLength: promptLength,
-                       capacity: capacity, threads: threads, nonLayerBytes: probe.nonLayerBytes(source: source, weightFormat: weightFormat))
-            .check(budgets)
+        try memory.plan(policy, promptLength: promptLength, capacity: capacity).check(budgets)
 
         model = try ModelLoader.load(directory: directory, backend: compute, compression: compression, loadLayers: false)
         if policy.overlap {

@@ -28,9 +28,15 @@ struct LayerPlacement: Sendable {
 
     init(tensors: [TensorImage], split: TierSplit) {
         self.tensors = tensors
-        total = tensors.last.map { $0.slot + $0.slotBytes } ?? 0
-        device = DiskFile.alignDown(Int(Double(total) * split.device / 100))
-        host = DiskFile.alignDown(Int(Double(total) * (split.device + split.host) / 100)) - device
+        let total = tensors.last.map { $0.slot + $0.slotBytes } ?? 0
+        self.total = total
+        // A share within 1e-9 of whole is whole: percentages from an LP's fractions may sum to
+        // 99.99999999999999, which must not leave a 4 KiB tail on a slower tier.
+        func boundary(_ percent: Double) -> Int {
+            percent >= 100 - 1e-9 ? total : DiskFile.alignDown(Int(Double(total) * percent / 100))
+        }
+        device = boundary(split.device)
+        host = boundary(split.device + split.host) - device
     }
 
     /// Start of the staged range: the slot start of the tensor that contains byte `device`, so
@@ -53,19 +59,6 @@ enum ImageFormat {
         }
         let dtype: DType = (spec.shape.count < 2 || weightFormat == .f32) ? .f32 : sourceDtype
         return TensorImage(spec: spec, dtype: dtype, quantization: nil, byteCount: count * dtype.byteSize, slot: slot)
-    }
-
-    static func layout(specs: [LayerTensorSpec], source: any TensorSource, scheme: QuantizationScheme?,
-                       weightFormat: CPUBackend.WeightFormat, split: TierSplit) throws -> LayerPlacement {
-        var slot = 0
-        var images: [TensorImage] = []
-        for spec in specs {
-            let view = try source.require(spec.name, shape: spec.shape)
-            let image = image(spec: spec, sourceDtype: view.dtype, scheme: scheme, weightFormat: weightFormat, slot: slot)
-            images.append(image)
-            slot += image.slotBytes
-        }
-        return LayerPlacement(tensors: images, split: split)
     }
 }
 

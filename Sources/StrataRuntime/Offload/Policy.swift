@@ -13,7 +13,11 @@ public enum Tier: String, Sendable, CaseIterable, Comparable {
 public struct TierSplit: Sendable, Equatable {
     public var device: Double
     public var host: Double
-    public var disk: Double { max(0, 100 - device - host) }
+    /// The rest; a remainder within 1e-9 of zero (percentages summed in floating point) is zero.
+    public var disk: Double {
+        let rest = 100 - device - host
+        return rest <= 1e-9 ? 0 : rest
+    }
 
     public init(device: Double, host: Double) {
         self.device = device

@@ -1,0 +1,265 @@
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+
+/// What the offloading engine holds on each tier, from tensor metadata alone: the one
+/// description of memory that both the engine's admission check (`plan`, exact bytes for one
+/// policy) and the policy search (`bound`, linear in the placement fractions) are computed
+/// from, so a policy the search returns is one the engine accepts.
+///
+/// Every term is built from the same quantities: layer images (tensor slots, 4 KiB aligned,
+/// compressed or not), KV cache rows, activation rows, staging buffers, and the working set of
+/// one gpu batch's layer forward.
+public struct MemoryModel: Sendable {
+    public let config: ModelConfig
+    public let threads: Int
+    /// Layer images as the engine lays them out: with the given precision map (or none), and
+    /// with `compress_weight` (the map when one is given, else 4-bit everywhere).
+    let images: [[TensorImage]]
+    let compressedImages: [[TensorImage]]
+    /// Embeddings, final norm and LM head, always on the device.
+    public let nonLayerBytes: Int
+
+    /// From a checkpoint or offload store's metadata (nothing is read but headers).
+    public init(directory: String, weightFormat: CPUBackend.WeightFormat = .asStored, precision: PrecisionMap? = nil,
+                threads: Int) throws {
+        let config = try ModelConfig(directory: directory)
+        let source = try TensorSources.open(directory: directory)
+        defer { (source as? OffloadStore)?.releaseMappings() }
+        var tensors: [String: (shape: [Int], dtype: DType)] = [:]
+        for name in source.tensorNames { if let v = source.tensor(name) { tensors[name] = (v.shape, v.dtype) } }
+        try self.init(config: config, tensors: tensors, path: directory, weightFormat: weightFormat, precision: precision, threads: threads)
+    }
+
+    /// For a known architecture (`opt-30b`, `llama-2-70b`, ...) with f16 weights, as
+    /// `strata convert --random` would write it: plans for models that are not on this machine.
+    public init(architecture: String, weightFormat: CPUBackend.WeightFormat = .asStored, precision: PrecisionMap? = nil,
+                threads: Int) throws {
+        let config = try ModelConfig(json: KnownArchitectures.config(architecture), path: architecture)
+        var tensors: [String: (shape: [Int], dtype: DType)] = [:]
+        for spec in KnownArchitectures.tensorSpecs(config) { tensors[spec.name] = (spec.shape, .f16) }
+        try self.init(config: config, tensors: tensors, path: architecture, weightFormat: weightFormat, precision: precision,
+                      threads: threads)
+    }
+
+    init(config: ModelConfig, tensors: [String: (shape: [Int], dtype: DType)], path: String, weightFormat: CPUBackend.WeightFormat,
+         precision: PrecisionMap?, threads: Int) throws {
+        self.config = config
+        self.threads = threads
+        let description = ModelLoader.describe(config: config, contains: { tensors[$0] != nil })
+        let compressedMap = precision ?? PrecisionMap.uniform(layers: config.numLayers, bits: 4)
+        func layout(_ layer: Int, _ map: PrecisionMap?) throws -> [TensorImage] {
+            var slot = 0
+            return try description.layerSpecs(layer).map { spec in
+                guard let t = tensors[spec.name] else {
+                    throw StrataError.invalidFile(path: path, detail: "checkpoint has no tensor '\(spec.name)', which the architecture needs")
+                }
+                guard t.shape == spec.shape else {
+                    throw StrataError.invalidFile(path: path, detail: "tensor '\(spec.name)' has shape \(t.shape), expected \(spec.shape) from config.json")
+                }
+                let image = ImageFormat.image(spec: spec, sourceDtype: t.dtype, scheme: try map?.scheme(forLayer: layer),
+                                              weightFormat: weightFormat, slot: slot)
+                slot += image.slotBytes
+                return image
+            }
+        }
+        images = try (0..<config.numLayers).map { try layout($0, precision) }
+        compressedImages = precision == nil ? try (0..<config.numLayers).map { try layout($0, compressedMap) } : images
+        let layerNames = Set((0..<config.numLayers).flatMap { description.layerSpecs($0).map(\.name) })
+        nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { total, t in
+            let dtype: DType = (t.value.shape.count < 2 || weightFormat == .f32) ? .f32 : t.value.dtype
+            return total + t.value.shape.reduce(1, *) * dtype.byteSize
+        }
+    }
+
+    /// Where each layer's bytes go under `policy`.
+    func placements(_ policy: Policy) -> [LayerPlacement] {
+        (policy.compressWeight ? compressedImages : images).map { LayerPlacement(tensors: $0, split: policy.weights) }
+    }
+
+    /// Decoder-layer weight bytes as held (compressed or not).
+    public func layerBytes(compressed: Bool) -> Int {
+        (compressed ? compressedImages : images).reduce(0) { $0 + ($1.last.map { $0.slot + $0.slotBytes } ?? 0) }
+    }
+
+    // MARK: The shared quantities
+
+    /// Staging buffers per kind of transfer: double-buffered when transfers overlap compute.
+    static func buffers(overlap: Bool) -> Int { overlap ? 2 : 1 }
+
+    /// Bytes of one sequence's K and V for one layer, planned for `capacity` positions.
+    func cacheRowBytes(compressed: Bool, capacity: Int) -> Int {
+        2 * Self.cacheBytes(rows: 1, kvHeads: config.numKVHeads, capacity: capacity, headDim: config.headDim,
+                            scheme: compressed ? QuantizationScheme.int4 : nil)
+    }
+
+    static func cacheBytes(rows: Int, kvHeads: Int, capacity: Int, headDim: Int, scheme: QuantizationScheme?) -> Int {
+        let shape = [rows, kvHeads, capacity, headDim]
+        if let scheme { return QuantizedLayout(scheme: scheme, shape: shape).byteCount }
+        return shape.reduce(1, *) * 4
+    }
+
+    /// Hidden states of one gpu batch between layers (f32, the prompt's length at prefill).
+    func activationBytes(gpuBatchSize: Int, promptLength: Int) -> Int { gpuBatchSize * promptLength * config.hiddenSize * 4 }
+
+    /// One gpu batch's layer forward on the device: q, k, v, attention output, residuals, the
+    /// FFN's intermediate (x2 for gated), attention scores per worker, GEMM slabs (a weight is
+    /// widened at most 4 MiB at a time per worker, never more than its largest matrix), logits.
+    func deviceWorkingSet(gpuBatchSize: Int, promptLength: Int, capacity: Int) -> Int {
+        let h = config.hiddenSize, f = config.intermediateSize
+        let largestMatrix = max(h * f, config.vocabSize * config.wordEmbedProjDim)
+        let slab = min(1 << 20, largestMatrix) * 4
+        return gpuBatchSize * promptLength * (8 * h + 3 * f) * 4 + threads * (promptLength * capacity * 4 + slab)
+            + 2 * gpuBatchSize * config.vocabSize * 4
+    }
+
+    /// Building a layer's images at placement time holds one layer's tensors on the host, and
+    /// images bound for disk pass through a bounce buffer.
+    func hostWorkingSet(_ layers: [[TensorImage]]) -> Int {
+        let largestLayer = layers.map { $0.last.map { $0.slot + $0.slotBytes } ?? 0 }.max() ?? 0
+        let largestImage = layers.flatMap { $0.map(\.byteCount) }.max() ?? 0
+        return largestLayer + min(DiskFile.chunk, DiskFile.alignUp(largestImage))
+    }
+
+    // MARK: Exact need of one policy (the engine's admission check)
+
+    /// Peak bytes `policy` needs on each tier, to the byte as the engine will allocate them.
+    public func plan(_ policy: Policy, promptLength: Int, capacity: Int) -> MemoryPlan {
+        MemoryPlan(model: self, policy: policy, placements: placements(policy), promptLength: promptLength, capacity: capacity)
+    }
+
+    // MARK: Linear bounds for the search
+
+    /// Peak bytes per tier for `choice` as linear expressions in the placement fractions, each
+    /// at least the exact `plan` of every policy with that choice. Rounding to whole rows,
+    /// 4 KiB slots and tensor-aligned staging are the only non-linear parts; each is bounded
+    /// above by its largest possible excess (noted per term). `activationsOnDisk: false` is
+    /// valid only for policies with no activation rows on disk (hd = 0): the host then needs no
+    /// bounce buffer for them.
+    public func bound(_ c: BatchChoice, promptLength: Int, capacity: Int, activationsOnDisk: Bool) -> [Tier: Linear] {
+        let layers = c.compressWeight ? compressedImages : images
+        let totals = layers.map { Double($0.last.map { $0.slot + $0.slotBytes } ?? 0) }
+        let w = totals.reduce(0, +), tMax = totals.max() ?? 0
+        let largestSlot = Double(layers.flatMap { $0.map(\.slotBytes) }.max() ?? 0)
+        let l = Double(config.numLayers), page = Double(DiskFile.alignment)
+        let b = Double(Self.buffers(overlap: c.overlap))
+
+        // Weights. A layer's device prefix is T*wg rounded down to 4 KiB (<= T*wg); its host and
+        // disk parts exceed T*wc and T*wd by less than 4 KiB each. The staging buffer starts at
+        // the slot holding the device boundary, so it exceeds T*(1-wg) by less than one slot
+        // plus 4 KiB; written as T*(wc + wd) (the LP holds wg + wc + wd = 1).
+        var device = Linear(.wg, w) + Linear(Double(nonLayerBytes)) + Linear.sum([.wc, .wd], b * tMax) + Linear(b * (largestSlot + page))
+        var host = Linear(.wc, w) + Linear(page * l)
+        var disk = Linear(.wd, w) + Linear(page * l)
+
+        // KV cache. Rows per tier are apportioned cumulatively over all (layer, gpu batch) units
+        // with nearest rounding: device rows exceed R*cg by at most 1/2, host rows R*cc by at most
+        // 2 (a clipped unit), disk rows R*cd by at most 1/2. Rows not resident on the device (or,
+        // with host attention, not on device or host) are staged per gpu batch: at most
+        // gbs*(1 - cg) + 2 (resp. gbs*cd + 2), in (buffers + 1) page-aligned copies.
+        let g = Double(c.gpuBatchSize)
+        let rows = l * Double(c.numGPUBatches) * g
+        let row = Double(cacheRowBytes(compressed: c.compressCache, capacity: capacity))
+        let alignedRow = Double(DiskFile.alignUp(Int(row)))
+        let staged = Linear(.cd, g) + (c.cpuAttention ? Linear() : Linear(.cc, g)) + Linear(2)
+        device = device + Linear(.cg, rows * row) + Linear(row / 2) + staged * ((b + 1) * alignedRow)
+        host = host + Linear(.cc, rows * row) + Linear(2 * row)
+        disk = disk + Linear(.cd, rows * alignedRow) + Linear(alignedRow / 2)
+
+        // Activations: each gpu batch's rows split with nearest rounding (device and disk rows
+        // exceed their share by at most 1/2 row, host rows by at most 1), disk parts padded to
+        // 4 KiB; (buffers + 1) whole copies in flight on the device; disk rows pass through two
+        // page-aligned host bounce buffers.
+        let nb = Double(c.numGPUBatches)
+        let act = activationBytes(gpuBatchSize: c.gpuBatchSize, promptLength: promptLength)
+        let a = Double(act), width = Double(config.hiddenSize * 4)
+        device = device + Linear(.hg, nb * a) + Linear(nb * width / 2 + (b + 1) * a)
+        host = host + Linear(.hc, nb * a) + Linear(nb * width + (activationsOnDisk ? 2 * Double(DiskFile.alignUp(act)) : 0))
+        disk = disk + Linear(.hd, nb * a) + Linear(nb * (width / 2 + page))
+
+        device = device + Linear(Double(deviceWorkingSet(gpuBatchSize: c.gpuBatchSize, promptLength: promptLength, capacity: capacity)))
+        host = host + Linear(Double(hostWorkingSet(layers)))
+        return [.device: device, .host: host, .disk: disk]
+    }
+}
+
+/// Peak bytes a policy needs on each tier, computed from tensor metadata before anything
+/// loads, so a policy that cannot fit is refused with the tier and the shortfall. The
+/// measured peaks (MemoryAccount) are reported after the run; this is the promise they keep.
+public struct MemoryPlan: Sendable {
+    public struct Need: Sendable {
+        public var weights = 0, cache = 0, activations = 0, workingSet = 0
+        public var total: Int { weights + cache + activations + workingSet }
+    }
+    public var device = Need(), host = Need(), disk = Need()
+
+    public subscript(tier: Tier) -> Need {
+        switch tier {
+        case .device: device
+        case .host: host
+        case .disk: disk
+        }
+    }
+
+    init(model m: MemoryModel, policy: Policy, placements: [LayerPlacement], promptLength: Int, capacity: Int) {
+        let c = m.config
+        let buffers = MemoryModel.buffers(overlap: policy.overlap)
+        device.weights = placements.reduce(0) { $0 + $1.device } + m.nonLayerBytes
+            + buffers * (placements.map(\.stagingBytes).max() ?? 0)
+        host.weights = placements.reduce(0) { $0 + $1.host }
+        disk.weights = placements.reduce(0) { $0 + $1.disk }
+
+        // KV cache: rows of every (layer, gpu batch) unit, plus the staged copies in flight.
+        let rowBytes = m.cacheRowBytes(compressed: policy.compressCache, capacity: capacity)
+        let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: policy.gpuBatchSize, split: policy.cache)
+        let deviceRows = apportion.device.reduce(0, +), hostRows = apportion.host.reduce(0, +)
+        let diskRows = c.numLayers * policy.blockSize - deviceRows - hostRows
+        let stagedRows = zip(apportion.device, apportion.host).map { policy.gpuBatchSize - $0 - (policy.cpuAttention ? $1 : 0) }.max() ?? 0
+        device.cache = deviceRows * rowBytes + (buffers + 1) * stagedRows * DiskFile.alignUp(rowBytes)
+        host.cache = hostRows * rowBytes
+        disk.cache = diskRows * DiskFile.alignUp(rowBytes)
+
+        // Hidden states between layers for every gpu batch of the block, split by rows.
+        let width = c.hiddenSize * 4
+        let actRows = policy.gpuBatchSize * promptLength
+        let actBytes = actRows * width
+        let split = ActivationSplit(rows: actRows, policy.activations)
+        device.activations = policy.numGPUBatches * split.device * width + (buffers + 1) * actBytes
+        // Disk rows pass through a 4096-aligned bounce buffer (a store and a load may overlap).
+        host.activations = policy.numGPUBatches * split.host * width + (split.disk > 0 ? 2 * DiskFile.alignUp(actBytes) : 0)
+        disk.activations = policy.numGPUBatches * DiskFile.alignUp(split.disk * width)
+
+        device.workingSet = m.deviceWorkingSet(gpuBatchSize: policy.gpuBatchSize, promptLength: promptLength, capacity: capacity)
+        host.workingSet = m.hostWorkingSet(placements.map(\.tensors))
+    }
+
+    /// The tiers whose budget is short, with the shortfall in bytes.
+    public func shortfalls(_ budgets: TierBudgets) -> [(tier: Tier, need: Int, budget: Int)] {
+        [(Tier.device, budgets.device), (.host, budgets.host), (.disk, budgets.disk)].compactMap { tier, budget in
+            guard let budget, self[tier].total > budget else { return nil }
+            return (tier, self[tier].total, budget)
+        }
+    }
+
+    public func check(_ budgets: TierBudgets) throws {
+        guard let (tier, total, budget) = shortfalls(budgets).first else { return }
+        let need = self[tier]
+        throw StrataError.invalidRequest(
+            "the policy does not fit the \(tier) tier: it needs \(total) bytes (\(ByteSize.format(total)): weights \(need.weights), "
+            + "cache \(need.cache), activations \(need.activations), working set \(need.workingSet)) but the budget is \(budget) "
+            + "(\(ByteSize.format(budget))), short by \(total - budget) bytes")
+    }
+}
+
+/// How a gpu batch's hidden-state rows split over the tiers: device and host shares rounded to
+/// the nearest row, the rest on disk. The engine stores activations by it, and the plan counts them by it.
+struct ActivationSplit {
+    var device: Int, host: Int, disk: Int
+
+    init(rows: Int, _ split: TierSplit) {
+        device = min(rows, Int((Double(rows) * split.device / 100).rounded()))
+        host = max(0, min(rows - device, Int((Double(rows) * (split.device + split.host) / 100).rounded()) - device))
+        disk = rows - device - host
+    }
+}
