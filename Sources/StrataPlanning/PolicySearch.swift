@@ -164,26 +164,26 @@ public struct PolicySearch: Sendable {
         let raw = x.map { max(0, min(1, solution[$0])) }
         // Percentages to 0.1 (what a user can type): device and host rounded down, the rest on
         // the slowest tier in use. If that moves a tier over its bound, the LP's own fractions.
-        func rounded(_ group: Int) -> [Double] {
-            let d = (raw[group] * 1000 + 1e-6).rounded(.down) / 1000
-            if raw[group + 2] < 1e-9 { return [d, 1 - d, 0] }
-            let h = min((raw[group + 1] * 1000 + 1e-6).rounded(.down) / 1000, 1 - d)
-            return [d, h, 1 - d - h]
+        func rounded(_ group: Int) -> TierSplit {
+            let d = Int(raw[group] * 1000 + 1e-6)
+            let h = raw[group + 2] < 1e-9 ? 1000 - d : min(Int(raw[group + 1] * 1000 + 1e-6), 1000 - d)
+            return TierSplit(device: Double(d) / 10, host: Double(h) / 10)
         }
-        func exact(_ group: Int) -> [Double] {
+        func exact(_ group: Int) -> TierSplit {
             let d = raw[group], h = raw[group + 2] < 1e-9 ? 1 - d : min(raw[group + 1], 1 - d)
-            return [d, h, 1 - d - h]
+            return TierSplit(device: 100 * d, host: 100 * h)
         }
-        var policy = Policy(choice, fractions: [0, 3, 6].flatMap(rounded))
-        if !fits(policy, memory) { policy = Policy(choice, fractions: [0, 3, 6].flatMap(exact)) }
+        var policy = Policy(choice, fractions: raw)
+        (policy.weights, policy.cache, policy.activations) = (rounded(0), rounded(3), rounded(6))
+        if !fits(policy, memory) { (policy.weights, policy.cache, policy.activations) = (exact(0), exact(3), exact(6)) }
         guard fits(policy, memory) else { return nil }
         return (policy, cost.predict(policy))
     }
 
-    /// Why no policy fits: the least extra memory, per tier, that would let the smallest block
-    /// (one sequence, compressed where allowed) fit, from an LP whose memory rows may overrun
-    /// their budgets by a slack (extra disk preferred over host over device, cheapest first).
-    func infeasibility() throws -> StrataError {
+    /// The least extra memory per tier that lets the smallest block (one sequence, compressed
+    /// where allowed) fit: an LP whose memory rows may overrun their budgets by a slack, extra
+    /// disk preferred over host over device (cheapest first). Empty when it already fits.
+    public func shortfall() throws -> [Tier: Int] {
         let choice = BatchChoice(gpuBatchSize: 1, numGPUBatches: 1, compressWeight: allowCompression, compressCache: allowCompression,
                                  cpuAttention: allowCPUAttention)
         let memory = cost.memory(choice, activationsOnDisk: !diskOff)
@@ -193,16 +193,26 @@ public struct PolicySearch: Sendable {
         var slack: [Tier: LinearProgram.Variable] = [:]
         for tier in Tier.allCases where !(tier == .disk && diskOff) { slack[tier] = lp.variable("more_\(tier)", objective: price[tier]!) }
         constrainMemory(lp, x, memory, slack: slack)
+        guard let solution = try lp.minimize() else { return [:] }
+        var result: [Tier: Int] = [:]
+        for (tier, s) in slack where solution[s] * Self.gib > 1 {
+            // The guard is part of what the rows keep free, so it is part of what is missing.
+            result[tier] = Int((solution[s] * Self.gib + Self.guardBytes).rounded(.up))
+        }
+        return result
+    }
+
+    /// Why no policy fits, naming each short tier and how much more it needs.
+    func infeasibility() throws -> StrataError {
         let budgetText = Tier.allCases.map { "\($0.rawValue) \(Int(budgets[$0]!))" }.joined(separator: ", ")
         var detail = "no policy fits \(cost.model.name) within the budgets (bytes: \(budgetText))"
-        if let solution = try lp.minimize() {
-            let short = Tier.allCases.compactMap { t -> String? in
-                guard let s = slack[t], solution[s] * Self.gib > 1 else { return nil }
-                let bytes = Int((solution[s] * Self.gib + Self.guardBytes).rounded(.up))
-                return "the \(t.rawValue) tier needs \(bytes) bytes (\(ByteSize.format(bytes))) more"
+        let short = try shortfall()
+        if !short.isEmpty {
+            let parts = Tier.allCases.compactMap { t in
+                short[t].map { "the \(t.rawValue) tier needs \($0) bytes (\(ByteSize.format($0))) more" }
             }
             let smallest = "even one sequence per block" + (allowCompression ? " with 4-bit weights and cache" : "")
-            detail += ": \(smallest) does not fit; \(short.joined(separator: " and "))"
+            detail += ": \(smallest) does not fit; \(parts.joined(separator: " and "))"
         }
         if diskOff { detail += " (the disk tier is off: a disk budget, e.g. --offload-dir, may do instead)" }
         return StrataError.invalidRequest(detail)

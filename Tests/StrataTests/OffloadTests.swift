@@ -24,11 +24,11 @@ import Testing
         return (results.map(\.tokenIds), [])
     }
 
-    static func offloaded(_ model: String, policy: Policy, count: Int, newTokens: Int, budgets: TierBudgets = TierBudgets())
-        throws -> (tokens: [[Int]], engine: OffloadEngine) {
+    static func offloaded(_ model: String, policy: Policy, count: Int, newTokens: Int, budgets: TierBudgets = TierBudgets(),
+                          promptLength: Int = 16, capacity: Int = 64) throws -> (tokens: [[Int]], engine: OffloadEngine) {
         let directory = Fixtures.model(model)
         let engine = try OffloadEngine(directory: directory, policy: policy, budgets: budgets, offloadDirectory: Fixtures.scratch("offload"),
-                                       threads: 2, promptLength: 16, capacity: 64)
+                                       threads: 2, promptLength: promptLength, capacity: capacity)
         let bundle = try ModelBundle(directory: directory, model: engine.model)
         var timing = GenerationTiming()
         let results = try Generator(bundle: bundle, engine: engine).generate(try requests(bundle, count: count, newTokens: newTokens),

@@ -46,8 +46,14 @@ import Testing
             Issue.record("OPT-175B fit in 56 GiB")
         } catch let error as StrataError {
             let text = "\(error)"
-            #expect(text.contains("short by") && text.contains("device") && text.contains("host") && text.contains("disk"), "\(text)")
+            #expect(text.contains("no policy fits") && text.contains("disk tier needs"), "\(text)")
         }
+        // The stated shortfall is what is missing: with that much more disk, a policy fits.
+        let short = try search.shortfall()
+        let more = try #require(short[.disk])
+        #expect(short.count == 1 && more > 0)
+        let enough = PolicySearch(cost: cost, budgets: TierBudgets(device: 8 << 30, host: 16 << 30, disk: (32 << 30) + more))
+        #expect(throws: Never.self) { _ = try enough.search() }
     }
 
     @Test func linearProgramSolvesAKnownProblem() throws {
