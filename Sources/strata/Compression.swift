@@ -29,6 +29,7 @@ struct Convert: ParsableCommand {
     @Flag(help: "Every layer at 4 bits for --output (instead of --precision).") var compressWeight = false
     @Option(help: "Group size with --compress-weight.") var groupSize = 64
     @Option(help: "Seed for --random.") var seed: UInt64 = 0
+    @Flag(help: "No progress output.") var quiet = false
 
     func run() throws {
         try reportingErrors {
@@ -36,14 +37,16 @@ struct Convert: ParsableCommand {
                 guard output == nil, precision == nil, !compressWeight else {
                     throw StrataError.invalidRequest("--out writes an offload store as stored; quantize with --output, or at load time")
                 }
-                let progress: (Int, Int) -> Void = { done, total in Console.status("\(Console.progressBar(done: done, total: total)) tensor \(done)/\(total)") }
+                Console.quietFlag.store(quiet, ordering: .relaxed)
+                let line = ProgressLine()
+                let progress: (Int, Int) -> Void = { done, total in line.update(done: done, total: total, "tensor \(done)/\(total)") }
                 let summary: StoreConverter.Summary
                 switch (model, random) {
                 case (let m?, nil): summary = try StoreConverter.convert(model: m, out: out, progress: progress)
                 case (nil, let arch?): summary = try StoreConverter.random(architecture: arch, out: out, seed: seed, progress: progress)
                 default: throw StrataError.invalidRequest("give exactly one of --model DIR or --random ARCH with --out")
                 }
-                Console.status("")
+                line.finish()
                 Console.error("wrote \(out): \(summary.tensors) tensors written, \(summary.skipped) already complete, \(ByteSize.format(summary.bytes))")
                 return
             }
@@ -79,13 +82,14 @@ struct PerplexityCommand: ParsableCommand {
             let (generator, engine, _) = try offload.makeGenerator(backend, promptLength: window, capacity: window, batchSize: nil)
             let bundle = generator.bundle
             let content = try readText(text)
+            let line = ProgressLine()
             let result = try Perplexity.evaluate(bundle: bundle, text: content, window: window, engine: engine) { done, total in
-                if !json { Console.status("\(Console.progressBar(done: done, total: total)) window \(done)/\(total)") }
+                line.update(done: done, total: total, "window \(done)/\(total)")
             }
+            line.finish()
             if json {
                 print(result.json.serialized())
             } else {
-                Console.status("")
                 print("perplexity \(result.perplexity.formatted(4)) over \(result.tokensScored) tokens (\(result.windows) windows of \(window))")
             }
         }

@@ -63,11 +63,12 @@ struct Generate: ParsableCommand {
                                stopStrings: stops, sampling: sampling, overwrite: overwrite)
             let out = try job.prepareOutput()   // fail on an unwritable path before loading the model
             let generator = try makeGenerator()
+            let line = ProgressLine()
             let summary = try job.run(generator: generator, output: out) { p in
                 let rate = p.seconds > 0 ? Double(p.newTokens) / p.seconds : 0
-                Console.status("\(Console.progressBar(done: p.done, total: p.total)) \(p.done)/\(p.total) prompts, \(rate.formatted(1)) tokens/s")
+                line.update(done: p.done, total: p.total, "\(p.done)/\(p.total) prompts, \(rate.formatted(1)) tokens/s")
             }
-            if summary.completed > 0 { Console.error("") }
+            line.finish()
             for s in summary.skipped { Console.error("skipped \(s)") }
             let t = summary.timing
             let total = summary.wallSeconds > 0 ? Double(t.newTokens) / summary.wallSeconds : 0

@@ -97,7 +97,7 @@ extension PolicyOptions {
         if let batchSize { search.requiredDivisor = batchSize }
         search.allowCompression = backend.compressWeight || backend.compressCache
         let result = try search.search()
-        Console.error("--policy auto: \(result.policy.flags) (predicted \(result.prediction.tokensPerSecond.formatted(2)) tokens/s; "
+        Console.note("--policy auto: \(result.policy.flags) (predicted \(result.prediction.tokensPerSecond.formatted(2)) tokens/s; "
                       + "bottleneck prefill \(result.prediction.prefillBottleneck), decode \(result.prediction.decodeBottleneck))")
         return AutoPolicy(policy: result.policy, prediction: result.prediction)
     }

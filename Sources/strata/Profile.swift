@@ -53,7 +53,7 @@ enum ProfileCache {
     /// The cached profile, or a fresh quick measurement (then cached).
     static func loadOrMeasure(threads: Int, offloadDirectory: String) throws -> HardwareProfile {
         if FileSystem.exists(path) { return try HardwareProfile(json: JSONValue.load(path: path), path: path) }
-        Console.error("no cached hardware profile; measuring this machine (strata profile) ...")
+        Console.note("no cached hardware profile; measuring this machine (strata profile) ...")
         let profile = try Profiler(threads: threads, offloadDirectory: offloadDirectory, thorough: false).measure()
         try write(profile, to: path)
         return profile

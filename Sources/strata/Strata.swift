@@ -47,6 +47,14 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "Compute backend: auto (CUDA if usable, else CPU, saying why), cpu, or cuda.")
     var backend = "auto"
 
+    @Flag(help: "No progress bars or notes on stderr (errors and results still print).")
+    var quiet = false
+
+    /// Parsing is where every command that takes these options passes, so `--quiet` is set here.
+    func validate() throws {
+        Console.quietFlag.store(quiet, ordering: .relaxed)
+    }
+
     func makeBackend() throws -> CPUBackend {
         guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }
         switch backend {
@@ -56,12 +64,12 @@ struct BackendOptions: ParsableArguments {
             switch CUDALoader.probe() {
             case .unavailable(let reason):
                 if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(reason)") }
-                Console.error("note: CUDA unavailable (\(reason)); running on the CPU backend")
+                Console.note("note: CUDA unavailable (\(reason)); running on the CPU backend")
             case .available(let devices, _):
                 // The kernels and loader exist; executing on the GPU is not in this build.
                 let why = "\(devices) CUDA device(s) found, but this build has no CUDA execution backend yet"
                 if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(why)") }
-                Console.error("note: \(why); running on the CPU backend")
+                Console.note("note: \(why); running on the CPU backend")
             }
         default:
             throw StrataError.invalidRequest("--backend must be auto, cpu or cuda, not '\(backend)'")

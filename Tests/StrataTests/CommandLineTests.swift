@@ -1,0 +1,83 @@
+import StrataCore
+import StrataPlanning
+import Testing
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#endif
+import Foundation
+
+/// Terminal manners of the `strata` binary the test build made: a log file gets plain progress
+/// lines (no carriage-return stream), `--quiet` silences them, and `--json` is the only thing on
+/// stdout.
+@Suite struct CommandLineTests {
+    static let binary: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path + "/.build/debug/strata"
+    }()
+
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Read both pipes before waiting, so a full pipe cannot stall the child.
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    static func prompts(_ count: Int) throws -> String {
+        let dir = Fixtures.scratch("cli")
+        let path = dir + "/in.jsonl"
+        let lines = (0..<count).map { "{\"prompt\": \"License number \($0)\"}" }.joined(separator: "\n") + "\n"
+        try lines.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func progressInALogIsPlainLinesAndQuietSilencesIt() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "no binary at \(Self.binary) (swift build first)")
+        let input = try Self.prompts(24)
+        let common = ["generate", "--model", Fixtures.model("opt-tiny"), "--input", input, "--batch-size", "1", "--max-new-tokens", "2",
+                      "--backend", "cpu", "--overwrite"]
+        let logged = try Self.run(common + ["--output", input + ".out1"])
+        #expect(logged.status == 0, "\(logged.stderr)")
+        #expect(!logged.stderr.contains("\r") && !logged.stderr.contains("\u{1B}["), "carriage returns or escapes in a log")
+        let progress = logged.stderr.split(separator: "\n").filter { $0.contains("% ") && $0.contains("prompts") }
+        // One line per tenth of the work (24 batches: 0%..100% at most 11 lines), not one per batch.
+        #expect(progress.count >= 5 && progress.count <= 11, "\(progress)")
+        #expect(progress.last?.hasPrefix("100% 24/24 prompts") == true, "\(progress)")
+        #expect(logged.stdout.isEmpty)
+
+        let quiet = try Self.run(common + ["--output", input + ".out2", "--quiet"])
+        #expect(quiet.status == 0)
+        #expect(!quiet.stderr.contains("% "), "\(quiet.stderr)")
+        #expect(quiet.stderr.contains("done: 24 generated"), "the result line stays: \(quiet.stderr)")
+    }
+
+    /// `bench --json --policy auto`: stdout is exactly one JSON object with the prediction and
+    /// the measured-vs-predicted error; the chosen policy goes to stderr.
+    @Test func benchJSONIsTheOnlyThingOnStdout() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "no binary at \(Self.binary) (swift build first)")
+        // A cached profile, so no measurement runs.
+        let cache = Fixtures.scratch("cache")
+        try FileManager.default.createDirectory(atPath: cache + "/strata", withIntermediateDirectories: true)
+        try MemoryModelTests.cpu.json.serialized().write(toFile: cache + "/strata/profile-\(Profiler.hostname()).json", atomically: true,
+                                                          encoding: .utf8)
+        let r = try Self.run(["bench", "--model", Fixtures.model("opt-licenses"), "--batch-size", "4", "--prompt-len", "16", "--gen-len", "4",
+                              "--policy", "auto", "--device-mem", "16MiB", "--host-mem", "8MiB", "--json", "--backend", "cpu"],
+                             environment: ["XDG_CACHE_HOME": cache])
+        #expect(r.status == 0, "\(r.stderr)")
+        let object = try JSONValue.parse(Data(r.stdout.utf8), path: "stdout")
+        #expect(object["predicted_tokens_per_s"]?.double ?? 0 > 0)
+        #expect(object["prediction_error"]?.double != nil)
+        #expect(object["tiers"]?["device"]?["peak_bytes"]?.double ?? .infinity <= 16 * 1024 * 1024)
+        #expect(r.stdout.split(separator: "\n").count == 1)
+        #expect(r.stderr.contains("--policy auto: --percent"))
+    }
+}

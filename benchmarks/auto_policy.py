@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""`--policy auto` on this machine: for several budgets and workloads over an OPT-1.3B-shaped
+store, `strata bench --policy auto --json` (the search's prediction and the measurement, median of
+--repeat runs, in one process each) as a markdown table, with each tier's measured peak against
+its budget.
+
+    .build/release/strata convert --random opt-1.3b --out STORE
+    python3 benchmarks/auto_policy.py --model STORE --offload-dir DIR [--repeat 3]
+"""
+import argparse
+import json
+import subprocess
+
+# (label, batch, prompt, gen, extra flags)
+CASES = [
+    ("1 GiB device, 1 GiB host, disk", 8, 64, 8, ["--device-mem", "1GiB", "--host-mem", "1GiB", "--offload-dir", "{off}"]),
+    ("2 GiB device, 1 GiB host, disk", 8, 64, 8, ["--device-mem", "2GiB", "--host-mem", "1GiB", "--offload-dir", "{off}"]),
+    ("1 GiB device, 2 GiB host, no disk", 8, 64, 8, ["--device-mem", "1GiB", "--host-mem", "2GiB"]),
+    ("6 GiB device, 1 GiB host", 8, 64, 8, ["--device-mem", "6GiB", "--host-mem", "1GiB"]),
+    ("0.75 GiB device, 0.5 GiB host, disk", 16, 32, 8, ["--device-mem", "768MiB", "--host-mem", "512MiB", "--offload-dir", "{off}"]),
+    ("1 GiB device, 0.5 GiB host, 4-bit allowed", 16, 64, 8,
+     ["--device-mem", "1GiB", "--host-mem", "512MiB", "--compress-weight", "--compress-cache"]),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--offload-dir", required=True)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--strata", default=".build/release/strata")
+    args = ap.parse_args()
+    print("| budgets | batch, prompt, gen | policy chosen | predicted tokens/s | measured tokens/s | error | device / host / disk peak (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    errors = []
+    for label, batch, prompt, gen, flags in CASES:
+        flags = [f.replace("{off}", args.offload_dir) for f in flags]
+        cmd = [args.strata, "bench", "--model", args.model, "--batch-size", str(batch), "--prompt-len", str(prompt),
+               "--gen-len", str(gen), "--threads", str(args.threads), "--repeat", str(args.repeat), "--policy", "auto",
+               "--json", "--quiet"] + flags
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"| {label} | {batch}, {prompt}, {gen} | refused: {run.stderr.strip().splitlines()[-1]} | | | | |", flush=True)
+            continue
+        r = json.loads(run.stdout)
+        tiers = r["tiers"]
+        p, m = r["predicted_tokens_per_s"], r["total_tokens_per_s"]
+        errors.append(p / m - 1)
+        peaks = " / ".join(f"{tiers[t]['peak_bytes'] / 2**20:.0f}" for t in ("device", "host", "disk"))
+        flags_text = policy_flags(tiers["policy"])
+        print(f"| {label} | {batch}, {prompt}, {gen} | `{flags_text}` | {p:.2f} | {m:.2f} | {100 * (p / m - 1):+.1f}% | {peaks} |",
+              flush=True)
+    if errors:
+        worst = max(errors, key=abs)
+        print(f"\nworst error {100 * worst:+.1f}%, mean absolute {100 * sum(map(abs, errors)) / len(errors):.1f}%")
+
+
+def policy_flags(p):
+    s = "--percent " + " ".join(f"{v:g}" for v in p["percent"])
+    s += f" --gpu-batch-size {p['gpu_batch_size']} --num-gpu-batches {p['num_gpu_batches']}"
+    if p["cpu_attention"]:
+        s += " --cpu-attention"
+    if p["compress_weight"]:
+        s += " --compress-weight"
+    if p["compress_cache"]:
+        s += " --compress-cache"
+    return s
+
+
+if __name__ == "__main__":
+    main()
