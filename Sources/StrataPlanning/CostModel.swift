@@ -97,7 +97,8 @@ public struct CostModel: Sendable {
         let compressWeight = c.compressWeight && extensions, compressCache = c.compressCache && extensions
         let rw = compressWeight ? Self.compressionRatio : 1, rc = compressCache ? Self.compressionRatio : 1
         let W = model.layerWeightBytes * rw
-        let kv = model.kvBytesPerToken * rc
+        // The CPU engine holds an uncompressed KV cache in f32: twice FlexGen's f16 bytes move.
+        let kv = model.kvBytesPerToken * rc * (extensions && p.copiesShareCompute && !compressCache ? 2 : 1)
         let actBytes = p.copiesShareCompute ? 4.0 : 2.0   // f32 compute on a CPU, f16 on a GPU
         let flopsPerToken = 2 * model.layerParameters
         let ctx = s + n / 2
@@ -116,7 +117,9 @@ public struct CostModel: Sendable {
         let countHead = extensions && p.copiesShareCompute
         let headFlops = countHead ? 2 * Double(model.vocab * model.hidden) * bls / l : 0
         let headStreaming = countHead ? Double(c.numGPUBatches) * 2 * Double(model.vocab * model.hidden) / l / p.deviceMemoryBandwidth : 0
-        let compPrefill = Linear(bls * s * flopsPerToken / p.mmPrefill + 4 * bls * s * s * h1 / p.bmmPrefill + headFlops / p.mmDecode)
+        // Prefill GEMMs run per gpu batch on gbs x s rows; a short batch runs below the 512-row rate.
+        let mmPrefill = extensions ? p.gemmRate(rows: Double(c.gpuBatchSize) * s) : p.mmPrefill
+        let compPrefill = Linear(bls * s * flopsPerToken / mmPrefill + 4 * bls * s * s * h1 / p.bmmPrefill + headFlops / p.mmDecode)
             + dequantPrefill
         // Decode GEMMs are compute-bound at large batches and weight-streaming-bound at small ones.
         let streaming = extensions ? Double(c.numGPUBatches) * W / p.deviceMemoryBandwidth : 0
@@ -139,8 +142,13 @@ public struct CostModel: Sendable {
             let diskDecode = weightsFromDisk / p.dtoc + Linear(.hd, actDecode / p.dtoc + actDecode / p.ctodHidden)
                 + Linear(.cd, kv * capacity * bls / p.dtoc + kv * capacity * bls / p.ctodCache)
             if c.overlap {
-                prefill = [("compute + host copies", compPrefill + hostCopiesPrefill), ("disk I/O", diskPrefill)]
-                decode = [("compute + host copies", compDecode + hostCopiesDecode), ("disk I/O", diskDecode)]
+                // max(C, D) + contention * min(C, D), as two linear terms each way round.
+                let a = extensions ? p.diskComputeContention : 0
+                func overlapped(_ compute: Linear, _ disk: Linear) -> [(String, Linear)] {
+                    [("compute + host copies", compute + disk * a), ("disk I/O", disk + compute * a)]
+                }
+                prefill = overlapped(compPrefill + hostCopiesPrefill, diskPrefill)
+                decode = overlapped(compDecode + hostCopiesDecode, diskDecode)
             } else {
                 prefill = [("compute + copies + disk I/O (no overlap)", compPrefill + hostCopiesPrefill + diskPrefill)]
                 decode = [("compute + copies + disk I/O (no overlap)", compDecode + hostCopiesDecode + diskDecode)]

@@ -1,4 +1,7 @@
 import StrataCore
+#if canImport(Glibc)
+import Glibc
+#endif
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -39,6 +42,10 @@ public struct HardwareProfile: Sendable, Equatable {
     /// the "device" is RAM): copies then add to compute time instead of overlapping with it.
     /// Disk reads still overlap there: they block in the kernel, not on a core.
     public var copiesShareCompute: Bool
+    /// How much of the shorter of disk I/O and compute fails to overlap the longer when both
+    /// run at once (0: perfect overlap, FlexGen's assumption; 1: none). On a small VM the direct
+    /// reads' system time and interrupts take the compute cores; `strata profile` measures it.
+    public var diskComputeContention: Double = 0
 
     static let gib = 1024.0 * 1024 * 1024
     static let tera = 1e12
@@ -107,7 +114,8 @@ public struct HardwareProfile: Sendable, Equatable {
 
     public var json: JSONValue {
         var o: [String: JSONValue] = ["format": .string("strata-hardware-profile"), "name": .string(name), "source": .string(source),
-                                      "copies_share_compute": .bool(copiesShareCompute)]
+                                      "copies_share_compute": .bool(copiesShareCompute),
+                                      "disk_compute_contention": .number(diskComputeContention)]
         for (key, path) in Self.fields { o[key] = .number(self[keyPath: path]) }
         return .object(o)
     }
@@ -118,6 +126,8 @@ public struct HardwareProfile: Sendable, Equatable {
         name = try f.string("name", default: "custom") ?? "custom"
         source = try f.string("source", default: path) ?? path
         copiesShareCompute = try f.bool("copies_share_compute", default: false)
+        diskComputeContention = try f.double("disk_compute_contention", default: 0)
+        guard (0...1).contains(diskComputeContention) else { throw f.wrong("disk_compute_contention", "a number in 0...1") }
         for (key, keyPath) in Self.fields {
             let v = try f.double(key)
             guard v > 0, v.isFinite else { throw f.wrong(key, "a positive number") }
@@ -125,9 +135,23 @@ public struct HardwareProfile: Sendable, Equatable {
         }
     }
 
+    /// Weight-GEMM rate for `rows` rows: the profile measures 16 rows (mmDecode) and 512 rows
+    /// (mmPrefill); between them the rate is interpolated in log(rows) (what `strata bench-gemm`
+    /// shows: each doubling of rows gains a similar factor until the cores are saturated), and
+    /// held at the nearer measurement outside.
+    public func gemmRate(rows: Double) -> Double {
+        let low = 16.0, high = 512.0
+        if rows >= high || mmPrefill <= mmDecode { return mmPrefill }
+        if rows <= low { return mmDecode }
+        let t = log2(rows / low) / log2(high / low)
+        return mmDecode * pow(mmPrefill / mmDecode, t)
+    }
+
     init(name: String, source: String, deviceMemory: Double, hostMemory: Double, diskCapacity: Double, ctog: Double, gtocCache: Double,
          gtocHidden: Double, dtoc: Double, ctodCache: Double, ctodHidden: Double, mmPrefill: Double, mmDecode: Double,
-         bmmPrefill: Double, bmmDecode: Double, cpu: Double, dequantize: Double, deviceMemoryBandwidth: Double, copiesShareCompute: Bool) {
+         bmmPrefill: Double, bmmDecode: Double, cpu: Double, dequantize: Double, deviceMemoryBandwidth: Double, copiesShareCompute: Bool,
+         diskComputeContention: Double = 0) {
+        self.diskComputeContention = diskComputeContention
         self.name = name; self.source = source; self.deviceMemory = deviceMemory; self.hostMemory = hostMemory
         self.diskCapacity = diskCapacity; self.ctog = ctog; self.gtocCache = gtocCache; self.gtocHidden = gtocHidden; self.dtoc = dtoc
         self.ctodCache = ctodCache; self.ctodHidden = ctodHidden; self.mmPrefill = mmPrefill; self.mmDecode = mmDecode

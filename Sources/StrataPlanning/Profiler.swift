@@ -1,3 +1,5 @@
+import Dispatch
+import Synchronization
 import StrataBackend
 import StrataCore
 import StrataRuntime
@@ -113,9 +115,12 @@ public struct Profiler {
         }
         report("4-bit dequantize   \((dequantize / 1e9).formatted2) GB/s of packed bytes")
 
-        // Disk: direct-I/O sequential write then read of a scratch file in the offload directory.
-        let (read, write) = try measureDisk()
-        report("disk (direct I/O)  read \((read / 1e9).formatted2) GB/s, write \((write / 1e9).formatted2) GB/s")
+        // Disk: direct-I/O sequential write then read of a scratch file in the offload directory,
+        // and how much reading it at the same time as prefill-sized GEMMs slows the pair down.
+        let x64 = activations(64, 1024)
+        let (read, write, contention) = try measureDisk { _ = backend.linear(x64, weight: w, bias: nil) }
+        report("disk (direct I/O)  read \((read / 1e9).formatted2) GB/s, write \((write / 1e9).formatted2) GB/s; "
+               + "contention with compute \(contention.formatted2)")
 
         let memory = Double(Self.physicalMemory())
         var fs = statvfs()
@@ -125,10 +130,10 @@ public struct Profiler {
             deviceMemory: memory, hostMemory: memory, diskCapacity: diskFree,
             ctog: copy, gtocCache: copy, gtocHidden: copy, dtoc: read, ctodCache: write, ctodHidden: write,
             mmPrefill: mmPrefill, mmDecode: mmDecode, bmmPrefill: bmmPrefill, bmmDecode: bmmDecode, cpu: bmmDecode,
-            dequantize: dequantize, deviceMemoryBandwidth: streaming, copiesShareCompute: true)
+            dequantize: dequantize, deviceMemoryBandwidth: streaming, copiesShareCompute: true, diskComputeContention: contention)
     }
 
-    func measureDisk() throws -> (read: Double, write: Double) {
+    func measureDisk(compute: () -> Void) throws -> (read: Double, write: Double, contention: Double) {
         try FileManager.default.createDirectory(atPath: offloadDirectory, withIntermediateDirectories: true)
         let path = FileSystem.join(offloadDirectory, "strata-profile.tmp")
         defer { unlink(path) }
@@ -155,11 +160,37 @@ public struct Profiler {
                 files = [sample]
             }
             let (read, seconds) = try DiskReader.measureBandwidth(files: files, limit: bytes)
-            return (Double(read) / seconds, write)
+            return (Double(read) / seconds, write, try contention(jobs, compute: compute))
         }
         start = Clock.now()
         try DiskReader.read(jobs)
-        return (Double(bytes) / (Clock.now() - start), write)
+        return (Double(bytes) / (Clock.now() - start), write, try contention(jobs, compute: compute))
+    }
+
+    /// Reads `jobs` alone, computes alone for about as long, then both at once: the share of the
+    /// shorter that did not hide under the longer, (together - max) / min, in 0...1.
+    func contention(_ jobs: [DiskReader.Job], compute: () -> Void) throws -> Double {
+        var start = Clock.now()
+        try DiskReader.read(jobs)
+        let disk = Clock.now() - start
+        start = Clock.now()
+        compute()
+        let once = max(Clock.now() - start, 1e-6)
+        let calls = max(1, Int(disk / once))
+        start = Clock.now()
+        for _ in 0..<calls { compute() }
+        let alone = Clock.now() - start
+        let failure = Mutex<Error?>(nil)
+        let group = DispatchGroup()
+        start = Clock.now()
+        DispatchQueue.global().async(group: group) {
+            do { try DiskReader.read(jobs) } catch { failure.withLock { $0 = error } }
+        }
+        for _ in 0..<calls { compute() }
+        group.wait()
+        let together = Clock.now() - start
+        if let error = failure.withLock({ $0 }) { throw error }
+        return min(1, max(0, (together - max(disk, alone)) / min(disk, alone)))
     }
 
     static func physicalMemory() -> Int {

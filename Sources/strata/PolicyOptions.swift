@@ -43,8 +43,9 @@ struct PolicyOptions: ParsableArguments {
         if let numGPUBatches { p.numGPUBatches = numGPUBatches }
         if let overlap { p.overlap = overlap }
         if cpuAttention { p.cpuAttention = true }
-        if compressWeight { p.compressWeight = true }
-        if compressCache { p.compressCache = true }
+        // Under `--policy auto` the compression flags allowed the search to compress; its answer stands.
+        if compressWeight && policy != "auto" { p.compressWeight = true }
+        if compressCache && policy != "auto" { p.compressCache = true }
         try p.validate()
         // Flags that change the searched policy make its prediction someone else's.
         return (p, p == searched ? prediction : nil)

@@ -49,6 +49,7 @@ extension OffloadEngine {
         let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: gbs, split: policy.cache)
         caches = []
         self.capacity = capacity
+        stagedCacheRows = MemoryModel.stagedRows(apportion, policy: policy)
         var placedCache: [Tier: Int] = [:]
         let cacheDirectory = policy.cache.disk > 0 ? try Self.directory(offloadDirectory!, "cache") : ""
         activationFiles = policy.activations.disk > 0
@@ -93,12 +94,14 @@ extension OffloadEngine {
         activationFiles = []
     }
 
-    /// A staging cache tensor on the device over a 4096-aligned, padded buffer (direct I/O).
-    func stagingCacheTensor(rows: Int) -> Tensor {
+    /// A staging cache tensor on the device over a 4096-aligned, padded buffer (direct I/O),
+    /// taken at the size of the most rows of its kind (`maxRows`) so pooled buffers are reused.
+    func stagingCacheTensor(rows: Int, maxRows: Int) -> Tensor {
         let c = model.config, scheme = model.compression.cache
         let shape = [rows, c.numKVHeads, capacity, c.headDim]
-        let bytes = MemoryModel.cacheBytes(rows: rows, kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim, scheme: scheme)
-        let buffer = devicePool.take(DiskFile.alignUp(bytes))
+        let bytes = MemoryModel.cacheBytes(rows: max(rows, maxRows), kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim,
+                                           scheme: scheme)
+        let buffer = cachePool.take(DiskFile.alignUp(bytes))
         if let scheme {
             return Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: QuantizedLayout(scheme: scheme, shape: shape))
         }
@@ -115,7 +118,8 @@ extension OffloadEngine {
                 // Host attention: the rows are attended where they live; nothing moves.
                 parts.append(.init(rows: unit.rows.host, key: h.key, value: h.value))
             } else {
-                let key = stagingCacheTensor(rows: unit.rows.host.count), value = stagingCacheTensor(rows: unit.rows.host.count)
+                let rows = unit.rows.host.count, most = stagedCacheRows.host
+                let key = stagingCacheTensor(rows: rows, maxRows: most), value = stagingCacheTensor(rows: rows, maxRows: most)
                 key.buffer.pointer.copyMemory(from: h.key.buffer.pointer, byteCount: h.key.byteCount)
                 value.buffer.pointer.copyMemory(from: h.value.buffer.pointer, byteCount: h.value.byteCount)
                 parts.append(.init(rows: unit.rows.host, key: key, value: value))
@@ -123,7 +127,8 @@ extension OffloadEngine {
             }
         }
         if let file = unit.disk {
-            let key = stagingCacheTensor(rows: unit.rows.disk.count), value = stagingCacheTensor(rows: unit.rows.disk.count)
+            let rows = unit.rows.disk.count, most = stagedCacheRows.disk
+            let key = stagingCacheTensor(rows: rows, maxRows: most), value = stagingCacheTensor(rows: rows, maxRows: most)
             let padded = DiskFile.alignUp(unit.diskTensorBytes)
             try file.read(into: key.buffer.pointer, count: padded, at: 0)
             try file.read(into: value.buffer.pointer, count: padded, at: padded)

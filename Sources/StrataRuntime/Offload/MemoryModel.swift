@@ -100,6 +100,27 @@ public struct MemoryModel: Sendable {
         return shape.reduce(1, *) * 4
     }
 
+    /// The most rows of any (layer, gpu batch) unit staged to the device from the host (none
+    /// with host attention, which attends them in place) and from disk.
+    static func stagedRows(_ apportion: RowApportion, policy: Policy) -> (host: Int, disk: Int) {
+        let g = policy.gpuBatchSize
+        let host = policy.cpuAttention ? 0 : apportion.host.max() ?? 0
+        let disk = zip(apportion.device, apportion.host).map { g - $0 - $1 }.max() ?? 0
+        return (host, disk)
+    }
+
+    /// Device bytes of the cache staging buffers: per unit in flight (buffers + 1: loading the
+    /// next, computing, storing the previous), a key and a value tensor per staged kind, each
+    /// sized for that kind's most rows and page-aligned.
+    func cacheStagingBytes(_ rows: (host: Int, disk: Int), compressed: Bool, capacity: Int, buffers: Int) -> Int {
+        let scheme = compressed ? QuantizationScheme.int4 : nil
+        func tensor(_ n: Int) -> Int {
+            n == 0 ? 0 : DiskFile.alignUp(Self.cacheBytes(rows: n, kvHeads: config.numKVHeads, capacity: capacity, headDim: config.headDim,
+                                                          scheme: scheme))
+        }
+        return (buffers + 1) * 2 * (tensor(rows.host) + tensor(rows.disk))
+    }
+
     /// Hidden states of one gpu batch between layers (f32, the prompt's length at prefill).
     func activationBytes(gpuBatchSize: Int, promptLength: Int) -> Int { gpuBatchSize * promptLength * config.hiddenSize * 4 }
 
@@ -155,15 +176,16 @@ public struct MemoryModel: Sendable {
 
         // KV cache. Rows per tier are apportioned cumulatively over all (layer, gpu batch) units
         // with nearest rounding: device rows exceed R*cg by at most 1/2, host rows R*cc by at most
-        // 2 (a clipped unit), disk rows R*cd by at most 1/2. Rows not resident on the device (or,
-        // with host attention, not on device or host) are staged per gpu batch: at most
-        // gbs*(1 - cg) + 2 (resp. gbs*cd + 2), in (buffers + 1) page-aligned copies.
+        // 2 (a clipped unit), disk rows R*cd by at most 1/2. Host rows (unless attended in place)
+        // and disk rows are staged per unit: at most gbs*cc + 2 and gbs*cd + 2 rows of each kind,
+        // as a key and a value tensor each padded to 4 KiB, in (buffers + 1) copies.
         let g = Double(c.gpuBatchSize)
         let rows = l * Double(c.numGPUBatches) * g
         let row = Double(cacheRowBytes(compressed: c.compressCache, capacity: capacity))
         let alignedRow = Double(DiskFile.alignUp(Int(row)))
-        let staged = Linear(.cd, g) + (c.cpuAttention ? Linear() : Linear(.cc, g)) + Linear(2)
-        device = device + Linear(.cg, rows * row) + Linear(row / 2) + staged * ((b + 1) * alignedRow)
+        let stagedDisk = Linear(.cd, g * row) + Linear(2 * row + 2 * page)
+        let stagedHost = c.cpuAttention ? Linear() : Linear(.cc, g * row) + Linear(2 * row + 2 * page)
+        device = device + Linear(.cg, rows * row) + Linear(row / 2) + (stagedDisk + stagedHost) * (b + 1)
         host = host + Linear(.cc, rows * row) + Linear(2 * row)
         disk = disk + Linear(.cd, rows * alignedRow) + Linear(alignedRow / 2)
 
@@ -215,8 +237,9 @@ public struct MemoryPlan: Sendable {
         let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: policy.gpuBatchSize, split: policy.cache)
         let deviceRows = apportion.device.reduce(0, +), hostRows = apportion.host.reduce(0, +)
         let diskRows = c.numLayers * policy.blockSize - deviceRows - hostRows
-        let stagedRows = zip(apportion.device, apportion.host).map { policy.gpuBatchSize - $0 - (policy.cpuAttention ? $1 : 0) }.max() ?? 0
-        device.cache = deviceRows * rowBytes + (buffers + 1) * stagedRows * DiskFile.alignUp(rowBytes)
+        device.cache = deviceRows * rowBytes
+            + m.cacheStagingBytes(MemoryModel.stagedRows(apportion, policy: policy), compressed: policy.compressCache, capacity: capacity,
+                                  buffers: buffers)
         host.cache = hostRows * rowBytes
         disk.cache = diskRows * DiskFile.alignUp(rowBytes)
 

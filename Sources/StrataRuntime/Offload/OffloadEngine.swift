@@ -40,8 +40,19 @@ public final class OffloadEngine: @unchecked Sendable {
     /// One file per gpu batch for disk-resident activation rows, opened by `beginBlock`.
     var activationFiles: [DiskFile] = []
     var capacity = 0
-    let devicePool: BufferPool
+    /// Device staging for weights and for KV cache rows, in separate pools whose buffers are
+    /// taken at one size per kind (the largest the plan allows), so a small request never holds
+    /// a large idle buffer while a large one allocates anew: each pool stays at the number of
+    /// buffers in flight, which is what the memory plan counts.
+    let weightPool: BufferPool
+    let cachePool: BufferPool
+    /// Host bounce buffers for disk-resident activation rows.
     let hostPool: BufferPool
+    /// The largest weight staging range of any layer.
+    let maxStagingBytes: Int
+    /// Per (layer, gpu batch) unit of the current block: the most host rows staged to the device
+    /// (none with host attention) and the most disk rows.
+    var stagedCacheRows = (host: 0, disk: 0)
     /// The positions per sequence the memory plan was made for.
     public let plannedCapacity: Int
 
@@ -66,7 +77,8 @@ public final class OffloadEngine: @unchecked Sendable {
         let disk = MemoryAccount(name: "disk", budget: budgets.disk)
         accounts = (device, host, disk)
         compute = CPUBackend(threads: threads, weightFormat: weightFormat, account: device)
-        devicePool = BufferPool(backendName: "cpu", account: device)
+        weightPool = BufferPool(backendName: "cpu", account: device)
+        cachePool = BufferPool(backendName: "cpu", account: device)
         hostPool = BufferPool(backendName: "cpu", account: host)
         let hostBackend = CPUBackend(threads: threads, weightFormat: weightFormat, account: host)
         self.hostBackend = hostBackend
@@ -82,6 +94,7 @@ public final class OffloadEngine: @unchecked Sendable {
         let memory = try MemoryModel(directory: directory, weightFormat: weightFormat, precision: precision, threads: threads)
         let plans = memory.placements(policy)
         placements = plans
+        maxStagingBytes = plans.map(\.stagingBytes).max() ?? 0
         let isStore = source is OffloadStore
         let needsOffloadFiles = plans.contains { p in p.disk > 0 && p.tensors.contains { !Self.imageIsStoreFile($0, isStore: isStore, source: source) } }
         if (needsOffloadFiles || policy.cache.disk > 0 || policy.activations.disk > 0) && offloadDirectory == nil {
@@ -210,7 +223,7 @@ public final class OffloadEngine: @unchecked Sendable {
     func loadLayer(_ j: Int) throws -> LayerWeights {
         let p = placements[j]
         let start = p.stagingStart
-        let staging = p.stagingBytes > 0 ? devicePool.take(p.stagingBytes) : nil
+        let staging = p.stagingBytes > 0 ? weightPool.take(maxStagingBytes) : nil
         if let staging {
             if p.device > start, let resident = residentDevice[j] {
                 staging.pointer.copyMemory(from: resident.pointer + start, byteCount: p.device - start)
