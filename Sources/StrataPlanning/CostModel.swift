@@ -236,7 +236,17 @@ public struct CostModel: Sendable {
         let total = pre.1 * l + dec.1 * (n - 1) * l
         return Prediction(prefillSecondsPerLayer: pre.1, decodeSecondsPerLayer: dec.1, totalSeconds: total,
                           tokensPerSecond: Double(c.blockSize) * n / total, prefillBottleneck: pre.0, decodeBottleneck: dec.0,
-                          memory: memory(c, activationsOnDisk: x[Fraction.hd.rawValue] > 0).mapValues { $0.value(x) })
+                          memory: predictedMemory(c, fractions: x))
+    }
+
+    /// Peak bytes per tier: the engine's exact plan where there is a memory model, else the estimate.
+    func predictedMemory(_ c: BatchChoice, fractions x: [Double]) -> [Tier: Double] {
+        if let memory {
+            let s = workload.promptLength
+            let plan = memory.plan(Policy(c, fractions: x), promptLength: s, capacity: min(s + workload.genLength, memory.config.maxPositions))
+            return Dictionary(uniqueKeysWithValues: Tier.allCases.map { ($0, Double(plan[$0].total)) })
+        }
+        return memory(c, activationsOnDisk: x[Fraction.hd.rawValue] > 0).mapValues { $0.value(x) }
     }
 
     public func predict(_ policy: Policy) -> Prediction {

@@ -28,6 +28,7 @@ struct Plan: ParsableCommand {
     @Flag(help: "With --percent: 4-bit KV cache.") var compressCache = false
     @Flag(help: "With --percent: transfers do not overlap compute.") var noOverlap = false
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: "Compute threads the engine will run with (its working set on a CPU profile).") var threads = 2
     @Flag(help: "Use FlexGen's own formulas (no weight-streaming roofline, compression ignored), for comparison.")
     var flexgenFormulas = false
 
@@ -37,6 +38,11 @@ struct Plan: ParsableCommand {
             let profile = try HardwareProfile.named(hardware)
             var cost = CostModel(model: shape, profile: profile, workload: Workload(promptLength: promptLen, genLength: genLen))
             cost.extensions = !flexgenFormulas
+            // On a CPU profile the engine that runs the policy is this machine's: plan with its memory model.
+            if profile.copiesShareCompute && !flexgenFormulas {
+                cost.memory = FileSystem.isDirectory(model) ? try MemoryModel(directory: model, threads: threads)
+                    : try MemoryModel(architecture: model, threads: threads)
+            }
             let budgets = TierBudgets(device: try deviceMem.map { try ByteSize.parse($0, option: "--device-mem") },
                                       host: try hostMem.map { try ByteSize.parse($0, option: "--host-mem") },
                                       disk: try diskMem.map { try ByteSize.parse($0, option: "--disk-mem") })
