@@ -31,8 +31,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--strata", default=".build/release/strata")
     args = ap.parse_args()
-    print("| budgets | batch, prompt, gen | policy chosen | predicted tokens/s | measured tokens/s | error | device / host / disk peak (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| budgets | batch, prompt, gen | policy chosen | predicted tokens/s | measured tokens/s | error | prefill / decode error "
+          "| device / host / disk peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     errors = []
     for label, batch, prompt, gen, flags in CASES:
         flags = [f.replace("{off}", args.offload_dir) for f in flags]
@@ -41,7 +42,7 @@ def main():
                "--json", "--quiet"] + flags
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
-            print(f"| {label} | {batch}, {prompt}, {gen} | refused: {run.stderr.strip().splitlines()[-1]} | | | | |", flush=True)
+            print(f"| {label} | {batch}, {prompt}, {gen} | refused: {run.stderr.strip().splitlines()[-1]} | | | | | |", flush=True)
             continue
         r = json.loads(run.stdout)
         tiers = r["tiers"]
@@ -49,7 +50,9 @@ def main():
         errors.append(p / m - 1)
         peaks = " / ".join(f"{tiers[t]['peak_bytes'] / 2**20:.0f}" for t in ("device", "host", "disk"))
         flags_text = policy_flags(tiers["policy"])
-        print(f"| {label} | {batch}, {prompt}, {gen} | `{flags_text}` | {p:.2f} | {m:.2f} | {100 * (p / m - 1):+.1f}% | {peaks} |",
+        parts = (f"{100 * (r['predicted_prefill_tokens_per_s'] / r['prefill_tokens_per_s'] - 1):+.0f}% / "
+                 f"{100 * (r['predicted_decode_tokens_per_s'] / r['decode_tokens_per_s'] - 1):+.0f}%")
+        print(f"| {label} | {batch}, {prompt}, {gen} | `{flags_text}` | {p:.2f} | {m:.2f} | {100 * (p / m - 1):+.1f}% | {parts} | {peaks} |",
               flush=True)
     if errors:
         worst = max(errors, key=abs)

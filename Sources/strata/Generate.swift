@@ -149,6 +149,11 @@ struct Bench: ParsableCommand {
                     object["prediction_error"] = .number(prediction.tokensPerSecond / r.totalTokensPerSecond - 1)
                     object["predicted_bottleneck"] = .object(["prefill": .string(prediction.prefillBottleneck),
                                                               "decode": .string(prediction.decodeBottleneck)])
+                    if let engine {
+                        let layers = Double(engine.model.config.numLayers), block = Double(engine.policy.blockSize)
+                        object["predicted_prefill_tokens_per_s"] = .number(block * Double(promptLen) / (prediction.prefillSecondsPerLayer * layers))
+                        object["predicted_decode_tokens_per_s"] = .number(block / (prediction.decodeSecondsPerLayer * layers))
+                    }
                 }
                 print(JSONValue.object(object).serialized())
             } else {
