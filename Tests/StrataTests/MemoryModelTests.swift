@@ -3,6 +3,9 @@ import StrataCore
 import StrataPlanning
 import StrataRuntime
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The policy search and the engine share one memory model: the search's linear memory rows
 /// bound the engine's exact plan from above, so every policy `--policy auto` returns is one the
@@ -191,5 +194,29 @@ import Testing
         var less = PolicySearch(cost: cost, budgets: TierBudgets(device: 1 << 30, host: (1 << 30) + more - (1 << 20), disk: 0))
         less.allowCompression = false
         #expect(throws: StrataError.self) { _ = try less.search() }
+    }
+
+    /// The CPU cost model's extensions: the prefill GEMM rate follows the gpu batch's rows, and
+    /// measured disk/compute contention lengthens a disk-bound step by that share of the compute.
+    @Test func cpuCostModelTermsFollowTheProfile() throws {
+        let p = Self.cpu
+        #expect(p.gemmRate(rows: 8) == p.mmDecode && p.gemmRate(rows: 4096) == p.mmPrefill)
+        // 128 rows are 3 of the 5 octaves from 16 to 512.
+        let mid = p.gemmRate(rows: 128), expected = p.mmDecode * pow(p.mmPrefill / p.mmDecode, 0.6)
+        #expect(abs(mid - expected) / expected < 1e-9, "\(mid) vs \(expected)")
+        var contended = p
+        contended.diskComputeContention = 0.5
+        #expect(try HardwareProfile(json: contended.json, path: "x").diskComputeContention == 0.5)
+        let workload = Workload(promptLength: 64, genLength: 8)
+        let shape = try ModelShape.named("opt-1.3b")
+        let disk = try Policy(percent: [0, 0, 100, 0, 100, 0], gpuBatchSize: 8, numGPUBatches: 1)
+        let free = CostModel(model: shape, profile: p, workload: workload).predict(disk)
+        let slowed = CostModel(model: shape, profile: contended, workload: workload).predict(disk)
+        // Decode is disk-bound here: contention adds half of the compute to each step.
+        #expect(free.decodeBottleneck == "disk I/O" && slowed.decodeSecondsPerLayer > free.decodeSecondsPerLayer * 1.05)
+        // An all-device policy moves nothing from disk: contention changes nothing.
+        let resident = Policy(gpuBatchSize: 8)
+        #expect(CostModel(model: shape, profile: contended, workload: workload).predict(resident).totalSeconds
+                == CostModel(model: shape, profile: p, workload: workload).predict(resident).totalSeconds)
     }
 }
