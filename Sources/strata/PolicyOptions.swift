@@ -89,8 +89,8 @@ extension PolicyOptions {
         var profile = try ProfileCache.loadOrMeasure(threads: backend.threads, offloadDirectory: offloadDir ?? "/tmp/strata-offload")
         if offloadDir != nil, profile.copiesShareCompute {
             // The disk tier will read this model's own files. A profile's scratch file was freshly
-            // written, which a VM's host may still cache (reads up to 1.5x faster than the model's
-            // files): measure direct reads of up to 1 GiB of the model's weights instead.
+            // written, which a VM's host may still cache: measure direct reads of up to 1 GiB of
+            // the model's layer weights instead.
             let files = Self.weightFiles(backend.model)
             if !files.isEmpty, let (bytes, seconds) = try? DiskReader.measureBandwidth(files: files, limit: 1 << 30), bytes > 0, seconds > 0 {
                 profile.dtoc = Double(bytes) / seconds
@@ -120,12 +120,19 @@ extension PolicyOptions {
 }
 
 extension PolicyOptions {
-    /// The files holding a model's weights: an offload store's tensor files, else its safetensors.
+    /// The files the disk tier would read: an offload store's decoder-layer tensor files, else
+    /// the checkpoint's safetensors.
     static func weightFiles(_ model: String) -> [String] {
-        let tensors = FileSystem.join(model, "tensors")
-        let (directory, suffix) = FileSystem.isDirectory(tensors) ? (tensors, ".bin") : (model, ".safetensors")
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.filter { $0.hasSuffix(suffix) }.sorted().map { FileSystem.join(directory, $0) }
+        if let store = try? OffloadStore(directory: model) {
+            // Matrices only: a 4 KiB norm or bias file costs an open and a lone direct read.
+            let layers = store.entries.filter { $0.key.contains("layers.") && $0.value.bytes >= 1 << 20 }.map(\.value)
+            // In the order written (files are numbered), which is layer order: the order the
+            // engine reads them in.
+            func index(_ file: String) -> Int { Int(file.split(separator: "/").last?.split(separator: ".").first ?? "") ?? Int.max }
+            return layers.sorted { (index($0.file), $0.file) < (index($1.file), $1.file) }.map { store.path(of: $0) }
+        }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: model)) ?? []
+        return names.filter { $0.hasSuffix(".safetensors") }.sorted().map { FileSystem.join(model, $0) }
     }
 }
 
