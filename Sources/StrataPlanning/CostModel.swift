@@ -189,9 +189,7 @@ public struct CostModel: Sendable {
     /// does not run).
     public func memory(_ c: BatchChoice, activationsOnDisk: Bool) -> [Tier: Linear] {
         if let memory {
-            let s = workload.promptLength
-            return memory.bound(c, promptLength: s, capacity: min(s + workload.genLength, memory.config.maxPositions),
-                                activationsOnDisk: activationsOnDisk)
+            return memory.bound(c, promptLength: workload.promptLength, capacity: capacity(memory), activationsOnDisk: activationsOnDisk)
         }
         let p = profile
         let s = Double(workload.promptLength), n = Double(workload.genLength)
@@ -239,11 +237,15 @@ public struct CostModel: Sendable {
                           memory: predictedMemory(c, fractions: x))
     }
 
+    /// Positions per sequence the engine plans the KV cache for: the workload's, within the model's.
+    func capacity(_ memory: MemoryModel) -> Int {
+        min(workload.promptLength + workload.genLength, memory.config.maxPositions)
+    }
+
     /// Peak bytes per tier: the engine's exact plan where there is a memory model, else the estimate.
     func predictedMemory(_ c: BatchChoice, fractions x: [Double]) -> [Tier: Double] {
         if let memory {
-            let s = workload.promptLength
-            let plan = memory.plan(Policy(c, fractions: x), promptLength: s, capacity: min(s + workload.genLength, memory.config.maxPositions))
+            let plan = memory.plan(Policy(c, fractions: x), promptLength: workload.promptLength, capacity: capacity(memory))
             return Dictionary(uniqueKeysWithValues: Tier.allCases.map { ($0, Double(plan[$0].total)) })
         }
         return memory(c, activationsOnDisk: x[Fraction.hd.rawValue] > 0).mapValues { $0.value(x) }

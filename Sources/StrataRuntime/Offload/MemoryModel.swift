@@ -16,8 +16,8 @@ public struct MemoryModel: Sendable {
     public let threads: Int
     /// Layer images as the engine lays them out: with the given precision map (or none), and
     /// with `compress_weight` (the map when one is given, else 4-bit everywhere).
-    let images: [[TensorImage]]
-    let compressedImages: [[TensorImage]]
+    let layout: LayerLayout
+    let compressedLayout: LayerLayout
     /// Embeddings, final norm and LM head, always on the device.
     public let nonLayerBytes: Int
 
@@ -64,8 +64,8 @@ public struct MemoryModel: Sendable {
                 return image
             }
         }
-        images = try (0..<config.numLayers).map { try layout($0, precision) }
-        compressedImages = precision == nil ? try (0..<config.numLayers).map { try layout($0, compressedMap) } : images
+        self.layout = LayerLayout(try (0..<config.numLayers).map { try layout($0, precision) })
+        compressedLayout = precision == nil ? LayerLayout(try (0..<config.numLayers).map { try layout($0, compressedMap) }) : self.layout
         let layerNames = Set((0..<config.numLayers).flatMap { description.layerSpecs($0).map(\.name) })
         nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { total, t in
             let dtype: DType = (t.value.shape.count < 2 || weightFormat == .f32) ? .f32 : t.value.dtype
@@ -75,13 +75,13 @@ public struct MemoryModel: Sendable {
 
     /// Where each layer's bytes go under `policy`.
     func placements(_ policy: Policy) -> [LayerPlacement] {
-        (policy.compressWeight ? compressedImages : images).map { LayerPlacement(tensors: $0, split: policy.weights) }
+        layers(compressed: policy.compressWeight).images.map { LayerPlacement(tensors: $0, split: policy.weights) }
     }
 
     /// Decoder-layer weight bytes as held (compressed or not).
-    public func layerBytes(compressed: Bool) -> Int {
-        (compressed ? compressedImages : images).reduce(0) { $0 + ($1.last.map { $0.slot + $0.slotBytes } ?? 0) }
-    }
+    public func layerBytes(compressed: Bool) -> Int { layers(compressed: compressed).totals.reduce(0, +) }
+
+    func layers(compressed: Bool) -> LayerLayout { compressed ? compressedLayout : layout }
 
     // MARK: The shared quantities
 
@@ -135,14 +135,6 @@ public struct MemoryModel: Sendable {
             + 2 * gpuBatchSize * config.vocabSize * 4
     }
 
-    /// Building a layer's images at placement time holds one layer's tensors on the host, and
-    /// images bound for disk pass through a bounce buffer.
-    func hostWorkingSet(_ layers: [[TensorImage]]) -> Int {
-        let largestLayer = layers.map { $0.last.map { $0.slot + $0.slotBytes } ?? 0 }.max() ?? 0
-        let largestImage = layers.flatMap { $0.map(\.byteCount) }.max() ?? 0
-        return largestLayer + min(DiskFile.chunk, DiskFile.alignUp(largestImage))
-    }
-
     // MARK: Exact need of one policy (the engine's admission check)
 
     /// Peak bytes `policy` needs on each tier, to the byte as the engine will allocate them.
@@ -159,10 +151,9 @@ public struct MemoryModel: Sendable {
     /// valid only for policies with no activation rows on disk (hd = 0): the host then needs no
     /// bounce buffer for them.
     public func bound(_ c: BatchChoice, promptLength: Int, capacity: Int, activationsOnDisk: Bool) -> [Tier: Linear] {
-        let layers = c.compressWeight ? compressedImages : images
-        let totals = layers.map { Double($0.last.map { $0.slot + $0.slotBytes } ?? 0) }
-        let w = totals.reduce(0, +), tMax = totals.max() ?? 0
-        let largestSlot = Double(layers.flatMap { $0.map(\.slotBytes) }.max() ?? 0)
+        let layers = self.layers(compressed: c.compressWeight)
+        let w = Double(layers.totals.reduce(0, +)), tMax = Double(layers.totals.max() ?? 0)
+        let largestSlot = Double(layers.largestSlot)
         let l = Double(config.numLayers), page = Double(DiskFile.alignment)
         let b = Double(Self.buffers(overlap: c.overlap))
 
@@ -201,8 +192,28 @@ public struct MemoryModel: Sendable {
         disk = disk + Linear(.hd, nb * a) + Linear(nb * (width / 2 + page))
 
         device = device + Linear(Double(deviceWorkingSet(gpuBatchSize: c.gpuBatchSize, promptLength: promptLength, capacity: capacity)))
-        host = host + Linear(Double(hostWorkingSet(layers)))
+        host = host + Linear(Double(layers.hostWorkingSet))
         return [.device: device, .host: host, .disk: disk]
+    }
+}
+
+/// The tensor images of every decoder layer in one weight format, with the sizes the plan and
+/// the bounds read (derived once: the search reads them for every linear program it solves).
+struct LayerLayout: Sendable {
+    let images: [[TensorImage]]
+    /// Each layer image's bytes (its tensors' 4 KiB slots).
+    let totals: [Int]
+    let largestSlot: Int
+    /// Building a layer's images at placement time holds one layer's tensors on the host, and
+    /// images bound for disk pass through a bounce buffer.
+    let hostWorkingSet: Int
+
+    init(_ images: [[TensorImage]]) {
+        self.images = images
+        totals = images.map(LayerPlacement.imageBytes)
+        largestSlot = images.flatMap { $0.map(\.slotBytes) }.max() ?? 0
+        let largestImage = images.flatMap { $0.map(\.byteCount) }.max() ?? 0
+        hostWorkingSet = (totals.max() ?? 0) + min(DiskFile.chunk, DiskFile.alignUp(largestImage))
     }
 }
 
@@ -254,7 +265,7 @@ public struct MemoryPlan: Sendable {
         disk.activations = policy.numGPUBatches * DiskFile.alignUp(split.disk * width)
 
         device.workingSet = m.deviceWorkingSet(gpuBatchSize: policy.gpuBatchSize, promptLength: promptLength, capacity: capacity)
-        host.workingSet = m.hostWorkingSet(placements.map(\.tensors))
+        host.workingSet = m.layers(compressed: policy.compressWeight).hostWorkingSet
     }
 
     /// The tiers whose budget is short, with the shortfall in bytes.

@@ -28,7 +28,7 @@ struct LayerPlacement: Sendable {
 
     init(tensors: [TensorImage], split: TierSplit) {
         self.tensors = tensors
-        let total = tensors.last.map { $0.slot + $0.slotBytes } ?? 0
+        let total = Self.imageBytes(tensors)
         self.total = total
         // A share within 1e-9 of whole is whole: percentages from an LP's fractions may sum to
         // 99.99999999999999, which must not leave a 4 KiB tail on a slower tier.
@@ -38,6 +38,9 @@ struct LayerPlacement: Sendable {
         device = boundary(split.device)
         host = boundary(split.device + split.host) - device
     }
+
+    /// Bytes of a layer image: the end of its last tensor's slot.
+    static func imageBytes(_ tensors: [TensorImage]) -> Int { tensors.last.map { $0.slot + $0.slotBytes } ?? 0 }
 
     /// Start of the staged range: the slot start of the tensor that contains byte `device`, so
     /// staged tensors are contiguous even when one straddles the device boundary.
