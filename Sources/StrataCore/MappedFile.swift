@@ -33,6 +33,20 @@ public final class MappedFile: @unchecked Sendable {
         base = UnsafeRawPointer(mapped)
     }
 
+    /// Anonymous memory standing in for a file: bytes derived from `path` (a decoded or
+    /// re-laid-out tensor) that views hand out like mapped ones. `fill` writes all `size` bytes.
+    public init(derivedFrom path: String, size: Int, fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        self.path = path
+        self.size = size
+        guard size > 0 else { base = nil; return }
+        let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            throw StrataError.ioFailure(path: path, detail: "cannot allocate \(size) bytes for a decoded tensor")
+        }
+        base = UnsafeRawPointer(mapped)
+        try fill(UnsafeMutableRawBufferPointer(start: mapped, count: size))
+    }
+
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
     }

@@ -53,6 +53,10 @@ public struct ModelConfig: Sendable, Equatable {
     public var storedPrecision: PrecisionMap?
 
     public init(directory: String) throws {
+        if GGUFFile.isGGUF(directory) {
+            try self.init(json: try GGUFModel.open(directory).companion("config.json"), path: directory)
+            return
+        }
         let path = FileSystem.join(directory, "config.json")
         guard FileSystem.isDirectory(directory) else { throw StrataError.fileNotFound(path: directory) }
         try self.init(json: JSONValue.load(path: path), path: path)
@@ -171,9 +175,16 @@ public struct GenerationConfig: Sendable {
     public init() {}
 
     public init(directory: String) throws {
-        let path = FileSystem.join(directory, "generation_config.json")
-        guard FileSystem.exists(path) else { return }
-        let f = try JSONFields(JSONValue.load(path: path), path: path)
+        var path = FileSystem.join(directory, "generation_config.json")
+        let json: JSONValue
+        if GGUFFile.isGGUF(directory) {
+            path = directory
+            json = try GGUFModel.open(directory).companion("generation_config.json")
+        } else {
+            guard FileSystem.exists(path) else { return }
+            json = try JSONValue.load(path: path)
+        }
+        let f = try JSONFields(json, path: path)
         eosTokenIds = try f.intList("eos_token_id")
         bosTokenId = f.has("bos_token_id") ? try f.int("bos_token_id") : nil
         padTokenId = f.has("pad_token_id") ? try f.int("pad_token_id") : nil
@@ -192,10 +203,20 @@ public struct TokenizerConfig: Sendable {
 
     public init() {}
 
+    /// The chat template (a Jinja string) models with a chat format ship.
+    public var chatTemplate: String?
+
     public init(directory: String) throws {
-        let path = FileSystem.join(directory, "tokenizer_config.json")
-        guard FileSystem.exists(path) else { return }
-        let f = try JSONFields(JSONValue.load(path: path), path: path)
+        var path = FileSystem.join(directory, "tokenizer_config.json")
+        let json: JSONValue
+        if GGUFFile.isGGUF(directory) {
+            path = directory
+            json = try GGUFModel.open(directory).companion("tokenizer_config.json")
+        } else {
+            guard FileSystem.exists(path) else { return }
+            json = try JSONValue.load(path: path)
+        }
+        let f = try JSONFields(json, path: path)
         addBosToken = f.has("add_bos_token") ? try f.bool("add_bos_token", default: false) : nil
         addEosToken = f.has("add_eos_token") ? try f.bool("add_eos_token", default: false) : nil
         func token(_ key: String) -> String? {
@@ -207,5 +228,10 @@ public struct TokenizerConfig: Sendable {
         padToken = token("pad_token")
         unkToken = token("unk_token")
         if let m = f.object["model_max_length"]?.double, m < 1e15 { modelMaxLength = Int(m) }
+        // A string, or (older files) a list of named templates of which "default" is the chat one.
+        if let t = f.object["chat_template"] {
+            if let s = t.string { chatTemplate = s }
+            else if let list = t.array { chatTemplate = list.first { $0["name"]?.string == "default" }?["template"]?.string }
+        }
     }
 }

@@ -7,9 +7,13 @@ public protocol TensorSource: AnyObject, Sendable {
     var tensorNames: [String] { get }
     func contains(_ name: String) -> Bool
     func tensor(_ name: String) -> TensorView?
+    /// Shape and dtype of a tensor without reading (or decoding) it.
+    func shapeAndType(_ name: String) -> (shape: [Int], dtype: DType)?
 }
 
 extension TensorSource {
+    public func shapeAndType(_ name: String) -> (shape: [Int], dtype: DType)? { tensor(name).map { ($0.shape, $0.dtype) } }
+
     /// The tensor, or an error naming it and the checkpoint when it is absent or misshapen.
     public func require(_ name: String, shape: [Int]? = nil) throws -> TensorView {
         guard let view = tensor(name) else {
@@ -23,8 +27,10 @@ extension TensorSource {
 }
 
 public enum TensorSources {
-    /// The offload store when `directory` holds one, else the safetensors checkpoint.
+    /// The offload store when `directory` holds one, a GGUF model when it is a `.gguf` file,
+    /// else the safetensors checkpoint.
     public static func open(directory: String) throws -> any TensorSource {
+        if GGUFFile.isGGUF(directory) { return GGUFCheckpoint(model: try GGUFModel.open(directory)) }
         if FileSystem.exists(FileSystem.join(directory, OffloadStore.manifestName)) { return try OffloadStore(directory: directory) }
         return try Checkpoint(directory: directory)
     }

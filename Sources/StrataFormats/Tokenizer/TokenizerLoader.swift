@@ -11,6 +11,9 @@ extension Tokenizer {
     /// BOS/EOS handling where the tokenizer file has no post-processor.
     public static func load(directory: String) throws -> Tokenizer {
         let config = try TokenizerConfig(directory: directory)
+        if GGUFFile.isGGUF(directory) {
+            return try load(tokenizerJSON: try GGUFModel.open(directory).companion("tokenizer.json"), path: directory, config: config)
+        }
         let json = FileSystem.join(directory, "tokenizer.json")
         if FileSystem.exists(json) { return try load(tokenizerJSON: json, config: config) }
         let vocab = FileSystem.join(directory, "vocab.json")
@@ -22,7 +25,11 @@ extension Tokenizer {
     }
 
     static func load(tokenizerJSON path: String, config: TokenizerConfig) throws -> Tokenizer {
-        let root = try JSONFields(JSONValue.load(path: path), path: path)
+        try load(tokenizerJSON: JSONValue.load(path: path), path: path, config: config)
+    }
+
+    static func load(tokenizerJSON json: JSONValue, path: String, config: TokenizerConfig) throws -> Tokenizer {
+        let root = try JSONFields(json, path: path)
         func bad(_ d: String) -> StrataError { .invalidFile(path: path, detail: d) }
 
         guard let modelValue = root.object["model"] else { throw root.missing("model") }
