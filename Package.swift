@@ -9,7 +9,10 @@ let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
 #else
 let cpuFlags: [SwiftSetting] = []
 #endif
-let kernelSettings: [SwiftSetting] = cpuFlags + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+// The library layers are optimized in debug builds too: the test suite runs real models
+// (SmolLM2-135M through its fused dequantize kernels), which unoptimized Swift runs ~100x slower.
+let kernelSettings: [SwiftSetting] = cpuFlags + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+                                                 .unsafeFlags(["-O"], .when(configuration: .debug))]
 
 let package = Package(
     name: "Strata",

@@ -16,7 +16,17 @@ enum Fixtures {
 
     static func model(_ name: String) -> String { root + "/models/" + name }
     static func tokenizer(_ name: String) -> String { root + "/tokenizers/" + name }
-    static let modelNames = ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"]
+
+    /// SmolLM2-135M-Instruct (Q4_1 GGUF), fetched by scripts/fetch_smollm2.sh into a cache; nil
+    /// when absent (scripts/test.sh fetches it, so only a bare `swift test` offline lacks it).
+    static let smolLM2: String? = {
+        let env = ProcessInfo.processInfo.environment
+        let path = env["STRATA_SMOLLM2"]
+            ?? ((env["STRATA_CACHE"] ?? (env["HOME"] ?? "/root") + "/.cache/strata") + "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }()
+    /// Model directories, and one GGUF file (its references sit beside it).
+    static let modelNames = ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied", "gguf-tiny/model.gguf"]
     static let tokenizerNames = ["gpt2-bpe", "gpt2-files", "llama3-bpe", "sentencepiece-bpe", "metaspace-bpe"]
 
     /// A fresh empty directory for a test.
@@ -38,7 +48,8 @@ enum Fixtures {
     }
 
     static func reference(_ name: String) throws -> ModelReference {
-        let dir = model(name)
+        var dir = model(name)
+        if name.hasSuffix(".gguf") { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
         let j = try JSONValue.load(path: dir + "/reference.json")
         func ints(_ v: JSONValue?) -> [[Int]] { (v?.array ?? []).map { ($0.array ?? []).compactMap(\.int) } }
         let logits = try SafeTensorsFile(path: dir + "/reference_logits.safetensors").tensor("last_logits")!.floats()

