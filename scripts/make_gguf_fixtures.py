@@ -184,6 +184,12 @@ def build_real(path):
     template = reader.fields["tokenizer.chat_template"].contents()
     eos = int(reader.fields["tokenizer.ggml.eos_token_id"].contents())
     enc = tok.backend_tokenizer
+    # transformers' GGUF conversion drops the digit split of llama.cpp's "smollm" pre-type (and of
+    # SmolLM2's own tokenizer.json): restore it, or "\n" + spaces before a number tokenizes
+    # differently and perplexity compares different token streams.
+    from tokenizers import pre_tokenizers
+    enc.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
 
     logits = []
     with torch.no_grad():
