@@ -36,7 +36,8 @@ import Testing
         return (results.map(\.tokenIds), engine)
     }
 
-    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa"])
+    /// The GGUF fixture's Q4_0/Q4_1/Q8_0 layers are placed as stored (no requantization) on every tier.
+    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "gguf-tiny/model.gguf"])
     func randomPoliciesMatchTheAllDeviceRun(model: String) throws {
         var rng = SeededGenerator(seed: 5)
         let (expected, _) = try Self.reference(model, count: 6, newTokens: 5)

@@ -28,7 +28,7 @@ public struct MemoryModel: Sendable {
         let source = try TensorSources.open(directory: directory)
         defer { (source as? OffloadStore)?.releaseMappings() }
         var tensors: [String: (shape: [Int], dtype: DType)] = [:]
-        for name in source.tensorNames { if let v = source.tensor(name) { tensors[name] = (v.shape, v.dtype) } }
+        for name in source.tensorNames { if let v = source.shapeAndType(name) { tensors[name] = v } }
         try self.init(config: config, tensors: tensors, path: directory, weightFormat: weightFormat, precision: precision, threads: threads)
     }
 
@@ -48,10 +48,26 @@ public struct MemoryModel: Sendable {
         self.config = config
         self.threads = threads
         let description = ModelLoader.describe(config: config, contains: { tensors[$0] != nil })
+        // A checkpoint stored quantized (strata convert --precision, a GGUF file) is held as
+        // stored; compressing its weights again does nothing.
+        let stored = config.storedPrecision
+        if stored != nil, precision != nil {
+            throw StrataError.invalidRequest("\(path) is stored quantized (strata_precision or GGUF); load it without a weight precision")
+        }
+        let precision = stored ?? precision
         let compressedMap = precision ?? PrecisionMap.uniform(layers: config.numLayers, bits: 4)
         func layout(_ layer: Int, _ map: PrecisionMap?) throws -> [TensorImage] {
             var slot = 0
             return try description.layerSpecs(layer).map { spec in
+                if spec.isMatrix, let scheme = try stored?.scheme(forLayer: layer) {
+                    let parts = QuantizedCheckpoint.names(spec.name)
+                    guard tensors[parts.data] != nil, tensors[parts.steps] != nil, tensors[parts.mins] != nil else {
+                        throw StrataError.invalidFile(path: path, detail: "checkpoint has no quantized tensor '\(parts.data)', which strata_precision implies")
+                    }
+                    let image = ImageFormat.image(spec: spec, sourceDtype: .u8, scheme: scheme, weightFormat: weightFormat, slot: slot)
+                    slot += image.slotBytes
+                    return image
+                }
                 guard let t = tensors[spec.name] else {
                     throw StrataError.invalidFile(path: path, detail: "checkpoint has no tensor '\(spec.name)', which the architecture needs")
                 }
@@ -66,7 +82,10 @@ public struct MemoryModel: Sendable {
         }
         self.layout = LayerLayout(try (0..<config.numLayers).map { try layout($0, precision) })
         compressedLayout = precision == nil ? LayerLayout(try (0..<config.numLayers).map { try layout($0, compressedMap) }) : self.layout
-        let layerNames = Set((0..<config.numLayers).flatMap { description.layerSpecs($0).map(\.name) })
+        let layerNames = Set((0..<config.numLayers).flatMap { description.layerSpecs($0).flatMap { spec in
+            let q = QuantizedCheckpoint.names(spec.name)
+            return [spec.name, q.data, q.steps, q.mins]
+        } })
         nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { total, t in
             let dtype: DType = (t.value.shape.count < 2 || weightFormat == .f32) ? .f32 : t.value.dtype
             return total + t.value.shape.reduce(1, *) * dtype.byteSize

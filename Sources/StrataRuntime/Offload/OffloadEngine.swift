@@ -88,7 +88,8 @@ public final class OffloadEngine: @unchecked Sendable {
         var weightMap = precision
         if policy.compressWeight && weightMap == nil { weightMap = PrecisionMap.uniform(layers: config.numLayers, bits: 4) }
         let cacheScheme = policy.compressCache ? QuantizationScheme.int4 : nil
-        let compression = Compression(weights: weightMap, cache: cacheScheme)
+        // Stored-quantized layers are loaded as stored (the loader reads strata_precision).
+        let compression = Compression(weights: config.storedPrecision == nil ? weightMap : nil, cache: cacheScheme)
 
         // Plan from metadata only, with the memory model the policy search uses.
         let memory = try MemoryModel(directory: directory, weightFormat: weightFormat, precision: precision, threads: threads)
@@ -138,9 +139,15 @@ public final class OffloadEngine: @unchecked Sendable {
             func image(_ i: Int) throws -> Tensor {
                 if let t = images[i] { return t }
                 let spec = specs[i]
-                let view = try source.require(spec.name, shape: spec.shape)
-                var t = hostBackend.upload(weight: view.bytes, dtype: view.dtype, shape: view.shape, owner: view.file)
-                if let scheme = p.tensors[i].quantization { t = hostBackend.quantize(t, scheme: scheme) }
+                let t: Tensor
+                if let scheme = p.tensors[i].quantization, !source.contains(spec.name) {
+                    // Stored quantized: the codes are taken as they are.
+                    t = hostBackend.upload(quantized: try QuantizedCheckpoint.read(source, name: spec.name, shape: spec.shape, scheme: scheme))
+                } else {
+                    let view = try source.require(spec.name, shape: spec.shape)
+                    let plain = hostBackend.upload(weight: view.bytes, dtype: view.dtype, shape: view.shape, owner: view.file)
+                    t = p.tensors[i].quantization.map { hostBackend.quantize(plain, scheme: $0) } ?? plain
+                }
                 images[i] = t
                 return t
             }
