@@ -18,10 +18,55 @@ public enum ModelConverter {
     }
 
 
+    /// A GGUF model as a model directory: safetensors (Q4_0/Q4_1/Q8_0 layers kept as Strata
+    /// groups, or with `dequantize` every tensor decoded to f32, a checkpoint transformers loads
+    /// as it is), config.json, tokenizer.json, tokenizer_config.json (chat template included)
+    /// and generation_config.json derived from the file's metadata.
+    public static func convert(gguf path: String, output: String, dequantize: Bool) throws -> Summary {
+        let model = try GGUFModel.open(path)
+        let source = GGUFCheckpoint(model: model)
+        var entries: [SafeTensorsWriter.Entry] = []
+        var summary = Summary(originalBytes: model.file.file.size, convertedBytes: 0)
+        var config = try model.companion("config.json")
+        for name in source.tensorNames {
+            let view = try source.require(name)
+            if dequantize, name.hasSuffix(".qdata") {
+                let base = String(name.dropLast(".qdata".count))
+                let layer = GGUFModelLayer.index(base)
+                let scheme = try QuantizationScheme(bits: model.layerBits[layer], groupSize: 32)
+                let shape = try ModelLoader.describe(config: ModelConfig(directory: path), contains: source.contains)
+                    .layerSpecs(layer).first { $0.name == base }!.shape
+                let values = GroupQuantizer.dequantize(try QuantizedCheckpoint.read(source, name: base, shape: shape, scheme: scheme))
+                entries.append(.init(name: base, shape: shape, floats: values))
+                summary.convertedBytes += values.count * 4
+                continue
+            }
+            if dequantize, name.hasSuffix(".qsteps") || name.hasSuffix(".qmins") { continue }
+            summary.convertedBytes += view.bytes.count
+            entries.append(.init(name: name, dtype: view.dtype, shape: view.shape, data: Array(view.bytes.bindMemory(to: UInt8.self))))
+        }
+        if dequantize, case .object(var fields) = config {
+            fields["strata_precision"] = nil
+            config = .object(fields)
+        }
+        try createDirectory(output)
+        try SafeTensorsWriter.write(entries, metadata: ["format": "pt"], to: FileSystem.join(output, "model.safetensors"))
+        try StoreConverter.writeCompanions(from: path, to: output, config: config)
+        return summary
+    }
+
+    static func createDirectory(_ output: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        } catch {
+            throw StrataError.ioFailure(path: output, detail: "cannot create the output directory: \(error)")
+        }
+    }
+
     public static func convert(model: String, output: String, precision map: PrecisionMap, mapPath: String) throws -> Summary {
         let config = try ModelConfig(directory: model)
         guard config.storedPrecision == nil else {
-            throw StrataError.invalidRequest("\(model) is already quantized (config.json strata_precision)")
+            throw StrataError.invalidRequest("\(model) is already quantized (config.json strata_precision, or a GGUF file)")
         }
         try map.validate(layers: config.numLayers, path: mapPath)
         guard FileSystem.join(output, "") != FileSystem.join(model, "") else {
@@ -46,11 +91,7 @@ public enum ModelConverter {
                 entries.append(.init(name: name, dtype: view.dtype, shape: view.shape, data: Array(view.bytes.bindMemory(to: UInt8.self))))
             }
         }
-        do {
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-        } catch {
-            throw StrataError.ioFailure(path: output, detail: "cannot create the output directory: \(error)")
-        }
+        try createDirectory(output)
         try SafeTensorsWriter.write(entries, metadata: ["format": "pt", "strata": "quantized"], to: FileSystem.join(output, "model.safetensors"))
         let configPath = FileSystem.join(model, "config.json")
         guard case .object(var fields) = try JSONValue.load(path: configPath) else {
@@ -60,5 +101,12 @@ public enum ModelConverter {
         try StoreConverter.write(Data(JSONValue.object(fields).serialized().utf8), to: FileSystem.join(output, "config.json"))
         try StoreConverter.copyCompanions(from: model, to: output, except: ["config.json"])
         return summary
+    }
+}
+
+/// The decoder layer of a Hugging Face Llama tensor name (`model.layers.N.`).
+enum GGUFModelLayer {
+    static func index(_ name: String) -> Int {
+        Int(name.dropFirst("model.layers.".count).prefix { $0 != "." }) ?? 0
     }
 }

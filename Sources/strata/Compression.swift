@@ -19,9 +19,11 @@ struct Convert: ParsableCommand {
         strata convert --model HF_DIR --out STORE_DIR          offload store (per-tensor files for direct I/O, checksummed manifest; resumable)
         strata convert --random opt-13b --out STORE_DIR        random f16 weights for a known architecture, written chunk by chunk
         strata convert --model DIR --output DIR --precision P  safetensors copy whose decoder layers are stored quantized
+        strata convert --model M.gguf --output DIR             GGUF as a model directory (Q4_0/Q4_1/Q8_0 kept; --dequantize for f32)
+        strata convert --model M.gguf --out STORE_DIR          GGUF as an offload store
         """)
 
-    @Option(help: "Source model directory.") var model: String?
+    @Option(help: "Source model directory or GGUF file.") var model: String?
     @Option(help: "Known architecture for a random-weight store (\(KnownArchitectures.names.joined(separator: ", "))).") var random: String?
     @Option(help: "Offload store directory to write.") var out: String?
     @Option(help: "Safetensors output directory for a quantized copy (created; must not be the source).") var output: String?
@@ -29,6 +31,8 @@ struct Convert: ParsableCommand {
     @Flag(help: "Every layer at 4 bits for --output (instead of --precision).") var compressWeight = false
     @Option(help: "Group size with --compress-weight.") var groupSize = 64
     @Option(help: "Seed for --random.") var seed: UInt64 = 0
+    @Flag(help: "With a GGUF --model and --output: decode every tensor to f32 (a checkpoint transformers loads) instead of keeping Q4_0/Q4_1/Q8_0 layers quantized.")
+    var dequantize = false
     @Flag(help: "No progress output.") var quiet = false
 
     func run() throws {
@@ -51,6 +55,15 @@ struct Convert: ParsableCommand {
                 return
             }
             guard let model, let output else { throw StrataError.invalidRequest("give --out STORE, or --model DIR with --output DIR") }
+            if GGUFFile.isGGUF(model) {
+                guard precision == nil, !compressWeight else {
+                    throw StrataError.invalidRequest("\(model) is a GGUF file: its layers are written as stored (or decoded with --dequantize), not requantized")
+                }
+                let summary = try ModelConverter.convert(gguf: model, output: output, dequantize: dequantize)
+                Console.error("wrote \(output): \(ByteSize.format(summary.originalBytes)) GGUF -> \(ByteSize.format(summary.convertedBytes)) of tensors\(dequantize ? " (decoded to f32)" : "")")
+                return
+            }
+            guard !dequantize else { throw StrataError.invalidRequest("--dequantize applies to a GGUF --model") }
             let layers = try ModelConfig(directory: model).numLayers
             let map: PrecisionMap
             switch (precision, compressWeight) {

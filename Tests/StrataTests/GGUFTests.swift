@@ -146,4 +146,36 @@ struct GGUFBytes {
         let template = try TokenizerConfig(directory: Self.tiny).chatTemplate
         #expect(template?.contains("<|im_start|>") == true)
     }
+
+    /// `strata convert` of a GGUF: a directory with layers kept quantized, a decoded f32 one
+    /// (which transformers loads to bit-identical logits, checked when the fixture was made) and an
+    /// offload store all give transformers' logits and greedy tokens.
+    @Test func convertedCopiesMatchTransformers() throws {
+        let reference = try Fixtures.reference("gguf-tiny/model.gguf")
+        let quantized = Fixtures.scratch("gguf-q"), decoded = Fixtures.scratch("gguf-f32"), store = Fixtures.scratch("gguf-store")
+        _ = try ModelConverter.convert(gguf: Self.tiny, output: quantized, dequantize: false)
+        _ = try ModelConverter.convert(gguf: Self.tiny, output: decoded, dequantize: true)
+        _ = try StoreConverter.convert(model: Self.tiny, out: store)
+        #expect(try ModelConfig(directory: quantized).storedPrecision?.bits(forLayer: 1) == 4)
+        #expect(try ModelConfig(directory: decoded).storedPrecision == nil)
+        #expect(try TokenizerConfig(directory: quantized).chatTemplate == TokenizerConfig(directory: Self.tiny).chatTemplate)
+        for directory in [quantized, decoded, store] {
+            let bundle = try ModelBundle(directory: directory, backend: CPUBackend(threads: 2))
+            let model = bundle.model
+            let width = reference.promptIds.map(\.count).max()!
+            let padding = reference.promptIds.map { width - $0.count }
+            let tokens = reference.promptIds.enumerated().flatMap { b, ids in
+                Array(repeating: Int32(reference.padTokenId), count: padding[b]) + ids.map(Int32.init)
+            }
+            let step = ForwardStep(tokens: tokens, batch: padding.count, length: width, pastLength: 0, padding: padding)
+            let logits = model.backend.download(model.forward(step, cache: model.makeCache(batch: padding.count, capacity: width)))
+            let maxError = zip(logits, reference.lastLogits).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(maxError <= 1e-4, "\(directory): max |strata - transformers| = \(maxError)")
+            var timing = GenerationTiming()
+            let requests = reference.promptIds.map { GenerationRequest(promptIds: $0, maxNewTokens: reference.maxNewTokens) }
+            let results = try Generator(bundle: bundle).generate(requests, sampling: SamplingParameters(), timing: &timing)
+            #expect(results.map(\.tokenIds) == reference.batchedGreedy, "\(directory)")
+            #expect(reference.prompts.map { bundle.tokenizer.encode($0) } == reference.promptIds)
+        }
+    }
 }

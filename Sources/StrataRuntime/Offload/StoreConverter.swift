@@ -90,8 +90,18 @@ public enum StoreConverter {
     static let companions = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                              "merges.txt", "special_tokens_map.json"]
 
+    /// Writes the config and tokenizer files a GGUF file's metadata implies (config.json
+    /// replaced by `config` when given).
+    static func writeCompanions(from gguf: String, to out: String, config: JSONValue? = nil) throws {
+        for (file, json) in try GGUFModel.open(gguf).companions {
+            let value = file == "config.json" ? config ?? json : json
+            try write(Data(value.serialized().utf8), to: FileSystem.join(out, file))
+        }
+    }
+
     /// Copies a model directory's config and tokenizer files (those present) to `out`.
     static func copyCompanions(from model: String, to out: String, except skipped: Set<String> = []) throws {
+        if GGUFFile.isGGUF(model) { return try writeCompanions(from: model, to: out) }
         for file in companions where !skipped.contains(file) && FileSystem.exists(FileSystem.join(model, file)) {
             guard let data = FileManager.default.contents(atPath: FileSystem.join(model, file)) else {
                 throw StrataError.ioFailure(path: FileSystem.join(model, file), detail: "cannot read")
