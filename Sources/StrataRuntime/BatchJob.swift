@@ -8,7 +8,8 @@ import Foundation
 import Glibc
 #endif
 
-/// A JSONL batch job: each input line `{"prompt": ...}` (other fields carried through) becomes
+/// A JSONL batch job: each input line `{"prompt": ...}` or `{"messages": [...]}` (a chat,
+/// rendered by the model's template; other fields carried through) becomes
 /// one output line with `index`, `prompt`, `text`, `token_ids`, `finish_reason`. Outputs are
 /// appended and flushed batch by batch, so an interrupted job resumes where it stopped: lines
 /// whose `index` is already in the output are skipped.
@@ -68,7 +69,19 @@ public struct BatchJob: Sendable {
             do {
                 let value = try JSONValue.parse(Data(raw), path: "\(inputPath):\(lineNumber)")
                 guard let object = value.object else { throw StrataError.invalidRequest("line is not a JSON object") }
-                guard let prompt = object["prompt"]?.string else { throw StrataError.invalidRequest("missing string field \"prompt\"") }
+                if let messages = object["messages"] {
+                    // A chat line: rendered by the model's chat template; the rendered text is
+                    // written back as "prompt".
+                    guard let list = messages.array else { throw StrataError.invalidRequest("field \"messages\" is not a list") }
+                    let (prompt, ids) = try generator.bundle.encodeChat(list)
+                    var fields = object
+                    fields["prompt"] = .string(prompt)
+                    items.append(Item(index: lineNumber, fields: fields, prompt: prompt, ids: ids))
+                    continue
+                }
+                guard let prompt = object["prompt"]?.string else {
+                    throw StrataError.invalidRequest("missing string field \"prompt\" (or a \"messages\" list)")
+                }
                 let ids = try generator.bundle.encodePrompt(prompt)
                 items.append(Item(index: lineNumber, fields: object, prompt: prompt, ids: ids))
             } catch {

@@ -13,6 +13,9 @@ public final class ModelBundle: Sendable {
     public let eosTokenIds: Set<Int>
     /// Id used to fill left padding (never attended to).
     public let padTokenId: Int
+    /// The model's chat template, when it ships one.
+    public let chatTemplate: ChatTemplate?
+    let tokenizerConfig: TokenizerConfig
 
     public convenience init(directory: String, backend: any Backend, compression: Compression = .none) throws {
         guard FileSystem.isDirectory(directory) || GGUFFile.isGGUF(directory) && FileSystem.exists(directory) else {
@@ -29,6 +32,9 @@ public final class ModelBundle: Sendable {
         self.directory = directory
         self.model = model
         tokenizer = try Tokenizer.load(directory: directory)
+        tokenizerConfig = try TokenizerConfig(directory: directory)
+        let origin = GGUFFile.isGGUF(directory) ? directory + " (tokenizer.chat_template)" : FileSystem.join(directory, "tokenizer_config.json")
+        chatTemplate = try tokenizerConfig.chatTemplate.map { try ChatTemplate($0, origin: origin) }
         let generation = try GenerationConfig(directory: directory)
         var eos = generation.eosTokenIds
         if eos.isEmpty { eos = model.config.eosTokenIds }
@@ -42,10 +48,28 @@ public final class ModelBundle: Sendable {
         }
     }
 
+    /// A conversation rendered by the model's chat template (with the assistant's turn opened),
+    /// as `apply_chat_template(..., add_generation_prompt=True)` would.
+    public func renderChat(_ messages: [JSONValue]) throws -> String {
+        guard let chatTemplate else {
+            throw StrataError.invalidRequest("\(directory) has no chat template (tokenizer_config.json chat_template); give a plain prompt")
+        }
+        guard !messages.isEmpty else { throw StrataError.invalidRequest("messages is empty") }
+        return try chatTemplate.render(messages: messages, addGenerationPrompt: true, bosToken: tokenizerConfig.bosToken,
+                                       eosToken: tokenizerConfig.eosToken)
+    }
+
+    /// Token ids of a rendered chat: the template writes any BOS itself, so the tokenizer adds
+    /// none (as transformers tokenizes chat templates).
+    public func encodeChat(_ messages: [JSONValue]) throws -> (prompt: String, ids: [Int]) {
+        let prompt = try renderChat(messages)
+        return (prompt, try encodePrompt(prompt, addSpecialTokens: false))
+    }
+
     /// Prompt token ids, checked against the model's context.
-    public func encodePrompt(_ prompt: String) throws -> [Int] {
+    public func encodePrompt(_ prompt: String, addSpecialTokens: Bool = true) throws -> [Int] {
         guard !prompt.isEmpty else { throw StrataError.invalidRequest("prompt is empty") }
-        let ids = tokenizer.encode(prompt)
+        let ids = tokenizer.encode(prompt, addSpecialTokens: addSpecialTokens)
         guard !ids.isEmpty else { throw StrataError.invalidRequest("prompt encodes to no tokens") }
         let limit = model.config.maxPositions
         guard ids.count < limit else {

@@ -7,8 +7,9 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate continuations for one prompt or a JSONL file of prompts.",
         discussion: """
-        With --prompt, prints one JSON object. With --input/--output, reads lines like
-        {"prompt": "...", "id": 7} and appends one JSON object per line to the output as each batch
+        With --prompt, prints one JSON object (--chat: through the model's chat template). With
+        --input/--output, reads lines like {"prompt": "...", "id": 7} or {"messages": [{"role":
+        "user", "content": "..."}]} (rendered by the chat template) and appends one JSON object per line to the output as each batch
         finishes; rerunning the same command resumes where it stopped (--overwrite starts afresh).
         """)
 
@@ -18,6 +19,8 @@ struct Generate: ParsableCommand {
     var context: Int?
 
     @Option(help: "A single prompt.") var prompt: String?
+    @Flag(help: "With --prompt: send it as a user message through the model's chat template.") var chat = false
+    @Option(help: "With --chat: a system message before the user's.") var system: String?
     @Option(help: "JSONL input, one {\"prompt\": ...} object per line.") var input: String?
     @Option(help: "JSONL output (required with --input).") var output: String?
     @Option(help: "Tokens to generate per prompt.") var maxNewTokens: Int = 32
@@ -34,6 +37,8 @@ struct Generate: ParsableCommand {
         if input != nil && output == nil { throw ValidationError("--input needs --output") }
         guard maxNewTokens > 0 else { throw ValidationError("--max-new-tokens must be positive") }
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        if chat && prompt == nil { throw ValidationError("--chat applies to --prompt; in --input files give {\"messages\": [...]} lines") }
+        if system != nil && !chat { throw ValidationError("--system needs --chat") }
     }
 
     private func makeGenerator() throws -> Generator {
@@ -47,7 +52,15 @@ struct Generate: ParsableCommand {
             try sampling.validate()
             if let prompt {
                 let generator = try makeGenerator()
-                let ids = try generator.bundle.encodePrompt(prompt)
+                let ids: [Int]
+                if chat {
+                    var messages: [JSONValue] = []
+                    if let system { messages.append(.object(["role": .string("system"), "content": .string(system)])) }
+                    messages.append(.object(["role": .string("user"), "content": .string(prompt)]))
+                    ids = try generator.bundle.encodeChat(messages).ids
+                } else {
+                    ids = try generator.bundle.encodePrompt(prompt)
+                }
                 var timing = GenerationTiming()
                 let r = try generator.generate([GenerationRequest(promptIds: ids, maxNewTokens: maxNewTokens, stopStrings: stops)],
                                            sampling: sampling, timing: &timing)[0]
