@@ -151,6 +151,67 @@ def build_tiny():
     print("wrote", path, os.path.getsize(path), "bytes;", type(tok).__name__)
 
 
+def build_spm():
+    """A SentencePiece-style (`tokenizer.ggml.model` llama: tokens + scores, no merges) tiny Llama
+    from the sentencepiece-bpe fixture; reference ids from transformers' GGUF tokenizer."""
+    directory = os.path.join(ROOT, "fixtures", "models", "gguf-spm")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "model.gguf")
+    with open(os.path.join(ROOT, "fixtures", "tokenizers", "sentencepiece-bpe", "tokenizer.json"), encoding="utf-8") as f:
+        t = json.load(f)
+    vocab = dict(t["model"]["vocab"])
+    tokens = [None] * len(vocab)
+    for s, i in vocab.items():
+        tokens[i] = s
+    types = [2 if s == "<unk>" else 3 if s in ("<s>", "</s>") else 6 if s.startswith("<0x") else 1 for s in tokens]
+    scores = [0.0 if ty != 1 else -float(i) for i, ty in enumerate(types)]  # merge order = id order
+    rng = np.random.default_rng(3)
+    hidden, heads = 64, 4
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(128)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    for name, shape in [("token_embd.weight", (len(tokens), hidden)), ("blk.0.attn_q.weight", (hidden, hidden)),
+                        ("blk.0.attn_k.weight", (hidden, hidden)), ("blk.0.attn_v.weight", (hidden, hidden)),
+                        ("blk.0.attn_output.weight", (hidden, hidden)), ("blk.0.ffn_gate.weight", (128, hidden)),
+                        ("blk.0.ffn_up.weight", (128, hidden)), ("blk.0.ffn_down.weight", (hidden, 128))]:
+        w.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
+    for name in ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"]:
+        w.add_tensor(name, np.ones(hidden, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file="model.gguf")
+    # transformers' conversion prefixes "▁" only when the text does not already start with a
+    # space (Metaspace "first"); llama.cpp (add_space_prefix) and SentencePiece always prefix.
+    # Use llama.cpp's rule, keeping transformers' merges (rebuilt from the scores).
+    from tokenizers import normalizers
+    enc = tok.backend_tokenizer
+    enc.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    enc.pre_tokenizer = None
+    cases = [{"text": s, "ids": enc.encode(s).ids} for s in tricky_strings()]
+    with open(os.path.join(directory, "reference_ids.json"), "w", encoding="utf-8") as f:
+        json.dump(cases, f, ensure_ascii=False, indent=0)
+    from tokenizers import Tokenizer
+    source = Tokenizer.from_file(os.path.join(ROOT, "fixtures", "tokenizers", "sentencepiece-bpe", "tokenizer.json"))
+    same = sum(source.encode(c["text"]).ids == c["ids"] for c in cases)
+    print(f"wrote {path}; transformers' GGUF tokenizer agrees with the source tokenizer.json on {same}/{len(cases)} strings")
+
+
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are a concise assistant."}, {"role": "user", "content": "Name three primary colors."}],
@@ -250,6 +311,7 @@ def main():
     args = ap.parse_args()
     if not args.skip_tiny:
         build_tiny()
+        build_spm()
     if args.smollm2:
         build_real(args.smollm2)
 

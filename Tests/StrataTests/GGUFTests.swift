@@ -147,6 +147,21 @@ struct GGUFBytes {
         #expect(template?.contains("<|im_start|>") == true)
     }
 
+    /// A SentencePiece-style GGUF vocabulary (tokens and scores, no merge list, byte tokens):
+    /// ids equal transformers' tokenizer for the same file on the tricky-string set.
+    @Test func sentencePieceVocabularyMatchesTransformers() throws {
+        let path = Fixtures.model("gguf-spm/model.gguf")
+        let tokenizer = try Tokenizer.load(directory: path)
+        let cases = try JSONValue.load(path: Fixtures.model("gguf-spm") + "/reference_ids.json").array ?? []
+        #expect(cases.count > 30)
+        for c in cases {
+            let text = c["text"]!.string!
+            #expect(tokenizer.encode(text) == c["ids"]!.array!.compactMap(\.int), "\(text.debugDescription)")
+        }
+        #expect(tokenizer.bosTokenId == 1 && tokenizer.eosTokenId == 2)
+        #expect(tokenizer.decode(tokenizer.encode("Hello wörld 😀")) == "Hello wörld 😀")
+    }
+
     /// `strata convert` of a GGUF: a directory with layers kept quantized, a decoded f32 one
     /// (which transformers loads to bit-identical logits, checked when the fixture was made) and an
     /// offload store all give transformers' logits and greedy tokens.
