@@ -9,6 +9,10 @@ memory are present while the other one is measured.
 
     python3 benchmarks/compare_transformers.py --model bench-models/opt-125m \
         --batch-size 16 --prompt-len 128 --gen-len 32 --threads 2 --repeat 3
+
+A GGUF file works as --model for both (transformers loads it with gguf_file=, dequantized);
+--hf-dtypes float32,bfloat16 measures transformers in each dtype (bf16 is its best on CPUs
+with AVX512-BF16/AMX), each against the same Strata runs.
 """
 import argparse
 import json
@@ -41,18 +45,23 @@ def hf_worker(args):
     import torch
     from transformers import AutoModelForCausalLM
     torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    dtype = getattr(torch, args.hf_dtype)
+    if args.model.endswith(".gguf"):
+        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(args.model)),
+                                                     gguf_file=os.path.basename(args.model), dtype=dtype).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
     g = torch.Generator().manual_seed(42)
-    ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g)
+    ids = torch.randint(20, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g)
     hf_run(model, ids[:1, :8], 2)  # warm-up
     result = hf_run(model, ids, args.gen_len)
     result["torch"] = torch.__version__
     print(json.dumps(result))
 
 
-def hf_subprocess(args):
+def hf_subprocess(args, dtype):
     cmd = [sys.executable, __file__, "--hf-worker", "--model", args.model, "--batch-size", str(args.batch_size),
-           "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--threads", str(args.threads)]
+           "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--threads", str(args.threads), "--hf-dtype", dtype]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
@@ -72,24 +81,33 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--weight-format", default="as-stored")
     ap.add_argument("--strata", default=".build/release/strata")
+    ap.add_argument("--hf-dtypes", default="float32", help="comma-separated torch dtypes for transformers")
+    ap.add_argument("--hf-dtype", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.hf_worker:
         return hf_worker(args)
 
-    hf, strata = [], []
+    dtypes = args.hf_dtypes.split(",")
+    hf, strata = {d: [] for d in dtypes}, []
     for _ in range(args.repeat):
         strata.append(strata_run(args.strata, args))
-        hf.append(hf_subprocess(args))
+        for d in dtypes:
+            hf[d].append(hf_subprocess(args, d))
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
     result = {"workload": {"model": args.model, "batch_size": args.batch_size, "prompt_len": args.prompt_len,
                            "gen_len": args.gen_len, "threads": args.threads, "repeat": args.repeat,
-                           "strata_weight_format": args.weight_format,
-                           "torch": hf[0]["torch"]}}
+                           "strata_weight_format": args.weight_format, "cpu": cpu,
+                           "torch": hf[dtypes[0]][0]["torch"]}}
     for key in ["prefill_tokens_per_s", "total_tokens_per_s"]:
         s = statistics.median(r[key] for r in strata)
-        h = statistics.median(r[key] for r in hf)
-        result[key] = {"strata": round(s, 2), "transformers": round(h, 2), "ratio": round(s / h, 3)}
+        result[key] = {"strata": round(s, 2)}
+        for d in dtypes:
+            h = statistics.median(r[key] for r in hf[d])
+            suffix = "" if len(dtypes) == 1 else "_" + d
+            result[key]["transformers" + suffix] = round(h, 2)
+            result[key]["ratio" + suffix] = round(s / h, 3)
     result["strata_decode_tokens_per_s"] = round(statistics.median(r["decode_tokens_per_s"] for r in strata), 2)
     result["strata_peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in strata)
     print(json.dumps(result, indent=1))
