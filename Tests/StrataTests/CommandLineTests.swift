@@ -80,4 +80,40 @@ import Foundation
         #expect(r.stdout.split(separator: "\n").count == 1)
         #expect(r.stderr.contains("--policy auto: --percent"))
     }
+
+    /// A GGUF file on the command line: --chat renders its template, a JSONL chat line is
+    /// answered like the same prompt given as text, and misuse names what is wrong.
+    @Test func ggufChatAndErrors() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "no binary at \(Self.binary) (swift build first)")
+        let gguf = Fixtures.model("gguf-tiny/model.gguf")
+        let chat = try Self.run(["generate", "--model", gguf, "--chat", "--prompt", "Hello", "--max-new-tokens", "4", "--quiet"])
+        #expect(chat.status == 0, "\(chat.stderr)")
+        let rendered = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+        let plain = try Self.run(["generate", "--model", gguf, "--prompt", rendered, "--max-new-tokens", "4", "--quiet"])
+        let ids = { (out: String) in try JSONValue.parse(Data(out.utf8), path: "stdout")["token_ids"] }
+        // The tiny tokenizer adds BOS to plain prompts but not to rendered chats; both generate.
+        #expect(try ids(chat.stdout)?.array?.count == 4)
+        #expect(try ids(plain.stdout)?.array?.count == 4)
+
+        let dir = Fixtures.scratch("cli-gguf")
+        try "{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}\n{\"messages\": \"oops\"}\n"
+            .write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
+        let job = try Self.run(["generate", "--model", gguf, "--input", dir + "/in.jsonl", "--output", dir + "/out.jsonl",
+                                "--max-new-tokens", "4", "--quiet"])
+        #expect(job.status == 0, "\(job.stderr)")
+        #expect(job.stderr.contains("in.jsonl:2: field \"messages\" is not a list"), "\(job.stderr)")
+        let line = try JSONValue.parse(Data(try String(contentsOfFile: dir + "/out.jsonl", encoding: .utf8).utf8), path: "out")
+        #expect(line["prompt"]?.string == rendered)
+        #expect(line["token_ids"] == (try JSONValue.parse(Data(chat.stdout.utf8), path: "stdout"))["token_ids"])
+
+        let requant = try Self.run(["convert", "--model", gguf, "--output", dir + "/q", "--compress-weight"])
+        #expect(requant.status != 0 && requant.stderr.contains("is a GGUF file"), "\(requant.stderr)")
+        let truncated = dir + "/cut.gguf"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: gguf))
+        try bytes.prefix(100_000).write(to: URL(fileURLWithPath: truncated))
+        let cut = try Self.run(["generate", "--model", truncated, "--prompt", "x"])
+        #expect(cut.status != 0 && cut.stderr.contains("cut.gguf") && cut.stderr.contains("past the end"), "\(cut.stderr)")
+        let noTemplate = try Self.run(["generate", "--model", Fixtures.model("opt-tiny"), "--chat", "--prompt", "x"])
+        #expect(noTemplate.status != 0 && noTemplate.stderr.contains("has no chat template"), "\(noTemplate.stderr)")
+    }
 }
