@@ -212,6 +212,34 @@ def build_spm():
     print(f"wrote {path}; transformers' GGUF tokenizer agrees with the source tokenizer.json on {same}/{len(cases)} strings")
 
 
+def build_blocks():
+    """One small tensor per decodable ggml type, random blocks with finite f16 scales (negative
+    ones too), and gguf-py's decoding of each: the reference for Strata's block decoders."""
+    directory = os.path.join(ROOT, "fixtures", "gguf")
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(11)
+    scale_offsets = {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0], Q.Q2_K: [80, 82],
+                     Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+    w = gguf.GGUFWriter(os.path.join(directory, "blocks.gguf"), "llama")
+    reference = {}
+    for qtype, offsets in scale_offsets.items():
+        size, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+        rows, cols = 3, 2 * 256
+        blocks = rng.integers(0, 256, size=(rows, cols // size, nbytes), dtype=np.uint8)
+        for o in offsets:
+            values = (rng.uniform(0.001, 0.05, size=(rows, cols // size)) * rng.choice([-1, 1], size=(rows, cols // size)))
+            blocks[:, :, o:o + 2] = values.astype(np.float16).view(np.uint8).reshape(rows, cols // size, 2)
+        data = blocks.reshape(rows, -1)
+        w.add_tensor(qtype.name, data, raw_dtype=qtype)
+        reference[qtype.name] = torch.from_numpy(gguf.quants.dequantize(data, qtype).astype(np.float32).copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    save_file(reference, os.path.join(directory, "blocks_reference.safetensors"))
+    print("wrote", directory, sorted(reference))
+
+
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are a concise assistant."}, {"role": "user", "content": "Name three primary colors."}],
@@ -312,6 +340,7 @@ def main():
     if not args.skip_tiny:
         build_tiny()
         build_spm()
+        build_blocks()
     if args.smollm2:
         build_real(args.smollm2)
 

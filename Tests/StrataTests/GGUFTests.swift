@@ -133,6 +133,26 @@ struct GGUFBytes {
         }
     }
 
+    /// Every block decoder against gguf-py's decoding of the same random blocks (negative
+    /// scales included): equal up to float rounding order (1e-6 relative).
+    @Test(arguments: ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+    func blocksDecodeLikeGGUFPy(type: String) throws {
+        let file = try GGUFFile(path: Fixtures.root + "/gguf/blocks.gguf")
+        let t = try #require(file.tensorsByName[type])
+        #expect(t.type.description == type && t.type.isSupported)
+        let expected = try SafeTensorsFile(path: Fixtures.root + "/gguf/blocks_reference.safetensors").tensor(type)!.floats()
+        #expect(expected.count == t.elementCount)
+        var decoded = [Float](repeating: .nan, count: t.elementCount)
+        GGMLDequantize.toFloat(file.bytes(of: t).baseAddress!, type: t.type, count: t.elementCount, into: &decoded)
+        let worst = zip(decoded, expected).map { abs($0 - $1) / max(abs($1), 1e-3) }.max() ?? .infinity
+        #expect(worst <= 1e-6, "\(type): worst relative difference \(worst)")
+        if t.type.exactBits != nil {
+            // The kept form decodes bit for bit like ggml.
+            let q = GroupQuantizer.dequantize(GGUFExact.quantized(file.bytes(of: t), type: t.type, shape: t.shape))
+            #expect(q == decoded)
+        }
+    }
+
     /// Tokenizer ids from the GGUF's `tokenizer.ggml.*` equal the source tokenizer.json's (Hugging
     /// Face tokenizers) on the tricky-string set, BOS included as `add_bos_token` says.
     @Test func tokenizerFromMetadataMatchesSource() throws {

@@ -76,7 +76,7 @@ public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
     }
 
     /// Types Strata reads (to f32 or, for `exactScheme` types, straight into its group format).
-    public static let supported: [GGMLType] = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+    public static let supported: [GGMLType] = [.f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
     public var isSupported: Bool { Self.supported.contains(self) }
 
     /// Types that are exactly Strata's asymmetric group quantization (groups of 32 along a row,
@@ -179,6 +179,54 @@ public enum GGMLDequantize {
                     sc += 8
                 }
             }
+        case .q2_K:
+            for b in 0..<blocks {
+                let p = src + b * type.blockBytes
+                let scales = p.assumingMemoryBound(to: UInt8.self)
+                var q = (p + 16).assumingMemoryBound(to: UInt8.self)
+                let d = half(p, 80), dmin = half(p, 82)
+                var y = out + b * 256, k = 0
+                for _ in 0..<2 {
+                    for j in 0..<4 {
+                        let shift = UInt8(2 * j)
+                        for half16 in 0..<2 {
+                            let sc = scales[k]
+                            k += 1
+                            let dl = d * Float(sc & 0xF), ml = dmin * Float(sc >> 4)
+                            for l in 0..<16 { y[l] = dl * Float((q[l + 16 * half16] >> shift) & 3) - ml }
+                            y += 16
+                        }
+                    }
+                    q += 32
+                }
+            }
+        case .q3_K:
+            for b in 0..<blocks {
+                let p = src + b * type.blockBytes
+                let hm = p.assumingMemoryBound(to: UInt8.self)
+                var q = (p + 32).assumingMemoryBound(to: UInt8.self)
+                let scales = Q3KScales.unpack(p + 96)
+                let d = half(p, 108)
+                var y = out + b * 256, k = 0
+                var m: UInt8 = 1
+                for _ in 0..<2 {
+                    for j in 0..<4 {
+                        let shift = UInt8(2 * j)
+                        for half16 in 0..<2 {
+                            let dl = d * Float(Int32(scales[k]) - 32)
+                            k += 1
+                            for l in 0..<16 {
+                                let i = l + 16 * half16
+                                let low = Int32((q[i] >> shift) & 3), high: Int32 = hm[i] & m != 0 ? 0 : 4
+                                y[l] = dl * Float(low - high)
+                            }
+                            y += 16
+                        }
+                        m <<= 1
+                    }
+                    q += 32
+                }
+            }
         default:
             preconditionFailure("\(type) is not decodable; callers check isSupported")
         }
@@ -247,5 +295,20 @@ public enum GGUFExact {
             for j in 0..<scheme.bytesPerGroup { data[b * scheme.bytesPerGroup + j] = codes[j] }
         }
         return QuantizedTensor(shape: shape, scheme: scheme, data: data, steps: steps, mins: mins)
+    }
+}
+
+/// Q3_K's sixteen 6-bit scales, packed in 12 bytes: low 4 bits in bytes 0-7 (two per byte),
+/// high 2 bits in bytes 8-11 (four per byte).
+enum Q3KScales {
+    static func unpack(_ p: UnsafeRawPointer) -> [UInt8] {
+        var aux = (0..<3).map { UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)) }
+        let kmask1: UInt32 = 0x0303_0303, kmask2: UInt32 = 0x0f0f_0f0f
+        let tmp = aux[2]
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4)
+        aux.append(((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4))
+        aux[0] = (aux[0] & kmask2) | ((tmp & kmask1) << 4)
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4)
+        return aux.flatMap { word in (0..<4).map { UInt8(truncatingIfNeeded: word >> (8 * UInt32($0))) } }
     }
 }
