@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 
 import jinja2
@@ -240,6 +241,87 @@ def build_blocks():
     print("wrote", directory, sorted(reference))
 
 
+def llama3_rope_factors(theta, dim, factor, low, high, original):
+    """llama.cpp's convert_hf_to_gguf.py computation of rope_freqs.weight (llama3 scaling)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    out = []
+    for f in freqs.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return out
+
+
+def build_llama3_gguf():
+    """The llama3-tied HF fixture (llama3 RoPE scaling, tied embeddings, GQA) written as llama.cpp's
+    converter would: q/k rows permuted, rope_freqs.weight instead of rope_scaling, F32. Its
+    references are the HF model's own (copied), so this checks the un-permutation and the
+    recovery of rope_scaling from rope_freqs against transformers on the original checkpoint."""
+    from safetensors.torch import load_file
+    src = os.path.join(ROOT, "fixtures", "models", "llama3-tied")
+    directory = os.path.join(ROOT, "fixtures", "models", "gguf-llama3")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(src, "config.json")) as f:
+        c = json.load(f)
+    weights = load_file(os.path.join(src, "model.safetensors"))
+    rp = c["rope_parameters"]
+    heads, kv, dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    w = gguf.GGUFWriter(os.path.join(directory, "model.gguf"), "llama")
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_freq_base(rp["rope_theta"])
+    w.add_rope_dimension_count(dim)
+    w.add_key_length(dim)
+    w.add_value_length(dim)
+    tokenizer_metadata(w, src)
+
+    def permute(t, n):
+        return t.reshape(n, 2, t.shape[0] // n // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    w.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"].numpy())
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(c["num_hidden_layers"]):
+        for hf, gg in names.items():
+            t = weights[f"model.layers.{i}.{hf}.weight"]
+            if gg == "attn_q":
+                t = permute(t, heads)
+            elif gg == "attn_k":
+                t = permute(t, kv)
+            w.add_tensor(f"blk.{i}.{gg}.weight", t.contiguous().numpy())
+    w.add_tensor("output_norm.weight", weights["model.norm.weight"].numpy())
+    factors = llama3_rope_factors(rp["rope_theta"], dim, rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"],
+                                  rp["original_max_position_embeddings"])
+    w.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for f in ["reference.json", "reference_logits.safetensors"]:
+        shutil.copy(os.path.join(src, f), os.path.join(directory, f))
+    # Real Llama 3.1 / 3.2 shapes for the recovery test.
+    cases = []
+    for theta, dim, factor, low, high, original in [(500000.0, 128, 8.0, 1.0, 4.0, 8192), (500000.0, 64, 32.0, 1.0, 4.0, 8192),
+                                                     (500000.0, 128, 32.0, 1.0, 4.0, 8192), (500000.0, 16, 8.0, 1.0, 4.0, 32)]:
+        cases.append({"theta": theta, "head_dim": dim, "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                      "original_max_position_embeddings": original,
+                      "factors": [float(np.float32(x)) for x in llama3_rope_factors(theta, dim, factor, low, high, original)]})
+    with open(os.path.join(ROOT, "fixtures", "gguf", "rope_factors.json"), "w") as f:
+        json.dump(cases, f, indent=0)
+    print("wrote", directory)
+
+
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are a concise assistant."}, {"role": "user", "content": "Name three primary colors."}],
@@ -341,6 +423,7 @@ def main():
         build_tiny()
         build_spm()
         build_blocks()
+        build_llama3_gguf()
     if args.smollm2:
         build_real(args.smollm2)
 

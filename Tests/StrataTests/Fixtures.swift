@@ -26,7 +26,7 @@ enum Fixtures {
         return FileManager.default.fileExists(atPath: path) ? path : nil
     }()
     /// Model directories, and one GGUF file (its references sit beside it).
-    static let modelNames = ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied", "gguf-tiny/model.gguf"]
+    static let modelNames = ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied", "gguf-tiny/model.gguf", "gguf-llama3/model.gguf"]
     static let tokenizerNames = ["gpt2-bpe", "gpt2-files", "llama3-bpe", "sentencepiece-bpe", "metaspace-bpe"]
 
     /// A fresh empty directory for a test.

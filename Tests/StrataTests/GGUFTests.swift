@@ -1,6 +1,6 @@
 import StrataBackend
 import StrataCore
-import StrataFormats
+@testable import StrataFormats
 import StrataModels
 import StrataRuntime
 import Testing
@@ -151,6 +151,28 @@ struct GGUFBytes {
             let q = GroupQuantizer.dequantize(GGUFExact.quantized(file.bytes(of: t), type: t.type, shape: t.shape))
             #expect(q == decoded)
         }
+    }
+
+    /// Llama 3.1/3.2-shaped rope_freqs (computed by llama.cpp's formula in Python) give back the
+    /// rope_scaling they came from; factors no llama3 parameters produce are refused by name.
+    @Test func ropeScalingIsRecoveredFromRopeFreqs() throws {
+        let cases = try JSONValue.load(path: Fixtures.root + "/gguf/rope_factors.json").array ?? []
+        #expect(cases.count == 4)
+        for c in cases {
+            let factors = c["factors"]!.array!.compactMap(\.double)
+            let scaling = try #require(try RopeFactors.llama3Scaling(factors, theta: c["theta"]!.double!, headDim: c["head_dim"]!.int!,
+                                                                     path: "f.gguf"))
+            #expect(scaling["factor"] == c["factor"])
+            #expect(scaling["original_max_position_embeddings"] == c["original_max_position_embeddings"], "\(c["head_dim"]!)")
+            if let high = scaling["high_freq_factor"]?.double { #expect(abs(high - c["high_freq_factor"]!.double!) < 1e-3) }
+        }
+        #expect(try RopeFactors.llama3Scaling([1, 1, 1, 1], theta: 10000, headDim: 8, path: "f.gguf") == nil)
+        #expect(throws: StrataError.self) { _ = try RopeFactors.llama3Scaling([1, 3, 1, 8], theta: 10000, headDim: 8, path: "f.gguf") }
+        // The GGUF written as llama.cpp writes Llama 3.1 derives the original checkpoint's rope_scaling.
+        let config = try ModelConfig(directory: Fixtures.model("gguf-llama3/model.gguf"))
+        let original = try ModelConfig(directory: Fixtures.model("llama3-tied"))
+        #expect(config.ropeScaling == original.ropeScaling)
+        #expect(config.tieWordEmbeddings)
     }
 
     /// Tokenizer ids from the GGUF's `tokenizer.ggml.*` equal the source tokenizer.json's (Hugging

@@ -42,17 +42,27 @@ public final class GGUFModel: Sendable {
         for t in file.tensors where !t.type.isSupported {
             throw StrataError.invalidFile(path: file.path, detail: "tensor '\(t.name)' has type \(t.type), which Strata does not decode (supported: \(GGMLType.supported.map(\.description).joined(separator: ", ")))")
         }
-        if file.tensorsByName["rope_freqs.weight"] != nil {
-            throw StrataError.invalidFile(path: file.path, detail: "tensor 'rope_freqs.weight' (per-frequency RoPE factors, Llama 3.1 style) is not supported")
+        var config = try GGUFMetadata.config(file, architecture: arch)
+        if let t = file.tensorsByName["rope_freqs.weight"] {
+            guard t.type == .f32, t.shape.count == 1 else {
+                throw StrataError.invalidFile(path: file.path, detail: "tensor 'rope_freqs.weight' must be a vector of F32")
+            }
+            guard config["rope_scaling"] == nil else {
+                throw StrataError.invalidFile(path: file.path, detail: "both '\(arch).rope.scaling.type' and tensor 'rope_freqs.weight' scale RoPE")
+            }
+            let factors = file.bytes(of: t).bindMemory(to: Float.self).map(Double.init)
+            if let scaling = try RopeFactors.llama3Scaling(factors, theta: config["rope_theta"]!.double!,
+                                                           headDim: config["head_dim"]!.int!, path: file.path) {
+                config["rope_scaling"] = .object(scaling)
+            }
         }
-        let config = try GGUFMetadata.config(file, architecture: arch)
         let layers = config["num_hidden_layers"]!.int!
         let heads = config["num_attention_heads"]!.int!, kvHeads = config["num_key_value_heads"]!.int!
 
         // llama.cpp's converter interleaves the rotary halves of Llama's q/k rows; undo it.
         let permute = arch == "llama"
         var names: [String: (GGUFTensorInfo, Int?)] = [:]
-        for t in file.tensors {
+        for t in file.tensors where t.name != "rope_freqs.weight" {
             guard let hf = Self.huggingFaceName(t.name) else {
                 throw StrataError.invalidFile(path: file.path, detail: "tensor '\(t.name)' is not part of a \(arch) model Strata knows")
             }
