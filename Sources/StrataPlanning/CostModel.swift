@@ -31,10 +31,11 @@ public struct ModelShape: Sendable {
         self.kvWidth = kvWidth; self.vocab = vocab; self.gated = gated
     }
 
-    /// A known architecture (`opt-30b`, `llama-2-70b`, `bloom-176b`, ...) or a model directory.
+    /// A known architecture (`opt-30b`, `llama-2-70b`, `bloom-176b`, ...), a model directory or
+    /// a GGUF file.
     public static func named(_ nameOrDirectory: String) throws -> ModelShape {
         if let shape = planningOnly[nameOrDirectory.lowercased()] { return shape }
-        if FileSystem.isDirectory(nameOrDirectory) {
+        if GGUFFile.isModel(nameOrDirectory) {
             return ModelShape(config: try ModelConfig(directory: nameOrDirectory), name: nameOrDirectory)
         }
         let config = try ModelConfig(json: KnownArchitectures.config(nameOrDirectory), path: nameOrDirectory)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import StrataCore
+import StrataFormats
 import StrataPlanning
 import StrataRuntime
 
@@ -40,7 +41,7 @@ struct Plan: ParsableCommand {
             cost.extensions = !flexgenFormulas
             // On a CPU profile the engine that runs the policy is this machine's: plan with its memory model.
             if profile.copiesShareCompute && !flexgenFormulas {
-                cost.memory = FileSystem.isDirectory(model) ? try MemoryModel(directory: model, threads: threads)
+                cost.memory = GGUFFile.isModel(model) ? try MemoryModel(directory: model, threads: threads)
                     : try MemoryModel(architecture: model, threads: threads)
             }
             let budgets = TierBudgets(device: try deviceMem.map { try ByteSize.parse($0, option: "--device-mem") },

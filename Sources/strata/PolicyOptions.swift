@@ -121,8 +121,9 @@ extension PolicyOptions {
 
 extension PolicyOptions {
     /// The files the disk tier would read: an offload store's decoder-layer tensor files, else
-    /// the checkpoint's safetensors.
+    /// the checkpoint's safetensors (or the GGUF file).
     static func weightFiles(_ model: String) -> [String] {
+        if GGUFFile.isGGUF(model) { return [model] }
         if let store = try? OffloadStore(directory: model) {
             // Matrices only: a 4 KiB norm or bias file costs an open and a lone direct read.
             let layers = store.entries.filter { $0.key.contains("layers.") && $0.value.bytes >= 1 << 20 }.map(\.value)

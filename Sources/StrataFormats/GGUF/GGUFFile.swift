@@ -201,6 +201,9 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     public static func isGGUF(_ path: String) -> Bool { path.lowercased().hasSuffix(".gguf") && !FileSystem.isDirectory(path) }
+
+    /// Whether `path` names a model Strata can open: a directory, or a GGUF file.
+    public static func isModel(_ path: String) -> Bool { FileSystem.isDirectory(path) || isGGUF(path) && FileSystem.exists(path) }
 }
 
 /// Reads little-endian GGUF fields, checking each length against the bytes left.
