@@ -9,10 +9,14 @@ public protocol TensorSource: AnyObject, Sendable {
     func tensor(_ name: String) -> TensorView?
     /// Shape and dtype of a tensor without reading (or decoding) it.
     func shapeAndType(_ name: String) -> (shape: [Int], dtype: DType)?
+    /// Drops what tensor views have mapped or decoded so far (views already handed out stay
+    /// valid): a loader that copied what it needs calls this so the source holds no memory.
+    func releaseMappings()
 }
 
 extension TensorSource {
     public func shapeAndType(_ name: String) -> (shape: [Int], dtype: DType)? { tensor(name).map { ($0.shape, $0.dtype) } }
+    public func releaseMappings() {}
 
     /// The tensor, or an error naming it and the checkpoint when it is absent or misshapen.
     public func require(_ name: String, shape: [Int]? = nil) throws -> TensorView {

@@ -107,11 +107,10 @@ public enum GGMLDequantize {
             let bits = type.exactBits!, n = 32
             let scheme = try! QuantizationScheme(bits: bits, groupSize: n)
             var codes = [UInt8](repeating: 0, count: n)
-            for b in 0..<blocks {
-                let block = src + b * type.blockBytes
-                let (step, minimum) = GGUFExact.group(block, type: type, codes: &codes)
-                codes.withUnsafeBufferPointer {
-                    GroupQuantizer.dequantizeGroup($0.baseAddress!, step: step, minimum: minimum, scheme: scheme, into: out + b * n)
+            codes.withUnsafeMutableBufferPointer { codes in
+                for b in 0..<blocks {
+                    let (step, minimum) = GGUFExact.group(src + b * type.blockBytes, type: type, codes: codes.baseAddress!)
+                    GroupQuantizer.dequantizeGroup(codes.baseAddress!, step: step, minimum: minimum, scheme: scheme, into: out + b * n)
                 }
             }
         case .q5_0, .q5_1:
@@ -249,18 +248,19 @@ public enum GGUFExact {
     /// Writes the group codes of one block into `codes` (the group's packed bytes) and returns
     /// its (step, min).
     @inline(__always)
-    public static func group(_ block: UnsafeRawPointer, type: GGMLType, codes: inout [UInt8]) -> (Float16, Float16) {
+    public static func group(_ block: UnsafeRawPointer, type: GGMLType, codes: UnsafeMutablePointer<UInt8>) -> (Float16, Float16) {
         let d = Float16(bitPattern: block.loadUnaligned(as: UInt16.self))
         switch type {
         case .q4_1:
             let m = Float16(bitPattern: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
-            for j in 0..<16 { codes[j] = block.load(fromByteOffset: 4 + j, as: UInt8.self) }
+            codes.initialize(from: (block + 4).assumingMemoryBound(to: UInt8.self), count: 16)
             return (d, m)
         case .q4_0:
-            for j in 0..<16 { codes[j] = block.load(fromByteOffset: 2 + j, as: UInt8.self) }
+            codes.initialize(from: (block + 2).assumingMemoryBound(to: UInt8.self), count: 16)
             return (d, -8 * d)
         case .q8_0:
-            for j in 0..<32 { codes[j] = block.load(fromByteOffset: 2 + j, as: UInt8.self) ^ 0x80 }
+            let q = (block + 2).assumingMemoryBound(to: UInt8.self)
+            for j in 0..<32 { codes[j] = q[j] ^ 0x80 }
             return (d, -128 * d)
         default:
             preconditionFailure("\(type) has no exact group form")
@@ -281,18 +281,15 @@ public enum GGUFExact {
 
     /// The tensor as a Strata quantized tensor (groups of 32 along each row).
     public static func quantized(_ bytes: UnsafeRawBufferPointer, type: GGMLType, shape: [Int]) -> QuantizedTensor {
-        let bits = type.exactBits!
-        let scheme = try! QuantizationScheme(bits: bits, groupSize: 32)
-        let blocks = bytes.count / type.blockBytes
-        var data = [UInt8](repeating: 0, count: blocks * scheme.bytesPerGroup)
+        let scheme = try! QuantizationScheme(bits: type.exactBits!, groupSize: 32)
+        let blocks = bytes.count / type.blockBytes, per = scheme.bytesPerGroup
+        var data = [UInt8](repeating: 0, count: blocks * per)
         var steps = [Float16](repeating: 0, count: blocks), mins = [Float16](repeating: 0, count: blocks)
-        var codes = [UInt8](repeating: 0, count: 32)
         let base = bytes.baseAddress!
-        for b in 0..<blocks {
-            let (s, m) = group(base + b * type.blockBytes, type: type, codes: &codes)
-            steps[b] = s
-            mins[b] = m
-            for j in 0..<scheme.bytesPerGroup { data[b * scheme.bytesPerGroup + j] = codes[j] }
+        data.withUnsafeMutableBufferPointer { out in
+            for b in 0..<blocks {
+                (steps[b], mins[b]) = group(base + b * type.blockBytes, type: type, codes: out.baseAddress! + b * per)
+            }
         }
         return QuantizedTensor(shape: shape, scheme: scheme, data: data, steps: steps, mins: mins)
     }

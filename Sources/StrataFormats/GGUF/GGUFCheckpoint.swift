@@ -4,8 +4,8 @@ import Synchronization
 /// A GGUF model's tensors under Hugging Face names, as `strata convert --precision` would
 /// have stored them: matrices of exactly-quantized layers as `<name>.qdata/.qsteps/.qmins`
 /// (with `strata_precision` in the derived config.json), everything else as F32/F16/BF16.
-/// Tensors are decoded on first use and kept; plain F32/F16/BF16 tensors that need no
-/// reordering are views of the mapped file.
+/// Tensors are decoded on first use and kept until `releaseMappings`; plain F32/F16/BF16
+/// tensors that need no reordering are views of the mapped file.
 public final class GGUFCheckpoint: TensorSource, @unchecked Sendable {
     public let model: GGUFModel
     public var directory: String { model.path }
@@ -51,6 +51,8 @@ public final class GGUFCheckpoint: TensorSource, @unchecked Sendable {
     public func shapeAndType(_ name: String) -> (shape: [Int], dtype: DType)? {
         entries[name].map { ($0.shape, $0.dtype) }
     }
+
+    public func releaseMappings() { decoded.withLock { $0.removeAll() } }
 
     public func tensor(_ name: String) -> TensorView? {
         guard let e = entries[name] else { return nil }

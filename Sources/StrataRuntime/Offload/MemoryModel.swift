@@ -26,7 +26,7 @@ public struct MemoryModel: Sendable {
                 threads: Int) throws {
         let config = try ModelConfig(directory: directory)
         let source = try TensorSources.open(directory: directory)
-        defer { (source as? OffloadStore)?.releaseMappings() }
+        defer { source.releaseMappings() }
         var tensors: [String: (shape: [Int], dtype: DType)] = [:]
         for name in source.tensorNames { if let v = source.shapeAndType(name) { tensors[name] = v } }
         try self.init(config: config, tensors: tensors, path: directory, weightFormat: weightFormat, precision: precision, threads: threads)

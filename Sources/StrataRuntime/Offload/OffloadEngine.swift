@@ -116,7 +116,7 @@ public final class OffloadEngine: @unchecked Sendable {
 
         let placedLayers = try Self.place(plans, source: source, hostBackend: hostBackend, accounts: accounts, isStore: isStore,
                                           offloadDirectory: offloadDirectory)
-        (source as? OffloadStore)?.releaseMappings()
+        source.releaseMappings()
         residentDevice = placedLayers.device
         residentHost = placedLayers.host
         weightFiles = placedLayers.files
@@ -177,7 +177,7 @@ public final class OffloadEngine: @unchecked Sendable {
                 }
             }
             // The store pages read to build this layer's images are not part of any tier.
-            (source as? OffloadStore)?.releaseMappings()
+            source.releaseMappings()
             residentDevice.append(deviceBuffer)
             residentHost.append(hostBuffer)
             files.append(layerFiles)
