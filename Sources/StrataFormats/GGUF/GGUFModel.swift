@@ -18,7 +18,7 @@ public final class GGUFModel: Sendable {
     public let companions: [String: JSONValue]
     /// Bits each decoder layer is stored at (16 = decoded to full precision).
     public let layerBits: [Int]
-    /// Hugging Face tensor name -> (GGUF tensor, whether its rows are un-permuted).
+    /// Hugging Face tensor name -> (GGUF tensor, heads whose rotary halves are un-interleaved on load).
     let names: [String: (tensor: GGUFTensorInfo, heads: Int?)]
     public var path: String { file.path }
 
