@@ -32,10 +32,10 @@ public enum ModelConverter {
             let view = try source.require(name)
             if dequantize, name.hasSuffix(".qdata") {
                 let base = String(name.dropLast(".qdata".count))
-                let layer = GGUFModelLayer.index(base)
+                guard let layer = GGUFModel.layerIndex(base), let shape = model.shape(of: base) else {
+                    throw StrataError.invalidFile(path: path, detail: "quantized tensor '\(base)' is not a decoder-layer matrix")
+                }
                 let scheme = try QuantizationScheme(bits: model.layerBits[layer], groupSize: 32)
-                let shape = try ModelLoader.describe(config: ModelConfig(directory: path), contains: source.contains)
-                    .layerSpecs(layer).first { $0.name == base }!.shape
                 let values = GroupQuantizer.dequantize(try QuantizedCheckpoint.read(source, name: base, shape: shape, scheme: scheme))
                 entries.append(.init(name: base, shape: shape, floats: values))
                 summary.convertedBytes += values.count * 4
@@ -101,12 +101,5 @@ public enum ModelConverter {
         try StoreConverter.write(Data(JSONValue.object(fields).serialized().utf8), to: FileSystem.join(output, "config.json"))
         try StoreConverter.copyCompanions(from: model, to: output, except: ["config.json"])
         return summary
-    }
-}
-
-/// The decoder layer of a Hugging Face Llama tensor name (`model.layers.N.`).
-enum GGUFModelLayer {
-    static func index(_ name: String) -> Int {
-        Int(name.dropFirst("model.layers.".count).prefix { $0 != "." }) ?? 0
     }
 }

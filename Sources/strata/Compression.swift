@@ -38,7 +38,7 @@ struct Convert: ParsableCommand {
     func run() throws {
         try reportingErrors {
             if let out {
-                guard output == nil, precision == nil, !compressWeight else {
+                guard output == nil, precision == nil, !compressWeight, !dequantize else {
                     throw StrataError.invalidRequest("--out writes an offload store as stored; quantize with --output, or at load time")
                 }
                 Console.quietFlag.store(quiet, ordering: .relaxed)

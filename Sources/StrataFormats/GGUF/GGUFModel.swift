@@ -122,8 +122,11 @@ public final class GGUFModel: Sendable {
         return "model.layers.\(layer).\(suffix)"
     }
 
+    /// Shape (Hugging Face order) of the tensor with Hugging Face name `hfName`.
+    public func shape(of hfName: String) -> [Int]? { names[hfName]?.tensor.shape }
+
     /// Decoder layer of a Hugging Face name, nil for embeddings, final norm and head.
-    static func layerIndex(_ hfName: String) -> Int? {
+    public static func layerIndex(_ hfName: String) -> Int? {
         guard hfName.hasPrefix("model.layers.") else { return nil }
         return Int(hfName.dropFirst("model.layers.".count).prefix { $0 != "." })
     }
