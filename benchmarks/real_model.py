@@ -38,7 +38,7 @@ def llama_cpp(args, batches):
     context = max(batches) * (args.prompt_len + args.gen_len) + 64
     cmd = [binary, "-m", args.model, "-c", str(context), "-b", "2048", "-ub", "512", "-npp", str(args.prompt_len),
            "-ntg", str(args.gen_len), "-npl", ",".join(map(str, batches)), "-t", str(args.threads), "-tb", str(args.threads),
-           "--output-format", "jsonl"]
+           "--output-format", "jsonl"] + args.llama_args.split()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     results = {}
     for line in (out.stdout + out.stderr).splitlines():
@@ -80,6 +80,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="GGUF file")
     ap.add_argument("--llama-cpp", required=True, help="llama.cpp checkout (built) or the llama-batched-bench binary")
+    ap.add_argument("--llama-args", default="", help="extra llama-batched-bench arguments (e.g. -nr)")
     ap.add_argument("--batches", default="1,16,32")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=32)
@@ -102,7 +103,7 @@ def main():
 
     model, flags = cpu()
     result = {"workload": {"model": args.model, "prompt_len": args.prompt_len, "gen_len": args.gen_len, "threads": args.threads,
-                           "repeat": args.repeat, "transformers_dtype": args.hf_dtype, "cpu": model, "cpu_flags": flags,
+                           "repeat": args.repeat, "transformers_dtype": args.hf_dtype, "llama_args": args.llama_args, "cpu": model, "cpu_flags": flags,
                            "machine": platform.machine()}, "batches": {}}
     for b in batches:
         row = {}
