@@ -146,7 +146,7 @@ public enum ModelLoader {
             try stored.validate(layers: config.numLayers, path: FileSystem.join(directory, "config.json"))
             if compression.weights != nil {
                 throw StrataError.invalidRequest(
-                    "\(directory) is already quantized by strata convert (config.json strata_precision); load it without a weight precision")
+                    "\(directory) is already quantized (config.json strata_precision from strata convert, or Q4_0/Q4_1/Q8_0 layers of a GGUF file); load it without a weight precision")
             }
         }
         var effective = compression
