@@ -53,13 +53,11 @@ public struct ModelConfig: Sendable, Equatable {
     public var storedPrecision: PrecisionMap?
 
     public init(directory: String) throws {
-        if GGUFFile.isGGUF(directory) {
-            try self.init(json: try GGUFModel.open(directory).companion("config.json"), path: directory)
-            return
+        guard GGUFFile.isModel(directory) else { throw StrataError.fileNotFound(path: directory) }
+        guard let file = try ModelFiles.json(directory, "config.json") else {
+            throw StrataError.fileNotFound(path: FileSystem.join(directory, "config.json"))
         }
-        let path = FileSystem.join(directory, "config.json")
-        guard FileSystem.isDirectory(directory) else { throw StrataError.fileNotFound(path: directory) }
-        try self.init(json: JSONValue.load(path: path), path: path)
+        try self.init(json: file.value, path: file.path)
     }
 
     public init(json: JSONValue, path: String) throws {
@@ -175,16 +173,8 @@ public struct GenerationConfig: Sendable {
     public init() {}
 
     public init(directory: String) throws {
-        var path = FileSystem.join(directory, "generation_config.json")
-        let json: JSONValue
-        if GGUFFile.isGGUF(directory) {
-            path = directory
-            json = try GGUFModel.open(directory).companion("generation_config.json")
-        } else {
-            guard FileSystem.exists(path) else { return }
-            json = try JSONValue.load(path: path)
-        }
-        let f = try JSONFields(json, path: path)
+        guard let file = try ModelFiles.json(directory, "generation_config.json") else { return }
+        let f = try JSONFields(file.value, path: file.path)
         eosTokenIds = try f.intList("eos_token_id")
         bosTokenId = f.has("bos_token_id") ? try f.int("bos_token_id") : nil
         padTokenId = f.has("pad_token_id") ? try f.int("pad_token_id") : nil
@@ -207,16 +197,8 @@ public struct TokenizerConfig: Sendable {
     public var chatTemplate: String?
 
     public init(directory: String) throws {
-        var path = FileSystem.join(directory, "tokenizer_config.json")
-        let json: JSONValue
-        if GGUFFile.isGGUF(directory) {
-            path = directory
-            json = try GGUFModel.open(directory).companion("tokenizer_config.json")
-        } else {
-            guard FileSystem.exists(path) else { return }
-            json = try JSONValue.load(path: path)
-        }
-        let f = try JSONFields(json, path: path)
+        guard let file = try ModelFiles.json(directory, "tokenizer_config.json") else { return }
+        let f = try JSONFields(file.value, path: file.path)
         addBosToken = f.has("add_bos_token") ? try f.bool("add_bos_token", default: false) : nil
         addEosToken = f.has("add_eos_token") ? try f.bool("add_eos_token", default: false) : nil
         func token(_ key: String) -> String? {

@@ -18,9 +18,7 @@ public final class ModelBundle: Sendable {
     let tokenizerConfig: TokenizerConfig
 
     public convenience init(directory: String, backend: any Backend, compression: Compression = .none) throws {
-        guard FileSystem.isDirectory(directory) || GGUFFile.isGGUF(directory) && FileSystem.exists(directory) else {
-            throw StrataError.fileNotFound(path: directory)
-        }
+        guard GGUFFile.isModel(directory) else { throw StrataError.fileNotFound(path: directory) }
         if let map = compression.weights {
             try map.validate(layers: try ModelConfig(directory: directory).numLayers, path: "precision map")
         }

@@ -72,7 +72,8 @@ enum JinjaBuiltins {
                 return .bool(options.contains { name == "startswith" ? s.hasPrefix($0) : s.hasSuffix($0) })
             case "split":
                 if case .string(let sep)? = args.first {
-                    return .list(s.components(separatedByString: sep).map { .string($0) })
+                    guard !sep.isEmpty else { throw JinjaRenderError(message: "split() separator is empty") }
+                    return .list(s.split(separator: sep, omittingEmptySubsequences: false).map { .string(String($0)) })
                 }
                 return .list(s.split(whereSeparator: { $0.isWhitespace }).map { .string(String($0)) })
             case "replace":
@@ -80,7 +81,9 @@ enum JinjaBuiltins {
                 return .string(s.replacingAll(args[0].rendered, with: args[1].rendered))
             case "join":
                 return .string(try JinjaRenderer.iterate(args.first ?? .list([])).map(\.rendered).joined(separator: s))
-            case "count": return .int(max(0, s.components(separatedByString: args.first?.rendered ?? "").count - 1))
+            case "count":
+                let needle = args.first?.rendered ?? ""
+                return .int(needle.isEmpty ? 0 : s.split(separator: needle, omittingEmptySubsequences: false).count - 1)
             default: break
             }
         case .dict(let d):
@@ -147,7 +150,7 @@ enum JinjaBuiltins {
             switch v {
             case .int: return v
             case .double(let d): return .int(Int(d))
-            case .string(let s): return .int(Int(s.trimmingWhitespace) ?? 0)
+            case .string: return .int(Int(try method(v, "strip", [], [:]).rendered) ?? 0)
             case .bool(let b): return .int(b ? 1 : 0)
             default: return .int(0)
             }
@@ -155,7 +158,7 @@ enum JinjaBuiltins {
             switch v {
             case .int(let i): return .double(Double(i))
             case .double: return v
-            case .string(let s): return .double(Double(s.trimmingWhitespace) ?? 0)
+            case .string: return .double(Double(try method(v, "strip", [], [:]).rendered) ?? 0)
             default: return .double(0)
             }
         case "abs":
@@ -187,8 +190,8 @@ enum JinjaBuiltins {
             if case .int(let w)? = args.first ?? named["width"] { width = w } else { width = 4 }
             let first = (named["first"] ?? (args.count > 1 ? args[1] : .bool(false))).isTrue
             let pad = String(repeating: " ", count: width)
-            let lines = v.rendered.components(separatedByString: "\n")
-            return .string(lines.enumerated().map { n, l in (n == 0 && !first) || l.isEmpty ? l : pad + l }.joined(separator: "\n"))
+            let lines = v.rendered.split(separator: "\n", omittingEmptySubsequences: false)
+            return .string(lines.enumerated().map { n, l in (n == 0 && !first) || l.isEmpty ? String(l) : pad + l }.joined(separator: "\n"))
         default:
             throw JinjaRenderError(message: "filter '\(name)' is not supported")
         }
@@ -222,13 +225,5 @@ enum JinjaBuiltins {
         case "upper": return v.rendered == v.rendered.uppercased()
         default: throw JinjaRenderError(message: "test '\(name)' is not supported")
         }
-    }
-}
-
-extension String {
-    var trimmingWhitespace: String {
-        var t = Substring(self).drop { $0.isWhitespace }
-        while let l = t.last, l.isWhitespace { t = t.dropLast() }
-        return String(t)
     }
 }

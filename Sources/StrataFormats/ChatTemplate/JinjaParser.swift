@@ -95,7 +95,7 @@ struct JinjaParser {
             var targets = [try e.name()]
             while e.accept(.op(",")) { targets.append(try e.name()) }
             try e.expect(.name("in"))
-            let iterable = try e.parseFilterable(noConditional: true)
+            let iterable = try e.parseOr()  // no conditional: a trailing `if` filters the items
             var condition: JinjaExpression? = nil
             if e.accept(.name("if")) { condition = try e.parseExpression() }
             _ = e.accept(.name("recursive"))
@@ -189,9 +189,6 @@ struct ExpressionParser {
         return value
     }
 
-    /// An expression without a trailing `if` (a for loop's iterable, where `if` filters items).
-    mutating func parseFilterable(noConditional: Bool) throws -> JinjaExpression { try parseOr() }
-
     mutating func parseOr() throws -> JinjaExpression {
         var left = try parseAnd()
         while accept(.name("or")) { left = .binary("or", left, try parseAnd()) }
@@ -219,17 +216,12 @@ struct ExpressionParser {
                 left = .unary("not", .binary("in", left, try parseConcat()))
             } else if accept(.name("is")) {
                 let negated = accept(.name("not"))
-                var testName = try name()
-                if testName == "none" || testName == "true" || testName == "false" { testName = testName.lowercased() }
+                let testName = try name()
                 var args: [JinjaExpression] = []
                 if accept(.op("(")) {
                     while !accept(.op(")")) { args.append(try parseExpression()); _ = accept(.op(",")) }
-                } else if let p = peek, case .name(let n) = p, !["and", "or", "else", "if", "in", "not"].contains(n) {
-                    args.append(try parsePrimary())
-                } else if let p = peek, case .string = p {
-                    args.append(try parsePrimary())
-                } else if let p = peek, case .int = p {
-                    args.append(try parsePrimary())
+                } else if let p = peek, Self.startsTestArgument(p) {
+                    args.append(try parsePrimary())  // `x is divisibleby 3`, `x is sameas y`
                 }
                 left = .test(left, testName, args, negated: negated)
             } else {
@@ -237,6 +229,15 @@ struct ExpressionParser {
             }
         }
     }
+    /// A token that begins a test's single unparenthesised argument.
+    static func startsTestArgument(_ t: JinjaToken) -> Bool {
+        switch t {
+        case .name(let n): return !["and", "or", "else", "if", "in", "not"].contains(n)
+        case .string, .int: return true
+        default: return false
+        }
+    }
+
     mutating func parseConcat() throws -> JinjaExpression {
         var left = try parseAdd()
         while accept(.op("~")) { left = .binary("~", left, try parseAdd()) }

@@ -94,23 +94,26 @@ public final class GGUFCheckpoint: TensorSource, @unchecked Sendable {
             // Re-lay the blocks out as Strata groups (rows reordered for q/k), then hand out the
             // three parts; all three are kept, since a loader reads them together.
             let q = GGUFExact.quantized(source, type: t.type, shape: t.shape)
-            let groupsPerRow = q.steps.count / rows, bytesPerRow = groupsPerRow * q.scheme.bytesPerGroup
-            func reordered<T>(_ a: [T], _ per: Int) -> [T] {
-                rowsPerHead == nil ? a : (0..<rows).flatMap { a[(order($0) * per)..<(order($0) * per + per)] }
+            // One part as its own mapping, rows in Hugging Face order.
+            func part(_ bytes: UnsafeRawBufferPointer, name: String, dtype: DType) throws -> TensorView {
+                let rowBytes = bytes.count / rows
+                let memory = try MappedFile(derivedFrom: model.path, size: bytes.count) { out in
+                    for r in 0..<rows {
+                        (out.baseAddress! + r * rowBytes).copyMemory(from: bytes.baseAddress! + order(r) * rowBytes, byteCount: rowBytes)
+                    }
+                }
+                return TensorView(name: name, dtype: dtype, shape: [bytes.count / dtype.byteSize], bytes: memory.bytes(0..<memory.size),
+                                  file: memory)
             }
-            let parts: [(Form, [UInt8])] = [
-                (.qdata, reordered(q.data, bytesPerRow)),
-                (.qsteps, reordered(q.steps, groupsPerRow).withUnsafeBytes { Array($0) }),
-                (.qmins, reordered(q.mins, groupsPerRow).withUnsafeBytes { Array($0) }),
-            ]
             let names = QuantizedCheckpoint.names(e.hfName)
+            let views = [
+                try q.data.withUnsafeBytes { try part($0, name: names.data, dtype: .u8) },
+                try q.steps.withUnsafeBytes { try part($0, name: names.steps, dtype: .f16) },
+                try q.mins.withUnsafeBytes { try part($0, name: names.mins, dtype: .f16) },
+            ]
             var result: TensorView? = nil
-            for (form, bytes) in parts {
-                let memory = try MappedFile(derivedFrom: model.path, size: bytes.count) { out in out.copyBytes(from: bytes) }
-                let partName = form == .qdata ? names.data : form == .qsteps ? names.steps : names.mins
-                let view = TensorView(name: partName, dtype: form == .qdata ? .u8 : .f16, shape: [form == .qdata ? bytes.count : bytes.count / 2],
-                                      bytes: memory.bytes(0..<memory.size), file: memory)
-                if partName != name { decoded.withLock { $0[partName] = view } } else { result = view }
+            for view in views {
+                if view.name != name { decoded.withLock { $0[view.name] = view } } else { result = view }
             }
             return result!
         }

@@ -132,6 +132,18 @@ public final class GGUFModel: Sendable {
     }
 }
 
+/// The JSON files a model holds: read from a directory, or derived from a GGUF file's metadata.
+public enum ModelFiles {
+    /// `name` (e.g. `config.json`) of the model at `path` and the path errors should name; nil
+    /// when a directory has no such file.
+    public static func json(_ path: String, _ name: String) throws -> (value: JSONValue, path: String)? {
+        if GGUFFile.isGGUF(path) { return (try GGUFModel.open(path).companion(name), path) }
+        let file = FileSystem.join(path, name)
+        guard FileSystem.exists(file) else { return nil }
+        return (try JSONValue.load(path: file), file)
+    }
+}
+
 /// Bytes a rows permutation moves: row r of the result is row `source(r)` of the file.
 /// llama.cpp stores each head's rows as (i, half) pairs interleaved; Hugging Face keeps the two
 /// halves apart: HF row half * (d/2) + i = file row 2i + half.

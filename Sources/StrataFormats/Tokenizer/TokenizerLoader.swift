@@ -11,21 +11,16 @@ extension Tokenizer {
     /// BOS/EOS handling where the tokenizer file has no post-processor.
     public static func load(directory: String) throws -> Tokenizer {
         let config = try TokenizerConfig(directory: directory)
-        if GGUFFile.isGGUF(directory) {
-            return try load(tokenizerJSON: try GGUFModel.open(directory).companion("tokenizer.json"), path: directory, config: config)
+        if let file = try ModelFiles.json(directory, "tokenizer.json") {
+            return try load(tokenizerJSON: file.value, path: file.path, config: config)
         }
         let json = FileSystem.join(directory, "tokenizer.json")
-        if FileSystem.exists(json) { return try load(tokenizerJSON: json, config: config) }
         let vocab = FileSystem.join(directory, "vocab.json")
         let merges = FileSystem.join(directory, "merges.txt")
         if FileSystem.exists(vocab) && FileSystem.exists(merges) {
             return try load(vocabJSON: vocab, mergesTXT: merges, config: config)
         }
         throw StrataError.fileNotFound(path: json + " (nor vocab.json + merges.txt)")
-    }
-
-    static func load(tokenizerJSON path: String, config: TokenizerConfig) throws -> Tokenizer {
-        try load(tokenizerJSON: JSONValue.load(path: path), path: path, config: config)
     }
 
     static func load(tokenizerJSON json: JSONValue, path: String, config: TokenizerConfig) throws -> Tokenizer {
