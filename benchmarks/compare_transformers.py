@@ -65,6 +65,19 @@ def hf_subprocess(args, dtype):
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
+def cpu_info():
+    """(model name, the matrix/vector flags that decide each system's best kernels)."""
+    model, flags = "unknown", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile"]
+    return model, [f for f in wanted if f in flags]
+
+
 def strata_run(binary, args):
     cmd = [binary, "bench", "--model", args.model, "--batch-size", str(args.batch_size), "--prompt-len", str(args.prompt_len),
            "--gen-len", str(args.gen_len), "--threads", str(args.threads), "--weight-format", args.weight_format, "--json"]
@@ -95,7 +108,7 @@ def main():
         strata.append(strata_run(args.strata, args))
         for d in dtypes:
             hf[d].append(hf_subprocess(args, d))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    cpu = cpu_info()[0]
     result = {"workload": {"model": args.model, "batch_size": args.batch_size, "prompt_len": args.prompt_len,
                            "gen_len": args.gen_len, "threads": args.threads, "repeat": args.repeat,
                            "strata_weight_format": args.weight_format, "cpu": cpu,

@@ -14,7 +14,7 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-from make_gguf_fixtures import ROOT, tokenizer_metadata  # noqa: E402
+from make_gguf_fixtures import ROOT, llama_header, tokenizer_metadata  # noqa: E402
 
 
 def main():
@@ -31,15 +31,7 @@ def main():
     h, f, heads, kv = args.hidden, args.ffn, args.heads, args.kv_heads
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(args.out, "llama")
-    w.add_block_count(args.layers)
-    w.add_context_length(2048)
-    w.add_embedding_length(h)
-    w.add_feed_forward_length(f)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(h // heads)
+    llama_header(w, args.layers, 2048, h, f, heads, kv, theta=10000.0)
     vocab = tokenizer_metadata(w, os.path.join(ROOT, "fixtures", "tokenizers", "llama3-bpe"))
     w.add_tensor("token_embd.weight", (0.02 * rng.standard_normal((vocab, h))).astype(np.float16))
     hd = h // heads

@@ -22,6 +22,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compare_transformers import cpu_info  # noqa: E402
 
 
 def strata(args, b):
@@ -64,18 +66,6 @@ def transformers(args, b):
     return {"prefill": r["prefill_tokens_per_s"], "decode": b * args.gen_len / decode_seconds, "total": r["total_tokens_per_s"]}
 
 
-def cpu():
-    model, flags = "unknown", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile"]
-    return model, [f for f in wanted if f in flags]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="GGUF file")
@@ -101,7 +91,7 @@ def main():
             runs["transformers"][b].append(transformers(args, b))
         print(f"round {round_ + 1}/{args.repeat} done", file=sys.stderr)
 
-    model, flags = cpu()
+    model, flags = cpu_info()
     result = {"workload": {"model": args.model, "prompt_len": args.prompt_len, "gen_len": args.gen_len, "threads": args.threads,
                            "repeat": args.repeat, "transformers_dtype": args.hf_dtype, "llama_args": args.llama_args, "cpu": model, "cpu_flags": flags,
                            "machine": platform.machine()}, "batches": {}}

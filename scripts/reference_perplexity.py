@@ -18,6 +18,19 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
 
+def perplexity(model, ids, window):
+    """(perplexity, tokens predicted, windows) of `ids` by the protocol above."""
+    windows = [ids] if len(ids) < window else [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            x = torch.tensor([w])
+            logits = model(input_ids=x).logits[0, :-1].double()
+            nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+            count += len(w) - 1
+    return math.exp(nll / count), count, len(windows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -30,16 +43,8 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager").eval()
     with open(args.text, encoding="utf-8") as f:
         ids = tok.encode(f.read()).ids
-    windows = [ids] if len(ids) < args.window else [ids[i:i + args.window] for i in range(0, len(ids) - args.window + 1, args.window)]
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            x = torch.tensor([w])
-            logits = model(input_ids=x).logits[0, :-1].double()
-            nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-            count += len(w) - 1
-    result = {"perplexity": math.exp(nll / count), "tokens": count, "windows": len(windows), "window": args.window,
-              "text": args.text}
+    value, count, windows = perplexity(model, ids, args.window)
+    result = {"perplexity": value, "tokens": count, "windows": windows, "window": args.window, "text": args.text}
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result))
