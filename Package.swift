@@ -20,6 +20,7 @@ let package = Package(
     products: [
         .executable(name: "strata", targets: ["strata"]),
         .library(name: "StrataRuntime", targets: ["StrataRuntime"]),
+        .library(name: "StrataPlanning", targets: ["StrataPlanning"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

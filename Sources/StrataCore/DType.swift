@@ -17,6 +17,21 @@ public enum DType: String, Sendable, CaseIterable {
 
 /// Conversions between the storage formats and f32. With F16C enabled (see Package.swift)
 /// `Float(Float16)` compiles to a single vcvtph2ps instruction.
+extension DType {
+    /// Bytes of a tensor of `shape` in this dtype; nil when a dimension is negative or the
+    /// product overflows (a corrupt header must not become a trap or a huge allocation).
+    public func byteCount(_ shape: [Int]) -> Int? {
+        var bytes = byteSize
+        for d in shape {
+            guard d >= 0 else { return nil }
+            let (p, overflow) = bytes.multipliedReportingOverflow(by: d)
+            guard !overflow else { return nil }
+            bytes = p
+        }
+        return bytes
+    }
+}
+
 public enum Precision {
     @inline(__always)
     public static func bf16ToFloat(_ bits: UInt16) -> Float {

@@ -49,10 +49,7 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     /// Reads and parses the file at `path`.
     public static func load(path: String) throws -> JSONValue {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw StrataError.fileNotFound(path: path)
-        }
-        return try parse(data, path: path)
+        try parse(Data(TextFile.read(path: path, limit: TextFile.maxJSONBytes)), path: path)
     }
 
     public func serialized(sortedKeys: Bool = true) -> String {

@@ -70,3 +70,32 @@ public enum FileSystem {
         directory.hasSuffix("/") ? directory + name : directory + "/" + name
     }
 }
+
+/// Small text files (JSON, YAML, merges.txt) read whole, after checking that the path is a
+/// regular file no larger than `limit`: a FIFO, /dev/zero or a multi-gigabyte "config" is
+/// refused by name before any of it is read.
+public enum TextFile {
+    /// JSON documents (tokenizer.json of a 256k vocabulary is ~30 MB).
+    public static let maxJSONBytes = 256 << 20
+
+    public static func read(path: String, limit: Int) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw StrataError.fileNotFound(path: path) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw StrataError.invalidFile(path: path, detail: "cannot stat file") }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw StrataError.invalidFile(path: path, detail: "not a regular file") }
+        let size = Int(info.st_size)
+        guard size <= limit else {
+            throw StrataError.invalidFile(path: path, detail: "\(size) bytes exceeds the \(limit)-byte limit for this kind of file")
+        }
+        var bytes = [UInt8](repeating: 0, count: size)
+        var done = 0
+        while done < size {
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, size - done) }
+            guard n > 0 else { throw StrataError.invalidFile(path: path, detail: "read failed after \(done) of \(size) bytes") }
+            done += n
+        }
+        return bytes
+    }
+}

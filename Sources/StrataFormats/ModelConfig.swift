@@ -147,8 +147,16 @@ public struct ModelConfig: Sendable, Equatable {
         func bad(_ d: String) -> StrataError { .invalidFile(path: path, detail: d) }
         for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("num_hidden_layers", numLayers),
                           ("num_attention_heads", numHeads), ("max_position_embeddings", maxPositions),
-                          ("intermediate_size/ffn_dim", intermediateSize), ("num_key_value_heads", numKVHeads)] where v <= 0 {
+                          ("intermediate_size/ffn_dim", intermediateSize), ("num_key_value_heads", numKVHeads), ("head_dim", headDim)] where v <= 0 {
             throw bad("field '\(name)' must be positive, got \(v)")
+        }
+        // Upper bounds far above any released model, so that every size computed from these
+        // (weight bytes, KV cache bytes) stays well inside Int before anything is allocated.
+        for (name, v, limit) in [("vocab_size", vocabSize, 1 << 21), ("hidden_size", hiddenSize, 1 << 20),
+                                 ("num_hidden_layers", numLayers, 1 << 12), ("num_attention_heads", numHeads, 1 << 12),
+                                 ("max_position_embeddings", maxPositions, 1 << 24), ("intermediate_size/ffn_dim", intermediateSize, 1 << 21),
+                                 ("head_dim", headDim, 1 << 14)] where v > limit {
+            throw bad("field '\(name)' is \(v), above the limit of \(limit)")
         }
         if family == .opt, hiddenSize % numHeads != 0 {
             throw bad("hidden_size \(hiddenSize) is not divisible by num_attention_heads \(numHeads)")
@@ -197,8 +205,12 @@ public struct TokenizerConfig: Sendable {
     public var chatTemplate: String?
 
     public init(directory: String) throws {
-        guard let file = try ModelFiles.json(directory, "tokenizer_config.json") else { return }
-        let f = try JSONFields(file.value, path: file.path)
+        guard let file = try ModelFiles.json(directory, "tokenizer_config.json") else { self.init(); return }
+        try self.init(json: file.value, path: file.path)
+    }
+
+    public init(json: JSONValue, path: String) throws {
+        let f = try JSONFields(json, path: path)
         addBosToken = f.has("add_bos_token") ? try f.bool("add_bos_token", default: false) : nil
         addEosToken = f.has("add_eos_token") ? try f.bool("add_eos_token", default: false) : nil
         func token(_ key: String) -> String? {

@@ -52,7 +52,7 @@ public final class OffloadStore: TensorSource, @unchecked Sendable {
             guard let dtype = DType(rawValue: try e.string("dtype")) else { throw e.wrong("dtype", "F32, F16, BF16 or U8") }
             let shape = try e.intList("shape")
             let bytes = try e.int("bytes")
-            guard bytes == shape.reduce(1, *) * dtype.byteSize else {
+            guard bytes == dtype.byteCount(shape) else {
                 throw StrataError.invalidFile(path: path, detail: "tensor '\(name)': shape \(shape) x \(dtype.rawValue) is not \(bytes) bytes")
             }
             guard let checksum = UInt64(try e.string("checksum"), radix: 16) else { throw e.wrong("checksum", "a hex string") }

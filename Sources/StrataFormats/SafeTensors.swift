@@ -104,11 +104,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard end <= dataSize else {
             throw bad("data_offsets [\(begin), \(end)] run past the end of the data (\(dataSize) bytes; file truncated?)")
         }
-        let (count, overflow) = shape.reduce((1, false)) { acc, d in
-            let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
-        }
-        guard !overflow, count * dtype.byteSize == end - begin else {
-            throw bad("shape \(shape) x \(dtype.rawValue) needs \(overflow ? "too many" : String(count * dtype.byteSize)) bytes but data_offsets span \(end - begin)")
+        let bytes = dtype.byteCount(shape)
+        guard bytes == end - begin else {
+            throw bad("shape \(shape) x \(dtype.rawValue) needs \(bytes.map(String.init) ?? "too many") bytes but data_offsets span \(end - begin)")
         }
         return (dtype, shape, begin..<end)
     }

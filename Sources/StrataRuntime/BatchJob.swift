@@ -46,47 +46,61 @@ public struct BatchJob: Sendable {
         public var seconds: Double
     }
 
-    struct Item { var index: Int; var fields: [String: JSONValue]; var prompt: String; var ids: [Int] }
+    /// One input line made into a request.
+    public struct Item: Sendable {
+        public var index: Int
+        public var fields: [String: JSONValue]
+        public var prompt: String
+        public var ids: [Int]
+    }
 
     /// Checks that the output can be written before any model work starts.
     public func prepareOutput() throws -> OutputFile {
         try OutputFile(path: outputPath, truncate: overwrite)
     }
 
+    /// Input line `index` (its raw bytes): `{"prompt": ...}` or `{"messages": [...]}`. Errors
+    /// say what is wrong with the line; the caller prefixes FILE:LINE.
+    public static func item(_ raw: [UInt8], index: Int, origin: String, encoder: some PromptEncoder) throws -> Item {
+        let value = try JSONValue.parse(Data(raw), path: origin)
+        guard let object = value.object else { throw StrataError.invalidRequest("line is not a JSON object") }
+        if let messages = object["messages"] {
+            // A chat line: rendered by the model's chat template; the rendered text is
+            // written back as "prompt".
+            guard let list = messages.array else { throw StrataError.invalidRequest("field \"messages\" is not a list") }
+            let (prompt, ids) = try encoder.encodeChat(list)
+            var fields = object
+            fields["prompt"] = .string(prompt)
+            return Item(index: index, fields: fields, prompt: prompt, ids: ids)
+        }
+        guard let prompt = object["prompt"]?.string else {
+            throw StrataError.invalidRequest("missing string field \"prompt\" (or a \"messages\" list)")
+        }
+        return Item(index: index, fields: object, prompt: prompt, ids: try encoder.encodePrompt(prompt, addSpecialTokens: true))
+    }
+
     public func run(generator: Generator, output: OutputFile, progress: (Progress) -> Void = { _ in }) throws -> Summary {
         guard batchSize > 0 else { throw StrataError.invalidRequest("--batch-size must be positive") }
         guard maxNewTokens > 0 else { throw StrataError.invalidRequest("--max-new-tokens must be positive") }
-        guard let data = FileManager.default.contents(atPath: inputPath) else { throw StrataError.fileNotFound(path: inputPath) }
+        let lines = try LineReader(path: inputPath)
         var summary = Summary()
-        let done = overwrite ? [] : Self.completedIndexes(outputPath)
+        let done = overwrite ? [] : try Self.completedIndexes(outputPath)
         var items: [Item] = []
-        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
-        for (n, raw) in lines.enumerated() {
-            let lineNumber = n + 1
+        while let (lineNumber, line) = try lines.next() {
+            let origin = "\(inputPath):\(lineNumber)"
+            guard case .text(let raw) = line else {
+                summary.total += 1
+                summary.skipped.append("\(origin): line longer than the \(LineReader.defaultMaxLineBytes)-byte limit")
+                continue
+            }
             if raw.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
             summary.total += 1
             if done.contains(lineNumber) { summary.alreadyDone += 1; continue }
             do {
-                let value = try JSONValue.parse(Data(raw), path: "\(inputPath):\(lineNumber)")
-                guard let object = value.object else { throw StrataError.invalidRequest("line is not a JSON object") }
-                if let messages = object["messages"] {
-                    // A chat line: rendered by the model's chat template; the rendered text is
-                    // written back as "prompt".
-                    guard let list = messages.array else { throw StrataError.invalidRequest("field \"messages\" is not a list") }
-                    let (prompt, ids) = try generator.bundle.encodeChat(list)
-                    var fields = object
-                    fields["prompt"] = .string(prompt)
-                    items.append(Item(index: lineNumber, fields: fields, prompt: prompt, ids: ids))
-                    continue
-                }
-                guard let prompt = object["prompt"]?.string else {
-                    throw StrataError.invalidRequest("missing string field \"prompt\" (or a \"messages\" list)")
-                }
-                let ids = try generator.bundle.encodePrompt(prompt)
-                items.append(Item(index: lineNumber, fields: object, prompt: prompt, ids: ids))
+                items.append(try Self.item(raw, index: lineNumber, origin: origin, encoder: generator.bundle))
             } catch {
-                let reason = "\(error)".replacing("\(inputPath):\(lineNumber): ", with: "")
-                summary.skipped.append("\(inputPath):\(lineNumber): \(reason)")
+                let reason = "\(error)".replacing("\(origin): ", with: "")
+                summary.skipped.append("\(origin): \(reason)")
             }
         }
         let started = Clock.now()
@@ -115,20 +129,33 @@ public struct BatchJob: Sendable {
     }
 
     /// Input line numbers already present in an existing output file.
-    static func completedIndexes(_ path: String) -> Set<Int> {
-        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+    static func completedIndexes(_ path: String) throws -> Set<Int> {
+        guard FileSystem.exists(path) else { return [] }
+        let lines = try LineReader(path: path)
         var done = Set<Int>()
-        for line in data.split(separator: UInt8(ascii: "\n")) {
-            if let v = try? JSONValue.parse(Data(line), path: path), let i = v["index"]?.int { done.insert(i) }
+        while let (_, line) = try lines.next() {
+            if case .text(let raw) = line, let v = try? JSONValue.parse(Data(raw), path: path), let i = v["index"]?.int { done.insert(i) }
         }
         return done
     }
 }
 
+/// What a batch job needs of a model to turn input lines into token ids.
+public protocol PromptEncoder {
+    func encodePrompt(_ prompt: String, addSpecialTokens: Bool) throws -> [Int]
+    func encodeChat(_ messages: [JSONValue]) throws -> (prompt: String, ids: [Int])
+}
+
+extension ModelBundle: PromptEncoder {}
+
 /// An output file opened for appending; every append is flushed so a crash loses nothing
-/// already generated.
+/// already generated. A process killed in the middle of a write can leave a torn last line;
+/// opening the file again cuts it off (its input line is then generated again), so the next
+/// append never glues a new line onto a fragment.
 public final class OutputFile: @unchecked Sendable {
     public let path: String
+    /// Bytes of a torn last line removed on opening (0 when the file ended cleanly).
+    public let discardedBytes: Int
     private let handle: UnsafeMutablePointer<FILE>
 
     public init(path: String, truncate: Bool) throws {
@@ -137,6 +164,27 @@ public final class OutputFile: @unchecked Sendable {
             throw StrataError.ioFailure(path: path, detail: "cannot open for writing (\(String(cString: strerror(errno))))")
         }
         handle = h
+        discardedBytes = truncate ? 0 : try Self.cutTornLine(fileno(h), path: path)
+    }
+
+    /// Truncates the file after its last newline; returns how many bytes went.
+    private static func cutTornLine(_ fd: Int32, path: String) throws -> Int {
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 0 else { return 0 }
+        var end = size
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while end > 0 {
+            let start = max(0, end - chunk.count)
+            let n = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, end - start, off_t(start)) }
+            guard n == end - start else { throw StrataError.ioFailure(path: path, detail: "cannot read back the output file") }
+            if let nl = chunk[0..<n].lastIndex(of: 0x0A) { end = start + nl + 1; break }
+            end = start
+        }
+        guard end < size else { return 0 }
+        guard ftruncate(fd, off_t(end)) == 0 else {
+            throw StrataError.ioFailure(path: path, detail: "cannot cut the torn last line (\(String(cString: strerror(errno))))")
+        }
+        return size - end
     }
 
     public func append(_ text: String) throws {

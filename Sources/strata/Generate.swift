@@ -75,6 +75,9 @@ struct Generate: ParsableCommand {
             let job = BatchJob(inputPath: input!, outputPath: output!, batchSize: batchSize, maxNewTokens: maxNewTokens,
                                stopStrings: stops, sampling: sampling, overwrite: overwrite)
             let out = try job.prepareOutput()   // fail on an unwritable path before loading the model
+            if out.discardedBytes > 0 {
+                Console.error("\(output!): cut a torn last line (\(out.discardedBytes) bytes, from an interrupted run); its prompt is generated again")
+            }
             let generator = try makeGenerator()
             let line = ProgressLine()
             let summary = try job.run(generator: generator, output: out) { p in

@@ -49,8 +49,10 @@ enum GGUFMetadata {
     static func tokenizerFiles(_ f: GGUFFile, config: [String: JSONValue]) throws -> [String: JSONValue] {
         let model = try f.string("tokenizer.ggml.model")
         let tokens = try f.stringArray("tokenizer.ggml.tokens")
-        guard !tokens.isEmpty else { throw f.wrong("tokenizer.ggml.tokens", "a non-empty array") }
-        let types = try f.numberArray("tokenizer.ggml.token_type")?.map { Int($0) } ?? Array(repeating: 1, count: tokens.count)
+        guard !tokens.isEmpty, tokens.count <= Tokenizer.maxVocabulary else {
+            throw f.wrong("tokenizer.ggml.tokens", "a non-empty array of at most \(Tokenizer.maxVocabulary) tokens")
+        }
+        let types = try f.numberArray("tokenizer.ggml.token_type")?.map { Int(exactly: $0) ?? 0 } ?? Array(repeating: 1, count: tokens.count)
         guard types.count == tokens.count else {
             throw StrataError.invalidFile(path: f.path, detail: "metadata 'tokenizer.ggml.token_type' has \(types.count) entries for \(tokens.count) tokens")
         }

@@ -23,7 +23,8 @@ extension Tokenizer {
         throw StrataError.fileNotFound(path: json + " (nor vocab.json + merges.txt)")
     }
 
-    static func load(tokenizerJSON json: JSONValue, path: String, config: TokenizerConfig) throws -> Tokenizer {
+    /// A tokenizer from a parsed `tokenizer.json` (errors name `path`).
+    public static func load(tokenizerJSON json: JSONValue, path: String, config: TokenizerConfig) throws -> Tokenizer {
         let root = try JSONFields(json, path: path)
         func bad(_ d: String) -> StrataError { .invalidFile(path: path, detail: d) }
 
@@ -32,19 +33,16 @@ extension Tokenizer {
         let type = try m.string("type", default: "BPE") ?? "BPE"
         guard type == "BPE" else { throw bad("model.type '\(type)' is not supported (supported: BPE)") }
         guard let vocabObject = m.object["vocab"]?.object else { throw bad("missing or malformed 'model.vocab'") }
-        var vocab: [String: Int] = [:]
-        vocab.reserveCapacity(vocabObject.count)
-        for (token, v) in vocabObject {
-            guard let id = v.int, id >= 0 else { throw bad("model.vocab['\(token)'] is not a non-negative integer") }
-            vocab[token] = id
-        }
+        let vocab = try vocabulary(vocabObject, path: path, field: "model.vocab")
         let merges = try parseMerges(m.object["merges"]?.array ?? [], path: path)
 
         var added: [AddedToken] = []
         for (i, v) in (root.object["added_tokens"]?.array ?? []).enumerated() {
             let t = try JSONFields(v, path: path + " (added_tokens[\(i)])")
+            let id = try t.int("id")
+            guard id >= 0 && id < maxVocabulary else { throw t.wrong("id", "an id from 0 to \(maxVocabulary - 1)") }
             added.append(AddedToken(
-                id: try t.int("id"), content: try t.string("content"), special: try t.bool("special", default: false),
+                id: id, content: try t.string("content"), special: try t.bool("special", default: false),
                 lstrip: try t.bool("lstrip", default: false), rstrip: try t.bool("rstrip", default: false),
                 singleWord: try t.bool("single_word", default: false)))
         }
@@ -82,12 +80,8 @@ extension Tokenizer {
         guard let vocabObject = try JSONValue.load(path: vocabJSON).object else {
             throw StrataError.invalidFile(path: vocabJSON, detail: "expected an object mapping tokens to ids")
         }
-        var vocab: [String: Int] = [:]
-        for (token, v) in vocabObject {
-            guard let id = v.int else { throw StrataError.invalidFile(path: vocabJSON, detail: "id of '\(token)' is not an integer") }
-            vocab[token] = id
-        }
-        guard let data = FileManager.default.contents(atPath: mergesTXT) else { throw StrataError.fileNotFound(path: mergesTXT) }
+        let vocab = try vocabulary(vocabObject, path: vocabJSON, field: "vocabulary")
+        let data = try TextFile.read(path: mergesTXT, limit: TextFile.maxJSONBytes)
         var merges: [(String, String)] = []
         for (n, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             if line.hasPrefix("#version") || line.isEmpty { continue }
@@ -114,6 +108,26 @@ extension Tokenizer {
             byteLevelInput: true, prefixIds: prefix, suffixIds: suffix,
             bos: config.bosToken.flatMap { vocab[$0] }, eos: config.eosToken.flatMap { vocab[$0] },
             pad: config.padToken.flatMap { vocab[$0] })
+    }
+
+    /// Vocabularies above this are refused (the largest released ones have ~262k tokens); ids
+    /// index a table, so each must be below it too.
+    public static let maxVocabulary = 1 << 21
+
+    /// Token -> id, checked: at most `maxVocabulary` entries, ids in 0..<maxVocabulary.
+    static func vocabulary(_ object: [String: JSONValue], path: String, field: String) throws -> [String: Int] {
+        guard object.count <= maxVocabulary else {
+            throw StrataError.invalidFile(path: path, detail: "\(field) has \(object.count) entries, more than the \(maxVocabulary)-token limit")
+        }
+        var vocab: [String: Int] = [:]
+        vocab.reserveCapacity(object.count)
+        for (token, v) in object {
+            guard let id = v.int, id >= 0, id < maxVocabulary else {
+                throw StrataError.invalidFile(path: path, detail: "\(field)['\(token)'] is not an id from 0 to \(maxVocabulary - 1)")
+            }
+            vocab[token] = id
+        }
+        return vocab
     }
 
     private static func parseMerges(_ values: [JSONValue], path: String) throws -> [(String, String)] {

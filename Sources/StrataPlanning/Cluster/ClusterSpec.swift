@@ -54,8 +54,12 @@ public struct ClusterSpec: Sendable {
         "t4": 14.76, "v100-32g": 31.74, "v100-16g": 14.76, "p100-12g": 11.91, "a100-40g": 39.4, "a100-80g": 79.35,
     ]
 
+    /// Bounds on what a spec can ask the planner to enumerate (batch and sequence sizes, devices).
+    public static let maxTokens = 1 << 24
+    public static let maxDevices = 4096
+
     public static func load(path: String) throws -> ClusterSpec {
-        guard let data = FileManager.default.contents(atPath: path) else { throw StrataError.fileNotFound(path: path) }
+        let data = try TextFile.read(path: path, limit: 1 << 20)
         return try ClusterSpec(yaml: String(decoding: data, as: UTF8.self), path: path)
     }
 
@@ -72,20 +76,31 @@ public struct ClusterSpec: Sendable {
             if let s = value as? String, let d = Double(s) { return d }
             throw bad("field '\(field)' must be a number")
         }
+        /// A whole number in 1...limit: a size the planner will loop and allocate over.
+        func count(_ value: Any?, _ field: String, limit: Int) throws -> Int {
+            let d = try number(value, field)
+            guard d.rounded() == d, d >= 1, d <= Double(limit) else { throw bad("field '\(field)' must be a whole number from 1 to \(limit), not \(d)") }
+            return Int(d)
+        }
+        /// A finite number that is positive (or zero where `zero` allows).
+        func positive(_ value: Any?, _ field: String, zero: Bool = false) throws -> Double {
+            let d = try number(value, field)
+            guard d.isFinite, d > 0 || zero && d == 0 else { throw bad("field '\(field)' must be a finite \(zero ? "non-negative" : "positive") number, not \(d)") }
+            return d
+        }
         func bytes(_ value: Any?, _ field: String) throws -> Double {
             if let s = value as? String {
                 do { return Double(try ByteSize.parse(s, option: field)) } catch { throw bad("field '\(field)': '\(s)' is not a size") }
             }
-            return try number(value, field)
+            return try positive(value, field)
         }
 
         guard let modelName = map["model"] as? String else { throw bad("missing field 'model' (a known architecture or a model directory)") }
         do { model = try ModelShape.named(modelName) } catch let e as StrataError { throw bad("field 'model': \(e)") }
         guard let workload = map["workload"] as? [String: Any] else { throw bad("missing field 'workload' {global_batch, prompt_len, gen_len}") }
-        globalBatch = Int(try number(workload["global_batch"], "workload.global_batch"))
-        promptLength = Int(try number(workload["prompt_len"], "workload.prompt_len"))
-        genLength = Int(try number(workload["gen_len"], "workload.gen_len"))
-        guard globalBatch > 0, promptLength > 0, genLength > 0 else { throw bad("workload values must be positive") }
+        globalBatch = try count(workload["global_batch"], "workload.global_batch", limit: Self.maxTokens)
+        promptLength = try count(workload["prompt_len"], "workload.prompt_len", limit: Self.maxTokens)
+        genLength = try count(workload["gen_len"], "workload.gen_len", limit: Self.maxTokens)
 
         guard let devices = map["devices"] as? [Any], !devices.isEmpty else { throw bad("missing field 'devices' (a list of {type, count})") }
         groups = []
@@ -97,15 +112,15 @@ public struct ClusterSpec: Sendable {
             do { profile = try HardwareProfile.named(type) } catch {
                 throw bad("devices[\(i)]: unknown device type '\(type)'; known: \(HardwareProfile.builtIn.keys.sorted().joined(separator: ", ")) or a profile file")
             }
-            let count = d["count"] == nil ? 1 : Int(try number(d["count"], "devices[\(i)].count"))
-            guard count >= 1 else { throw bad("devices[\(i)].count must be at least 1") }
+            let count = d["count"] == nil ? 1 : try count(d["count"], "devices[\(i)].count", limit: Self.maxDevices)
+            guard groups.reduce(count, { $0 + $1.count }) <= Self.maxDevices else { throw bad("more than \(Self.maxDevices) devices in 'devices'") }
             let memory = try d["memory"].map { try bytes($0, "devices[\(i)].memory") }
                 ?? (Self.llmpqMemoryGiB[type.lowercased()].map { $0 * 1024 * 1024 * 1024 } ?? profile.deviceMemory)
             groups.append(DeviceGroup(type: type.lowercased(), profile: profile, count: count, memory: memory))
         }
         let links = map["links"] as? [String: Any] ?? [:]
         linkBandwidth = try links["bandwidth"].map { try bytes($0, "links.bandwidth") } ?? 1.25e9
-        linkLatency = try links["latency"].map { try number($0, "links.latency") } ?? 1e-4
+        linkLatency = try links["latency"].map { try positive($0, "links.latency", zero: true) } ?? 1e-4
         for (i, item) in (links["pairs"] as? [Any] ?? []).enumerated() {
             guard let pair = item as? [String: Any], let between = pair["between"] as? [String], between.count == 2 else {
                 throw bad("links.pairs[\(i)] needs 'between: [type, type]'")
@@ -116,9 +131,9 @@ public struct ClusterSpec: Sendable {
             }
             pairLinks.append((Set(between.map { $0.lowercased() }),
                               try pair["bandwidth"].map { try bytes($0, "links.pairs[\(i)].bandwidth") } ?? linkBandwidth,
-                              try pair["latency"].map { try number($0, "links.pairs[\(i)].latency") } ?? linkLatency))
+                              try pair["latency"].map { try positive($0, "links.pairs[\(i)].latency", zero: true) } ?? linkLatency))
         }
-        theta = try map["theta"].map { try number($0, "theta") } ?? 50_000
+        theta = try map["theta"].map { try positive($0, "theta", zero: true) } ?? 50_000
         if let list = map["bits"] {
             guard let b = list as? [Int], !b.isEmpty else { throw bad("field 'bits' must be a list of integers") }
             for v in b where ![2, 3, 4, 8, 16].contains(v) { throw bad("field 'bits' has \(v); allowed: 2, 3, 4, 8, 16") }
@@ -129,7 +144,7 @@ public struct ClusterSpec: Sendable {
         omegaPath = map["omega"] as? String
         calibrationPath = map["calibration"] as? String
         kernels = try KernelSet.parse(map["kernels"], path: path)
-        timeLimit = try map["time_limit"].map { try number($0, "time_limit") } ?? 10
+        timeLimit = try map["time_limit"].map { try positive($0, "time_limit") } ?? 10
     }
 
     /// Bandwidth (bytes/s) and latency (s) of the link between two device types.
