@@ -148,23 +148,24 @@ public protocol PromptEncoder {
 
 extension ModelBundle: PromptEncoder {}
 
-/// An output file opened for appending; every append is flushed so a crash loses nothing
-/// already generated. A process killed in the middle of a write can leave a torn last line;
-/// opening the file again cuts it off (its input line is then generated again), so the next
-/// append never glues a new line onto a fragment.
+/// An output file opened for appending; every append goes straight to the file (no stdio
+/// buffer), so a crash loses nothing already generated. A process killed in the middle of a
+/// write can leave a torn last line; opening the file again cuts it off (its input line is then
+/// generated again), so the next append never glues a new line onto a fragment.
 public final class OutputFile: @unchecked Sendable {
     public let path: String
     /// Bytes of a torn last line removed on opening (0 when the file ended cleanly).
     public let discardedBytes: Int
-    private let handle: UnsafeMutablePointer<FILE>
+    private let fd: Int32
 
     public init(path: String, truncate: Bool) throws {
         self.path = path
-        guard let h = fopen(path, truncate ? "w" : "a") else {
+        let fd = open(path, O_RDWR | O_CREAT | O_APPEND | (truncate ? O_TRUNC : 0), 0o644)
+        guard fd >= 0 else {
             throw StrataError.ioFailure(path: path, detail: "cannot open for writing (\(String(cString: strerror(errno))))")
         }
-        handle = h
-        discardedBytes = truncate ? 0 : try Self.cutTornLine(fileno(h), path: path)
+        self.fd = fd
+        do { discardedBytes = truncate ? 0 : try Self.cutTornLine(fd, path: path) } catch { close(fd); throw error }
     }
 
     /// Truncates the file after its last newline; returns how many bytes went.
@@ -187,13 +188,24 @@ public final class OutputFile: @unchecked Sendable {
         return size - end
     }
 
+    /// Appends whole lines. A failed write (a full disk) is rolled back to the previous end of
+    /// the file, so the output never holds part of a line.
     public func append(_ text: String) throws {
         let bytes = Array(text.utf8)
-        let written = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, bytes.count, handle) }
-        guard written == bytes.count, fflush(handle) == 0 else {
-            throw StrataError.ioFailure(path: path, detail: "write failed (\(String(cString: strerror(errno))))")
+        let before = lseek(fd, 0, SEEK_END)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let reason = n < 0 ? String(cString: strerror(errno)) : "no progress"
+                _ = ftruncate(fd, before)
+                throw StrataError.ioFailure(
+                    path: path, detail: "write failed (\(reason)); the file keeps the \(before) bytes of complete lines written before")
+            }
+            done += n
         }
     }
 
-    deinit { fclose(handle) }
+    deinit { close(fd) }
 }

@@ -64,10 +64,7 @@ public struct ClusterSpec: Sendable {
     }
 
     public init(yaml: String, path: String) throws {
-        let root: Any?
-        do { root = try Yams.load(yaml: yaml) } catch {
-            throw StrataError.invalidFile(path: path, detail: "not valid YAML: \(error)")
-        }
+        let root = try YAMLDocument.load(yaml, path: path)
         guard let map = root as? [String: Any] else { throw StrataError.invalidFile(path: path, detail: "expected a mapping at the top level") }
         func bad(_ detail: String) -> StrataError { .invalidFile(path: path, detail: detail) }
         func number(_ value: Any?, _ field: String) throws -> Double {
