@@ -65,6 +65,8 @@ public final class OffloadStore: TensorSource, @unchecked Sendable {
 
     public var tensorNames: [String] { entries.keys.sorted() }
     public func contains(_ name: String) -> Bool { entries[name] != nil }
+    /// From the manifest, without opening the tensor's file.
+    public func shapeAndType(_ name: String) -> (shape: [Int], dtype: DType)? { entries[name].map { ($0.shape, $0.dtype) } }
 
     public func path(of entry: Entry) -> String { FileSystem.join(directory, entry.file) }
 
@@ -78,6 +80,22 @@ public final class OffloadStore: TensorSource, @unchecked Sendable {
         }
         guard let file else { return nil }
         return TensorView(name: name, dtype: e.dtype, shape: e.shape, bytes: file.bytes(0..<e.bytes), file: file)
+    }
+
+    public func unreadable(_ name: String) -> StrataError? {
+        guard let e = entries[name] else { return nil }
+        let path = path(of: e)
+        do {
+            let file = try MappedFile(path: path)
+            guard file.size >= e.bytes else {
+                return .invalidFile(path: path, detail: "tensor '\(name)' needs \(e.bytes) bytes but the file has \(file.size) (truncated store)")
+            }
+            return nil
+        } catch let error as StrataError {
+            return .invalidFile(path: path, detail: "tensor '\(name)' cannot be read: \(error)")
+        } catch {
+            return .invalidFile(path: path, detail: "tensor '\(name)' cannot be read: \(error)")
+        }
     }
 
     /// Unmaps every tensor file mapped so far (views handed out keep their own mapping alive).
