@@ -39,7 +39,8 @@ run_one() {
   [ -n "$seconds" ] && limit=(-max_total_time="$seconds")
   local start=$SECONDS status=0
   # detect_leaks=0: Swift's runtime keeps metadata caches that LeakSanitizer reports as leaks.
-  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 "$scratch/debug/$h" "${limit[@]}" -timeout=1 -rss_limit_mb=2048 \
+  # SWIFT_BACKTRACE=enable=no: the runtime's backtracer reads memory ASan reports as a second error.
+  SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 "$scratch/debug/$h" "${limit[@]}" -timeout=1 -rss_limit_mb=2048 \
     -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts" "$corpus" "fuzz/seeds/$h" \
     >"$scratch/logs/$h.log" 2>&1 || status=$?
   local done_runs rate

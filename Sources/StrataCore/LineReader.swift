@@ -21,6 +21,8 @@ public final class LineReader {
     private let handle: UnsafeMutablePointer<FILE>
     private var buffer: [UInt8] = []
     private var start = 0
+    /// Bytes after `start` already searched for a newline (so a long line is scanned once).
+    private var scanned = 0
     private var atEOF = false
     private var number = 0
 
@@ -37,8 +39,9 @@ public final class LineReader {
     public func next() throws -> (number: Int, line: Line)? {
         var skipped = 0  // bytes of an over-long line already dropped
         while true {
-            if let nl = buffer[start...].firstIndex(of: 0x0A) {
+            if let nl = buffer[(start + scanned)...].firstIndex(of: 0x0A) {
                 let length = nl - start
+                scanned = 0
                 let line: Line = skipped > 0 || length > maxLineBytes ? .tooLong(bytes: skipped + length) : .text(Array(buffer[start..<nl]))
                 start = nl + 1
                 number += 1
@@ -46,17 +49,18 @@ public final class LineReader {
                 return (number, line)
             }
             let pending = buffer.count - start
+            scanned = pending
             if atEOF {
                 guard pending > 0 || skipped > 0 else { return nil }
                 let line: Line = skipped > 0 || pending > maxLineBytes ? .tooLong(bytes: skipped + pending) : .text(Array(buffer[start...]))
-                buffer.removeAll(); start = 0
+                buffer.removeAll(); start = 0; scanned = 0
                 number += 1
                 lastLineTerminated = false
                 return (number, line)
             }
             if pending > maxLineBytes {
                 skipped += pending
-                buffer.removeAll(keepingCapacity: true); start = 0
+                buffer.removeAll(keepingCapacity: true); start = 0; scanned = 0
             } else if start > 0 {
                 buffer.removeSubrange(0..<start); start = 0
             }

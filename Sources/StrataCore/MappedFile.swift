@@ -75,8 +75,9 @@ public enum FileSystem {
 /// regular file no larger than `limit`: a FIFO, /dev/zero or a multi-gigabyte "config" is
 /// refused by name before any of it is read.
 public enum TextFile {
-    /// JSON documents (tokenizer.json of a 256k vocabulary is ~30 MB).
-    public static let maxJSONBytes = 256 << 20
+    /// JSON documents: the largest released tokenizer.json (Gemma 3's 262k vocabulary) is
+    /// ~33 MB; a file claiming ten million tokens is over this before a byte is parsed.
+    public static let maxJSONBytes = 64 << 20
 
     public static func read(path: String, limit: Int) throws -> [UInt8] {
         let fd = open(path, O_RDONLY)

@@ -18,6 +18,7 @@ enum SplitPattern: @unchecked Sendable {
         case llama3Source: return .llama3(maxDigits: 3)
         case qwen2Source: return .llama3(maxDigits: 1)
         default:
+            try RegexSafety.check(source)
             return .regex(try Regex(source).matchingSemantics(.unicodeScalar), source: source)
         }
     }

@@ -181,7 +181,7 @@ extension Tokenizer {
             let pattern: SplitPattern
             if let regex = f.object["pattern"]?["Regex"]?.string {
                 do { pattern = try SplitPattern.fromRegex(regex) } catch {
-                    throw StrataError.invalidFile(path: path, detail: "pre_tokenizer Split regex does not compile: \(error)")
+                    throw StrataError.invalidFile(path: path, detail: "pre_tokenizer Split regex is refused: \(error)")
                 }
             } else if let literal = f.object["pattern"]?["String"]?.string {
                 pattern = .literal(Array(literal.utf8))
