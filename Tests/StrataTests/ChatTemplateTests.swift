@@ -39,7 +39,7 @@ import Testing
             #expect("\(error)".hasPrefix("tokenizer_config.json: chat_template does not parse"))
         }
         let t = try ChatTemplate("{{ messages[0].content | nosuchfilter }}")
-        #expect(throws: StrataError.invalidRequest("filter 'nosuchfilter' is not supported")) {
+        #expect(throws: StrataError.invalidRequest("chat template: filter 'nosuchfilter' is not supported")) {
             _ = try t.render(messages: [.object(["role": .string("user"), "content": .string("x")])])
         }
         #expect(throws: StrataError.self) { _ = try t.render(messages: [.object(["content": .string("x")])]) }

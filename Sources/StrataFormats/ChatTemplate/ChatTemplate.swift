@@ -6,14 +6,19 @@ import StrataCore
 /// No package on the mirror renders these, so Strata carries the Jinja subset they use.
 public struct ChatTemplate: Sendable {
     public let source: String
+    /// Where the template came from (a file), named in render errors too.
+    public let origin: String
     let nodes: [JinjaNode]
 
     /// Parses `source`; a syntax error names `origin` (the file the template came from).
     public init(_ source: String, origin: String = "chat template") throws {
-        self.source = source
-        do { nodes = try JinjaParser.parse(source) } catch {
+        let parsed: [JinjaNode]
+        do { parsed = try JinjaParser.parse(source) } catch {
             throw StrataError.invalidFile(path: origin, detail: "chat_template does not parse: \(error)")
         }
+        self.source = source
+        self.origin = origin
+        nodes = parsed
     }
 
     /// Renders `messages` (each an object with `role` and `content`). `extra` adds variables
@@ -34,7 +39,7 @@ public struct ChatTemplate: Sendable {
         var renderer = JinjaRenderer(globals: globals)
         var out = ""
         do { try renderer.render(nodes, into: &out) } catch let e as JinjaRenderError {
-            throw StrataError.invalidRequest(e.message)
+            throw StrataError.invalidRequest((origin == "chat template" ? "chat template: " : "chat template (\(origin)): ") + e.message)
         }
         return out
     }

@@ -50,7 +50,8 @@ public final class GGUFModel: Sendable {
             guard config["rope_scaling"] == nil else {
                 throw StrataError.invalidFile(path: file.path, detail: "both '\(arch).rope.scaling.type' and tensor 'rope_freqs.weight' scale RoPE")
             }
-            let factors = file.bytes(of: t).bindMemory(to: Float.self).map(Double.init)
+            let raw = file.bytes(of: t)  // general.alignment may be 1: read unaligned
+            let factors = (0..<raw.count / 4).map { Double(raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
             if let scaling = try RopeFactors.llama3Scaling(factors, theta: config["rope_theta"]!.double!,
                                                            headDim: config["head_dim"]!.int!, path: file.path) {
                 config["rope_scaling"] = .object(scaling)
@@ -65,6 +66,9 @@ public final class GGUFModel: Sendable {
         for t in file.tensors where t.name != "rope_freqs.weight" {
             guard let hf = Self.huggingFaceName(t.name) else {
                 throw StrataError.invalidFile(path: file.path, detail: "tensor '\(t.name)' is not part of a \(arch) model Strata knows")
+            }
+            if let layer = Self.layerIndex(hf), layer >= layers {
+                throw StrataError.invalidFile(path: file.path, detail: "tensor '\(t.name)' belongs to layer \(layer), but '\(arch).block_count' is \(layers)")
             }
             var h: Int? = nil
             if permute && t.name.hasSuffix("attn_q.weight") || permute && t.name.hasSuffix("attn_q.bias") { h = heads }
