@@ -9,7 +9,8 @@
 # A crash, an ASan report, an input slower than 1 s or an allocation over 2 GB fails the run;
 # libFuzzer writes the input to .build-fuzz/artifacts/HARNESS/ so it can be replayed with
 #   .build-fuzz/debug/HARNESS FILE
-# The corpus each harness grows lives in .build-fuzz/corpus/HARNESS (seeds: fuzz/seeds/HARNESS).
+# The corpus each harness grows lives in .build-fuzz/corpus/HARNESS (seeds: fuzz/seeds/HARNESS);
+# inputs that once failed are kept in fuzz/regressions/HARNESS and replayed before fuzzing.
 # A summary line per harness goes to stdout: HARNESS runs=... seconds=... exec/s=... result=ok|FAILED
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ done
 if [ -z "$runs" ] && [ -z "$seconds" ]; then runs=100000; fi
 ./scripts/setup.sh >/dev/null
 scratch=.build-fuzz
+# The harness objects are rebuilt every time: seen here, SwiftPM kept a harness compiled against
+# an older StrataFormats layout after a stored property was added, and it crashed at once.
+rm -rf "$scratch"/*/debug/Fuzz*.build
 (cd fuzz && swift build --scratch-path "../$scratch" --sanitize fuzzer --sanitize address -Xswiftc -use-ld=lld -Xswiftc -warnings-as-errors) >&2
 harnesses=("${pick[@]}")
 if [ ${#harnesses[@]} -eq 0 ]; then
@@ -38,6 +42,13 @@ run_one() {
   local limit=(-runs="${runs:-1000000000}")
   [ -n "$seconds" ] && limit=(-max_total_time="$seconds")
   local start=$SECONDS status=0
+  # First the inputs that once crashed it (fuzz/regressions/HARNESS), each run once.
+  if [ -d "fuzz/regressions/$h" ]; then
+    if ! SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 "$scratch/debug/$h" fuzz/regressions/"$h"/* \
+        >"$scratch/logs/$h.regressions.log" 2>&1; then
+      echo "$h regressions FAILED (see $scratch/logs/$h.regressions.log)"; return 1
+    fi
+  fi
   # detect_leaks=0: Swift's runtime keeps metadata caches that LeakSanitizer reports as leaks.
   # SWIFT_BACKTRACE=enable=no: the runtime's backtracer reads memory ASan reports as a second error.
   SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 "$scratch/debug/$h" "${limit[@]}" -timeout=1 -rss_limit_mb=2048 \

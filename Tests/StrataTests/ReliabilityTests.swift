@@ -139,3 +139,40 @@ import Glibc
         expectError([dir + "/d.yaml", "more than 100000 YAML nodes"]) { _ = try ClusterSpec.load(path: dir + "/d.yaml") }
     }
 }
+
+/// The inputs the fuzzers found (fuzz/regressions), through the same readers, outside libFuzzer.
+@Suite struct FuzzRegressionTests {
+    static let regressions = Fixtures.root + "/../fuzz/regressions"
+
+    @Test func ggufTensorOfALayerPastBlockCount() throws {
+        let path = Self.regressions + "/FuzzGGUF/layer-past-block-count.gguf"
+        do {
+            _ = try GGUFModel(file: GGUFFile(path: path))
+            Issue.record("expected an error")
+        } catch {
+            #expect("\(error)".contains(path) && "\(error)".contains("block_count"), "\(error)")
+        }
+    }
+
+    @Test func chatTemplateRenderErrorsNameTheTemplate() throws {
+        let source = try String(contentsOfFile: Self.regressions + "/FuzzChatTemplate/render-error-origin.jinja", encoding: .utf8)
+        let template = try ChatTemplate(source, origin: "/models/x/tokenizer_config.json")
+        let messages: [JSONValue] = [.object(["role": .string("system"), "content": .string("Be brief.")]),
+                                     .object(["role": .string("user"), "content": .string("Hi")])]
+        #expect(throws: StrataError.invalidRequest("chat template (/models/x/tokenizer_config.json): cannot apply '+' to a string and a undefined")) {
+            _ = try template.render(messages: messages, bosToken: "<s>", eosToken: "</s>")
+        }
+    }
+
+    @Test func clusterSpecs() throws {
+        for (name, fragment) in [("huge-global-batch.yaml", "whole number"), ("mapping-as-key.yaml", "a mapping key must be a plain value")] {
+            let path = Self.regressions + "/FuzzClusterSpec/" + name
+            do {
+                _ = try ClusterSpec.load(path: path)
+                Issue.record("expected an error for \(name)")
+            } catch {
+                #expect("\(error)".contains(path) && "\(error)".contains(fragment), "\(error)")
+            }
+        }
+    }
+}
