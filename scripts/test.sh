@@ -15,3 +15,6 @@ fi
 if [ -z "${STRATA_OFFLINE:-}" ]; then ./scripts/fetch_smollm2.sh >/dev/null; fi
 swift build --build-tests -Xswiftc -warnings-as-errors
 swift test --skip-build
+# Every fuzz harness for a short fixed number of inputs, after replaying the inputs that once
+# crashed it (the long runs and their figures: RELIABILITY.md).
+./scripts/fuzz.sh --runs 20000 --jobs 2

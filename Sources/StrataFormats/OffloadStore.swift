@@ -91,10 +91,10 @@ public final class OffloadStore: TensorSource, @unchecked Sendable {
                 return .invalidFile(path: path, detail: "tensor '\(name)' needs \(e.bytes) bytes but the file has \(file.size) (truncated store)")
             }
             return nil
-        } catch let error as StrataError {
-            return .invalidFile(path: path, detail: "tensor '\(name)' cannot be read: \(error)")
+        } catch StrataError.invalidFile(_, let detail) {
+            return .invalidFile(path: path, detail: "tensor '\(name)' cannot be read: \(detail)")
         } catch {
-            return .invalidFile(path: path, detail: "tensor '\(name)' cannot be read: \(error)")
+            return .invalidFile(path: path, detail: "tensor '\(name)' cannot be read (missing from the store)")
         }
     }
 
