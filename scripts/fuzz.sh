@@ -58,13 +58,13 @@ run_one() {
     -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts" "$corpus" "fuzz/seeds/$h" \
     >"$scratch/logs/$h.log" 2>&1 || status=$?
   local done_runs rate
-  local cov corpus
+  local cov units
   cov=$(grep -a -o 'cov: [0-9]*' "$scratch/logs/$h.log" | tail -1 | grep -o '[0-9]*$' || echo 0)
-  corpus=$(ls "$corpus" | wc -l)
+  units=$(ls "$corpus" | wc -l)
   done_runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/logs/$h.log" | grep -o '[0-9]*$' || echo 0)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$scratch/logs/$h.log" | grep -o '[0-9]*$' || echo 0)
   if [ $status -eq 0 ]; then result=ok; else result=FAILED; fi
-  echo "$h runs=$done_runs seconds=$((SECONDS - start)) exec/s=$rate coverage=$cov corpus=$corpus result=$result"
+  echo "$h runs=$done_runs seconds=$((SECONDS - start)) exec/s=$rate coverage=$cov corpus=$units result=$result"
   if [ $status -ne 0 ]; then grep -E 'ERROR|Fatal error|SUMMARY|Test unit written|ALARM|out-of-memory' "$scratch/logs/$h.log" | head -8 >&2; return 1; fi
 }
 failed=0

@@ -144,8 +144,9 @@ import Glibc
 @Suite struct FuzzRegressionTests {
     static let regressions = Fixtures.root + "/../fuzz/regressions"
 
-    @Test func ggufTensorOfALayerPastBlockCount() throws {
-        let path = Self.regressions + "/FuzzGGUF/layer-past-block-count.gguf"
+    @Test(arguments: ["layer-past-block-count.gguf", "billion-blocks.gguf"])
+    func ggufBlockCount(name: String) throws {
+        let path = Self.regressions + "/FuzzGGUF/" + name
         do {
             _ = try GGUFModel(file: GGUFFile(path: path))
             Issue.record("expected an error")
@@ -165,7 +166,8 @@ import Glibc
     }
 
     @Test func clusterSpecs() throws {
-        for (name, fragment) in [("huge-global-batch.yaml", "whole number"), ("mapping-as-key.yaml", "a mapping key must be a plain value")] {
+        for (name, fragment) in [("huge-global-batch.yaml", "whole number"), ("mapping-as-key.yaml", "a mapping key must be a plain value"),
+                                 ("deep-flow-nesting.yaml", "nested deeper than 64 levels")] {
             let path = Self.regressions + "/FuzzClusterSpec/" + name
             do {
                 _ = try ClusterSpec.load(path: path)
