@@ -29,7 +29,7 @@ if [ -z "$runs" ] && [ -z "$seconds" ]; then runs=100000; fi
 scratch=.build-fuzz
 # The harness objects are rebuilt every time: seen here, SwiftPM kept a harness compiled against
 # an older StrataFormats layout after a stored property was added, and it crashed at once.
-rm -rf "$scratch"/*/debug/Fuzz*.build
+touch fuzz/Sources/*/*.swift
 # `--sanitize` reaches the root package's targets only; `-Xswiftc -sanitize=...` instruments
 # Strata's own libraries (a dependency of this package) for coverage feedback and ASan too.
 (cd fuzz && swift build --scratch-path "../$scratch" --sanitize fuzzer --sanitize address -Xswiftc -sanitize=fuzzer,address \
