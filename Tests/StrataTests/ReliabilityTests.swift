@@ -178,3 +178,24 @@ import Glibc
         }
     }
 }
+
+extension FuzzRegressionTests {
+    /// Found by FuzzChatTemplate: a macro that calls itself from a loop ran for seconds under
+    /// the old budget (steps counted nodes, not expressions; no call-depth limit).
+    @Test func chatTemplatesThatNeverFinishStopQuickly() throws {
+        let messages: [JSONValue] = [.object(["role": .string("user"), "content": .string("Hi")])]
+        let sources = [
+            String(decoding: try #require(FileManager.default.contents(atPath: Self.regressions + "/FuzzChatTemplate/recursive-macro.jinja")),
+                   as: UTF8.self),
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+            "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}",
+        ]
+        for source in sources {
+            let template = try ChatTemplate(source)
+            let started = Date()
+            #expect(throws: StrataError.self) { _ = try template.render(messages: messages) }
+            #expect(Date().timeIntervalSince(started) < 5, "took \(Date().timeIntervalSince(started)) s")
+        }
+    }
+}

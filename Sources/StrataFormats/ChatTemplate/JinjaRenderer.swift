@@ -11,9 +11,14 @@ public struct JinjaRenderError: Error, CustomStringConvertible {
 /// on them (truthiness, `+` on strings and lists, negative indices and slices, string methods).
 struct JinjaRenderer {
     private enum Flow: Error { case breakLoop, continueLoop }
-    /// Guards against templates that never finish (a loop over a huge range).
+    /// Guards against templates that never finish or grow without bound (a loop over a huge
+    /// range, a string or list doubled in a loop, a macro calling itself): every node rendered
+    /// and every expression evaluated is a step; no string may pass the output limit, no list
+    /// 2^20 items, no macro call nest deeper than 64. Real chat templates use a few thousand steps.
     static let maxOutputBytes = 16 << 20
-    static let maxSteps = 1_000_000
+    static let maxSteps = 250_000
+    static let maxListCount = 1 << 20
+    static let maxCallDepth = 64
 
     var scopes: [[String: JinjaValue]]
     var steps = 0
@@ -109,6 +114,19 @@ struct JinjaRenderer {
     // MARK: Expressions
 
     mutating func eval(_ e: JinjaExpression) throws -> JinjaValue {
+        steps += 1
+        guard steps < Self.maxSteps else { throw JinjaRenderError(message: "template exceeded \(Self.maxSteps) steps") }
+        let value = try evaluate(e)
+        switch value {
+        case .string(let s) where s.utf8.count > Self.maxOutputBytes:
+            throw JinjaRenderError(message: "template built a string over \(Self.maxOutputBytes) bytes")
+        case .list(let l) where l.count > Self.maxListCount:
+            throw JinjaRenderError(message: "template built a list over \(Self.maxListCount) items")
+        default: return value
+        }
+    }
+
+    private mutating func evaluate(_ e: JinjaExpression) throws -> JinjaValue {
         switch e {
         case .literal(let v): return v
         case .name(let n): return lookup(n)
@@ -166,6 +184,7 @@ struct JinjaRenderer {
         for (n, (name, defaultValue)) in m.parameters.enumerated() {
             scope[name] = n < args.count ? args[n] : try named[name] ?? defaultValue.map { try eval($0) } ?? .undefined
         }
+        guard scopes.count < Self.maxCallDepth else { throw JinjaRenderError(message: "macro calls nested deeper than \(Self.maxCallDepth)") }
         scopes.append(scope)
         defer { scopes.removeLast() }
         var out = ""
