@@ -180,6 +180,20 @@ import Glibc
 }
 
 extension FuzzRegressionTests {
+    /// Found by FuzzChatTemplate and FuzzConfigs: `break`/`continue` outside a loop escaped as
+    /// an internal control-flow error instead of a StrataError.
+    @Test func breakOutsideALoopIsAnError() throws {
+        let messages: [JSONValue] = [.object(["role": .string("user"), "content": .string("Hi")])]
+        let file = String(decoding: try #require(FileManager.default.contents(atPath: Self.regressions + "/FuzzChatTemplate/break-outside-loop.jinja")),
+                          as: UTF8.self)
+        for source in [file, "a{% continue %}b", "{% macro m() %}{% break %}{% endmacro %}{% for x in [1] %}{{ m() }}{% endfor %}"] {
+            let template = try ChatTemplate(source, origin: "t.json")
+            #expect(throws: StrataError.invalidRequest("chat template (t.json): 'break' or 'continue' outside a loop")) {
+                _ = try template.render(messages: messages)
+            }
+        }
+    }
+
     /// Found by FuzzChatTemplate: a macro that calls itself from a loop ran for seconds under
     /// the old budget (steps counted nodes, not expressions; no call-depth limit).
     @Test func chatTemplatesThatNeverFinishStopQuickly() throws {

@@ -38,8 +38,11 @@ public struct ChatTemplate: Sendable {
         for (k, v) in extra { globals[k] = JinjaValue(json: v) }
         var renderer = JinjaRenderer(globals: globals)
         var out = ""
+        let prefix = origin == "chat template" ? "chat template: " : "chat template (\(origin)): "
         do { try renderer.render(nodes, into: &out) } catch let e as JinjaRenderError {
-            throw StrataError.invalidRequest((origin == "chat template" ? "chat template: " : "chat template (\(origin)): ") + e.message)
+            throw StrataError.invalidRequest(prefix + e.message)
+        } catch is JinjaRenderer.Flow {
+            throw StrataError.invalidRequest(prefix + "'break' or 'continue' outside a loop")
         }
         return out
     }

@@ -10,7 +10,7 @@ public struct JinjaRenderError: Error, CustomStringConvertible {
 /// Evaluates a parsed template against variables, with Python's semantics where templates rely
 /// on them (truthiness, `+` on strings and lists, negative indices and slices, string methods).
 struct JinjaRenderer {
-    private enum Flow: Error { case breakLoop, continueLoop }
+    enum Flow: Error { case breakLoop, continueLoop }
     /// Guards against templates that never finish or grow without bound (a loop over a huge
     /// range, a string or list doubled in a loop, a macro calling itself): every node rendered
     /// and every expression evaluated is a step; no string may pass the output limit, no list
@@ -188,7 +188,9 @@ struct JinjaRenderer {
         scopes.append(scope)
         defer { scopes.removeLast() }
         var out = ""
-        try render(m.body, into: &out)
+        do { try render(m.body, into: &out) } catch is Flow {
+            throw JinjaRenderError(message: "'break' or 'continue' outside a loop")
+        }
         return .string(out)
     }
 
