@@ -194,6 +194,20 @@ extension FuzzRegressionTests {
         }
     }
 
+    /// Found by FuzzConfigs: 3,000 nested parentheses overflowed the stack of the recursive
+    /// expression parser. Expressions, blocks and unary chains are now bounded as they parse.
+    @Test func deeplyNestedTemplatesAreRefusedAsTheyParse() throws {
+        let config = try JSONValue.load(path: Self.regressions + "/FuzzConfigs/deep-parentheses.json")
+        let sources = [try #require(config["chat_template"]?.string),
+                       "{{ " + String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000) + " }}",
+                       String(repeating: "{% if true %}", count: 5000) + "x" + String(repeating: "{% endif %}", count: 5000),
+                       "{{ " + String(repeating: "not ", count: 5000) + "true }}",
+                       "{{ " + Array(repeating: "1", count: 5000).joined(separator: " + ") + " }}"]
+        for source in sources {
+            #expect(throws: StrataError.self) { _ = try ChatTemplate(source, origin: "t.json") }
+        }
+    }
+
     /// Found by FuzzChatTemplate: a macro that calls itself from a loop ran for seconds under
     /// the old budget (steps counted nodes, not expressions; no call-depth limit).
     @Test func chatTemplatesThatNeverFinishStopQuickly() throws {

@@ -29,6 +29,10 @@ public indirect enum JinjaNode: Sendable {
 struct JinjaParser {
     var pieces: [JinjaPiece]
     var index = 0
+    /// Blocks nest at most this deep (parsing and rendering recurse once per level; fuzzing
+    /// found deep nesting overflowing the stack).
+    static let maxDepth = 64
+    var depth = 0
 
     static func parse(_ source: String) throws -> [JinjaNode] {
         var p = JinjaParser(pieces: try JinjaLexer.pieces(source))
@@ -39,6 +43,9 @@ struct JinjaParser {
 
     /// Nodes up to a statement whose keyword is in `terminators` (returned, not consumed further).
     mutating func nodes(until terminators: Set<String>) throws -> ([JinjaNode], String?) {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= Self.maxDepth else { throw JinjaSyntaxError(message: "blocks nested deeper than \(Self.maxDepth)") }
         var out: [JinjaNode] = []
         while index < pieces.count {
             let piece = pieces[index]
@@ -151,6 +158,19 @@ struct JinjaParser {
 struct ExpressionParser {
     let tokens: [JinjaToken]
     var i = 0
+    /// One tag holds at most this many tokens and nests at most `maxDepth` deep, so parsing and
+    /// evaluating its expression cannot recurse without bound.
+    static let maxTokens = 512
+    static let maxDepth = 64
+    var depth = 0
+
+    /// Enters one level of nesting (a parenthesis, list, conditional, `not` or unary sign).
+    mutating func nest() throws {
+        depth += 1
+        guard depth <= Self.maxDepth, tokens.count <= Self.maxTokens else {
+            throw JinjaSyntaxError(message: "expression nested deeper than \(Self.maxDepth) or longer than \(Self.maxTokens) tokens")
+        }
+    }
 
     init(tokens: [JinjaToken]) { self.tokens = tokens }
 
@@ -180,6 +200,8 @@ struct ExpressionParser {
     }
 
     mutating func parseExpression() throws -> JinjaExpression {
+        try nest()
+        defer { depth -= 1 }
         let value = try parseOr()
         if accept(.name("if")) {
             let condition = try parseOr()
@@ -200,7 +222,11 @@ struct ExpressionParser {
         return left
     }
     mutating func parseNot() throws -> JinjaExpression {
-        if accept(.name("not")) { return .unary("not", try parseNot()) }
+        if accept(.name("not")) {
+            try nest()
+            defer { depth -= 1 }
+            return .unary("not", try parseNot())
+        }
         return try parseCompare()
     }
     mutating func parseCompare() throws -> JinjaExpression {
@@ -260,8 +286,13 @@ struct ExpressionParser {
         return left
     }
     mutating func parseUnary() throws -> JinjaExpression {
-        if accept(.op("-")) { return .unary("-", try parseUnary()) }
-        if accept(.op("+")) { return try parseUnary() }
+        if accept(.op("-")) || accept(.op("+")) {
+            let sign = tokens[i - 1]
+            try nest()
+            defer { depth -= 1 }
+            let operand = try parseUnary()
+            return sign == .op("-") ? .unary("-", operand) : operand
+        }
         return try parsePostfix(try parsePrimary())
     }
 
