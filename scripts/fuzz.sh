@@ -6,6 +6,7 @@
 # --runs N     each harness executes N inputs (CI uses a short fixed count)
 # --seconds S  each harness runs for S seconds instead
 # --jobs J     harnesses run J at a time (default 1)
+# --seed S     libFuzzer's random seed (CI fixes it, so a CI run is repeatable)
 # A crash, an ASan report, an input slower than 1 s or an allocation over 2 GB fails the run;
 # libFuzzer writes the input to .build-fuzz/artifacts/HARNESS/ so it can be replayed with
 #   .build-fuzz/debug/HARNESS FILE
@@ -14,13 +15,14 @@
 # A summary line per harness goes to stdout: HARNESS runs=... seconds=... exec/s=... result=ok|FAILED
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=""; seconds=""; jobs=1; pick=()
+runs=""; seconds=""; jobs=1; seed=0; pick=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    --seed) seed="$2"; shift 2 ;;
+    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
     *) pick+=("$1"); shift ;;
   esac
 done
@@ -54,7 +56,7 @@ run_one() {
   fi
   # detect_leaks=0: Swift's runtime keeps metadata caches that LeakSanitizer reports as leaks.
   # SWIFT_BACKTRACE=enable=no: the runtime's backtracer reads memory ASan reports as a second error.
-  SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 "$scratch/debug/$h" "${limit[@]}" -timeout=1 -rss_limit_mb=2048 \
+  SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 "$scratch/debug/$h" "${limit[@]}" -seed="$seed" -timeout=1 -rss_limit_mb=2048 \
     -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts" "$corpus" "fuzz/seeds/$h" \
     >"$scratch/logs/$h.log" 2>&1 || status=$?
   local done_runs rate

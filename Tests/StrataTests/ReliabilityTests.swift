@@ -208,6 +208,24 @@ extension FuzzRegressionTests {
         }
     }
 
+    /// Found by FuzzChatTemplate: `range()` with no argument indexed past its list; reading
+    /// the renderer for the same kind of trap found integer overflow in + - * // % and unary
+    /// minus, `int()` of a huge float, negative `indent` widths and huge string repeats.
+    @Test func builtinsAndArithmeticDoNotTrap() throws {
+        let messages: [JSONValue] = [.object(["role": .string("user"), "content": .string("Hi")])]
+        let file = String(decoding: try #require(FileManager.default.contents(atPath: Self.regressions + "/FuzzChatTemplate/range-without-arguments.jinja")),
+                          as: UTF8.self)
+        for source in [file, "{{ range() }}", "{{ range(-9223372036854775807, 9223372036854775807) }}",
+                       "{{ 9223372036854775807 + 1 }}", "{{ -9223372036854775807 - 2 }}", "{{ 4611686018427387904 * 4 }}",
+                       "{{ (-9223372036854775807 - 1) // -1 }}", "{{ -(-9223372036854775807 - 1) }}", "{{ (9999999999.0 * 9999999999.0 * 9999999999.0 * 9999999999.0)|int }}",
+                       "{{ 'x'|indent(-5) }}", "{{ ('x' * 1048576) * 1048576 }}", "{{ messages|tojson(indent=-1) }}"] {
+            let template = try ChatTemplate(source, origin: "t.json")
+            #expect(throws: StrataError.self, "\(source)") { _ = try template.render(messages: messages) }
+        }
+        // Python's floor semantics are kept.
+        #expect(try ChatTemplate("{{ -7 // 2 }} {{ -7 % 2 }} {{ 7 // -2 }} {{ 7 % -2 }}").render(messages: messages) == "-4 1 -4 -1")
+    }
+
     /// Found by FuzzChatTemplate: a macro that calls itself from a loop ran for seconds under
     /// the old budget (steps counted nodes, not expressions; no call-depth limit).
     @Test func chatTemplatesThatNeverFinishStopQuickly() throws {

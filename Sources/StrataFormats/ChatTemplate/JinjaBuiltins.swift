@@ -20,8 +20,12 @@ enum JinjaBuiltins {
                 guard case .int(let i) = v else { throw JinjaRenderError(message: "range() takes integers") }
                 return i
             }
+            // Bounded magnitudes keep the arithmetic below (and stride's) clear of overflow.
+            guard (1...3).contains(ints.count), ints.allSatisfy({ abs($0) < 1 << 52 }) else {
+                throw JinjaRenderError(message: "range() takes 1 to 3 integers below 2^52")
+            }
             let (start, stop, step) = ints.count == 1 ? (0, ints[0], 1) : (ints[0], ints[1], ints.count > 2 ? ints[2] : 1)
-            guard step != 0, abs((stop - start) / step) < 1 << 20 else { throw JinjaRenderError(message: "range() too large or step 0") }
+            guard step != 0, (stop - start) / step < 1 << 20 else { throw JinjaRenderError(message: "range() too large or step 0") }
             return .list(stride(from: start, to: stop, by: step).map { .int($0) })
         case "strftime_now":
             // Llama 3.x templates date their system prompt; only the formats they use are needed.
@@ -121,7 +125,10 @@ enum JinjaBuiltins {
             }
         case "tojson":
             var indent: Int? = nil
-            if case .int(let i)? = named["indent"] ?? args.first { indent = i }
+            if case .int(let i)? = named["indent"] ?? args.first {
+                guard (0...64).contains(i) else { throw JinjaRenderError(message: "tojson indent must be 0 to 64, not \(i)") }
+                indent = i
+            }
             return .string(v.json(indent: indent))
         case "upper": return .string(v.rendered.uppercased())
         case "lower": return .string(v.rendered.lowercased())
@@ -149,7 +156,9 @@ enum JinjaBuiltins {
         case "int":
             switch v {
             case .int: return v
-            case .double(let d): return .int(Int(d))
+            case .double(let d):
+                guard let i = Int(exactly: d.rounded(.towardZero)) else { throw JinjaRenderError(message: "int() of \(d)") }
+                return .int(i)
             case .string: return .int(Int(try method(v, "strip", [], [:]).rendered) ?? 0)
             case .bool(let b): return .int(b ? 1 : 0)
             default: return .int(0)
@@ -162,7 +171,7 @@ enum JinjaBuiltins {
             default: return .double(0)
             }
         case "abs":
-            if case .int(let i) = v { return .int(abs(i)) }
+            if case .int(let i) = v { return i == Int.min ? .double(-Double(i)) : .int(abs(i)) }
             if case .double(let d) = v { return .double(abs(d)) }
             throw JinjaRenderError(message: "abs of a \(v.typeName)")
         case "replace":
@@ -188,6 +197,7 @@ enum JinjaBuiltins {
         case "indent":
             let width: Int
             if case .int(let w)? = args.first ?? named["width"] { width = w } else { width = 4 }
+            guard (0...1024).contains(width) else { throw JinjaRenderError(message: "indent width must be 0 to 1024, not \(width)") }
             let first = (named["first"] ?? (args.count > 1 ? args[1] : .bool(false))).isTrue
             let pad = String(repeating: " ", count: width)
             let lines = v.rendered.split(separator: "\n", omittingEmptySubsequences: false)

@@ -30,6 +30,12 @@ struct JinjaRenderer {
         return .undefined
     }
 
+    /// An integer result, or an error where Python would have grown a big integer.
+    static func checked(_ r: (partialValue: Int, overflow: Bool)) throws -> JinjaValue {
+        guard !r.overflow else { throw JinjaRenderError(message: "integer overflow") }
+        return .int(r.partialValue)
+    }
+
     mutating func assign(_ name: String, _ value: JinjaValue) { scopes[scopes.count - 1][name] = value }
 
     mutating func render(_ nodes: [JinjaNode], into out: inout String) throws {
@@ -166,7 +172,7 @@ struct JinjaRenderer {
             let v = try eval(operand)
             switch (op, v) {
             case ("not", _): return .bool(!v.isTrue)
-            case ("-", .int(let i)): return .int(-i)
+            case ("-", .int(let i)): return try Self.checked((0).subtractingReportingOverflow(i))
             case ("-", .double(let d)): return .double(-d)
             default: throw JinjaRenderError(message: "cannot apply '\(op)' to a \(v.typeName)")
             }
@@ -258,21 +264,30 @@ struct JinjaRenderer {
             switch (a, b) {
             case (.string(let x), .string(let y)): return .string(x + y)
             case (.list(let x), .list(let y)): return .list(x + y)
-            case (.int(let x), .int(let y)): return .int(x + y)
+            case (.int(let x), .int(let y)): return try Self.checked(x.addingReportingOverflow(y))
             default: break
             }
         case "-", "*", "%", "//":
             if case .int(let x) = a, case .int(let y) = b {
                 switch op {
-                case "-": return .int(x - y)
-                case "*": return .int(x * y)
+                case "-": return try Self.checked(x.subtractingReportingOverflow(y))
+                case "*": return try Self.checked(x.multipliedReportingOverflow(by: y))
                 default:
+                    // Python's floor division and modulo, in integers (Int.min // -1 overflows).
                     guard y != 0 else { throw JinjaRenderError(message: "division by zero") }
-                    let q = Int((Double(x) / Double(y)).rounded(.down))
+                    guard !(x == Int.min && y == -1) else { throw JinjaRenderError(message: "integer overflow") }
+                    var q = x / y
+                    if x % y != 0 && (x < 0) != (y < 0) { q -= 1 }
                     return .int(op == "//" ? q : x - q * y)
                 }
             }
-            if op == "*", case .string(let s) = a, case .int(let n) = b { return .string(String(repeating: s, count: max(0, min(n, 1 << 20)))) }
+            if op == "*", case .string(let s) = a, case .int(let n) = b {
+                let count = max(0, min(n, 1 << 20))
+                guard s.utf8.count * count <= Self.maxOutputBytes else {
+                    throw JinjaRenderError(message: "template built a string over \(Self.maxOutputBytes) bytes")
+                }
+                return .string(String(repeating: s, count: count))
+            }
         default: break
         }
         if ["<", ">", "<=", ">="].contains(op) {
