@@ -15,8 +15,6 @@ public enum DType: String, Sendable, CaseIterable {
     }
 }
 
-/// Conversions between the storage formats and f32. With F16C enabled (see Package.swift)
-/// `Float(Float16)` compiles to a single vcvtph2ps instruction.
 extension DType {
     /// Bytes of a tensor of `shape` in this dtype; nil when a dimension is negative or the
     /// product overflows (a corrupt header must not become a trap or a huge allocation).
@@ -32,6 +30,8 @@ extension DType {
     }
 }
 
+/// Conversions between the storage formats and f32. With F16C enabled (see Package.swift)
+/// `Float(Float16)` compiles to a single vcvtph2ps instruction.
 public enum Precision {
     @inline(__always)
     public static func bf16ToFloat(_ bits: UInt16) -> Float {

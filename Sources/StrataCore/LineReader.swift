@@ -16,8 +16,6 @@ public final class LineReader {
 
     public let path: String
     public let maxLineBytes: Int
-    /// Whether the last line read ended with a newline (false for a torn final line).
-    public private(set) var lastLineTerminated = true
     private let handle: UnsafeMutablePointer<FILE>
     private var buffer: [UInt8] = []
     private var start = 0
@@ -45,7 +43,6 @@ public final class LineReader {
                 let line: Line = skipped > 0 || length > maxLineBytes ? .tooLong(bytes: skipped + length) : .text(Array(buffer[start..<nl]))
                 start = nl + 1
                 number += 1
-                lastLineTerminated = true
                 return (number, line)
             }
             let pending = buffer.count - start
@@ -55,7 +52,6 @@ public final class LineReader {
                 let line: Line = skipped > 0 || pending > maxLineBytes ? .tooLong(bytes: skipped + pending) : .text(Array(buffer[start...]))
                 buffer.removeAll(); start = 0; scanned = 0
                 number += 1
-                lastLineTerminated = false
                 return (number, line)
             }
             if pending > maxLineBytes {

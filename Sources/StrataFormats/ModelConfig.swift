@@ -143,6 +143,9 @@ public struct ModelConfig: Sendable, Equatable {
             originalMaxPositions: try s.int("original_max_position_embeddings", default: maxPositions))
     }
 
+    /// Decoder layers a config may declare (far above any released model).
+    public static let maxLayers = 1 << 12
+
     private func validate(path: String) throws {
         func bad(_ d: String) -> StrataError { .invalidFile(path: path, detail: d) }
         for (name, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("num_hidden_layers", numLayers),
@@ -153,7 +156,7 @@ public struct ModelConfig: Sendable, Equatable {
         // Upper bounds far above any released model, so that every size computed from these
         // (weight bytes, KV cache bytes) stays well inside Int before anything is allocated.
         for (name, v, limit) in [("vocab_size", vocabSize, 1 << 21), ("hidden_size", hiddenSize, 1 << 20),
-                                 ("num_hidden_layers", numLayers, 1 << 12), ("num_attention_heads", numHeads, 1 << 12),
+                                 ("num_hidden_layers", numLayers, Self.maxLayers), ("num_attention_heads", numHeads, 1 << 12),
                                  ("max_position_embeddings", maxPositions, 1 << 24), ("intermediate_size/ffn_dim", intermediateSize, 1 << 21),
                                  ("head_dim", headDim, 1 << 14)] where v > limit {
             throw bad("field '\(name)' is \(v), above the limit of \(limit)")

@@ -29,16 +29,6 @@ import Foundation
         return (0..<8).map { UInt8(truncatingIfNeeded: UInt64(h.count) >> (8 * UInt64($0))) } + h
     }
 
-    func expectError(_ fragments: [String], _ body: () throws -> Void) {
-        do {
-            try body()
-            Issue.record("expected an error mentioning \(fragments)")
-        } catch {
-            let text = "\(error)"
-            for f in fragments { #expect(text.contains(f), "error '\(text)' should mention '\(f)'") }
-        }
-    }
-
     @Test func missingModelDirectory() {
         expectError(["/nonexistent/model"]) { _ = try ModelBundle(directory: "/nonexistent/model", backend: CPUBackend()) }
     }

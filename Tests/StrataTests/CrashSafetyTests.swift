@@ -56,20 +56,19 @@ import Glibc
         return result
     }
 
-    static func job(_ dir: String) throws -> (input: String, arguments: (String) -> [String]) {
+    /// The `generate` arguments of a 40-prompt job in `dir`, given its output path.
+    static func job(_ dir: String) throws -> (String) -> [String] {
         let input = dir + "/in.jsonl"
         let text = (0..<prompts).map { "{\"prompt\": \"License number \($0) says\", \"id\": \($0)}" }.joined(separator: "\n") + "\n"
         try text.write(toFile: input, atomically: true, encoding: .utf8)
-        return (input, { ["generate", "--model", model, "--input", input, "--output", $0, "--batch-size", "2", "--max-new-tokens", "24", "--quiet"] })
+        return { ["generate", "--model", model, "--input", input, "--output", $0, "--batch-size", "2", "--max-new-tokens", "24", "--quiet"] }
     }
 
     @Test func generateKilledAtRandomPointsResumesWithEveryLineOnce() throws {
         let dir = Fixtures.scratch("kill-generate")
-        let (_, arguments) = try Self.job(dir)
+        let arguments = try Self.job(dir)
         let reference = dir + "/reference.jsonl"
-        let clean = try Self.start(arguments(reference))
-        clean.waitUntilExit()
-        #expect(clean.terminationStatus == 0)
+        #expect(try CommandLineTests.run(arguments(reference)).status == 0)
         let expected = try Self.outputs(reference)
         #expect(expected.count == Self.prompts)
 
@@ -81,9 +80,7 @@ import Glibc
             let process = try Self.start(arguments(output))
             if Self.kill9(process, when: { Self.lines(output).count >= target }) { kills += 1 }
         }
-        let last = try Self.start(arguments(output))
-        last.waitUntilExit()
-        #expect(last.terminationStatus == 0)
+        #expect(try CommandLineTests.run(arguments(output)).status == 0)
         #expect(kills >= 3, "only \(kills) of 6 kills landed while the job was running")
         let resumed = try Self.outputs(output)
         #expect(resumed.count == Self.prompts)
@@ -92,10 +89,9 @@ import Glibc
 
     @Test func tornLastLineIsCutAndRewritten() throws {
         let dir = Fixtures.scratch("torn")
-        let (_, arguments) = try Self.job(dir)
+        let arguments = try Self.job(dir)
         let output = dir + "/out.jsonl"
-        let first = try Self.start(arguments(output))
-        first.waitUntilExit()
+        #expect(try CommandLineTests.run(arguments(output)).status == 0)
         let expected = try Self.outputs(output)
         // A write cut short: the last line loses its end, newline included.
         var bytes = try #require(FileManager.default.contents(atPath: output))
@@ -113,9 +109,7 @@ import Glibc
     @Test func convertKilledAtRandomPointsResumesToTheSameStore() throws {
         let dir = Fixtures.scratch("kill-convert")
         let reference = dir + "/reference"
-        let clean = try Self.start(["convert", "--model", Self.model, "--out", reference, "--quiet"])
-        clean.waitUntilExit()
-        #expect(clean.terminationStatus == 0)
+        #expect(try CommandLineTests.run(["convert", "--model", Self.model, "--out", reference, "--quiet"]).status == 0)
         let expected = try OffloadStore(directory: reference).entries
 
         let store = dir + "/store"
@@ -134,9 +128,7 @@ import Glibc
             kills += Self.kill9(process) { listed() >= target } ? 1 : 0
         }
         #expect(kills >= 2, "only \(kills) of 4 kills landed while the conversion was running")
-        let last = try Self.start(["convert", "--model", Self.model, "--out", store, "--quiet"])
-        last.waitUntilExit()
-        #expect(last.terminationStatus == 0)
+        #expect(try CommandLineTests.run(["convert", "--model", Self.model, "--out", store, "--quiet"]).status == 0)
         let resumed = try OffloadStore(directory: store)
         try resumed.verify()
         #expect(resumed.entries.count == expected.count)

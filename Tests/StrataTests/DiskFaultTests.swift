@@ -42,6 +42,14 @@ import Glibc
 
     static let model = CrashSafetyTests.model
 
+    /// Runs `body` with `dir` (created) mounted as a tmpfs of `bytes`, unmounted afterwards.
+    static func withSmallDisk(_ dir: String, bytes: Int, _ body: () throws -> Void) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        #expect(mount(dir, bytes: bytes))
+        defer { unmount(dir) }
+        try body()
+    }
+
     /// Every line of `path` parses and ends with a newline; returns how many there are.
     static func wholeLines(_ path: String) throws -> Int {
         guard let data = FileManager.default.contents(atPath: path), !data.isEmpty else { return 0 }
@@ -54,20 +62,19 @@ import Glibc
     @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"))
     func outputOnAFullDiskKeepsWholeLinesAndResumes() throws {
         let dir = Fixtures.scratch("full-output")
-        let (_, arguments) = try CrashSafetyTests.job(dir)
+        let arguments = try CrashSafetyTests.job(dir)
         let disk = dir + "/disk"
-        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        #expect(Self.mount(disk, bytes: 8192))
-        defer { Self.unmount(disk) }
         let output = disk + "/out.jsonl"
-        let (status, _, stderr) = try CommandLineTests.run(arguments(output))
-        #expect(status != 0)
-        #expect(stderr.contains(output) && stderr.contains("No space left on device"), "\(stderr)")
-        let kept = try Self.wholeLines(output)
-        #expect(kept > 0 && kept < CrashSafetyTests.prompts)
-        // Moved to a disk with room, the same job finishes with every line once.
         let moved = dir + "/out.jsonl"
-        try FileManager.default.copyItem(atPath: output, toPath: moved)
+        try Self.withSmallDisk(disk, bytes: 8192) {
+            let (status, _, stderr) = try CommandLineTests.run(arguments(output))
+            #expect(status != 0)
+            #expect(stderr.contains(output) && stderr.contains("No space left on device"), "\(stderr)")
+            let kept = try Self.wholeLines(output)
+            #expect(kept > 0 && kept < CrashSafetyTests.prompts)
+            try FileManager.default.copyItem(atPath: output, toPath: moved)
+        }
+        // Moved to a disk with room, the same job finishes with every line once.
         let (again, _, _) = try CommandLineTests.run(arguments(moved))
         #expect(again == 0)
         #expect(try CrashSafetyTests.outputs(moved).count == CrashSafetyTests.prompts)
@@ -76,16 +83,15 @@ import Glibc
     @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"))
     func diskTierOnAFullDiskNamesTheFile() throws {
         let dir = Fixtures.scratch("full-offload")
-        let (_, arguments) = try CrashSafetyTests.job(dir)
+        let arguments = try CrashSafetyTests.job(dir)
         let disk = dir + "/offload"
-        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        #expect(Self.mount(disk, bytes: 256 << 10))
-        defer { Self.unmount(disk) }
         let output = dir + "/out.jsonl"
-        let (status, _, stderr) = try CommandLineTests.run(
-            arguments(output) + ["--percent", "0", "0", "100", "0", "100", "0", "--offload-dir", disk])
-        #expect(status != 0)
-        #expect(stderr.contains(disk + "/weights/L") && stderr.contains("No space left on device"), "\(stderr)")
+        try Self.withSmallDisk(disk, bytes: 256 << 10) {
+            let (status, _, stderr) = try CommandLineTests.run(
+                arguments(output) + ["--percent", "0", "0", "100", "0", "100", "0", "--offload-dir", disk])
+            #expect(status != 0)
+            #expect(stderr.contains(disk + "/weights/L") && stderr.contains("No space left on device"), "\(stderr)")
+        }
         #expect(try Self.wholeLines(output) == 0)
     }
 
@@ -97,7 +103,7 @@ import Glibc
         let manifest = try OffloadStore(directory: store)
         let layerTensor = try #require(manifest.entries["model.decoder.layers.1.fc2.weight"])
         let embedding = try #require(manifest.entries["model.decoder.embed_tokens.weight"])
-        let (_, arguments) = try CrashSafetyTests.job(dir)
+        let arguments = try CrashSafetyTests.job(dir)
         let output = dir + "/out.jsonl"
         let disk = ["--percent", "0", "0", "100", "0", "100", "0", "--offload-dir", dir + "/offload"]
         func run(model: String) throws -> String {

@@ -1,5 +1,6 @@
 import StrataCore
 import StrataFormats
+import Testing
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -57,5 +58,16 @@ enum Fixtures {
             promptIds: ints(j["prompt_ids"]), prompts: (j["prompts"]?.array ?? []).compactMap(\.string),
             padTokenId: j["pad_token_id"]!.int!, eosTokenId: j["eos_token_id"]!.int!, maxNewTokens: j["max_new_tokens"]!.int!,
             batchedGreedy: ints(j["batched_greedy"]), singleGreedy: ints(j["single_greedy"]), lastLogits: logits)
+    }
+}
+
+/// Runs `body`, which must throw an error whose message mentions every fragment.
+func expectError(_ fragments: [String], _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("expected an error mentioning \(fragments)")
+    } catch {
+        let text = "\(error)"
+        for f in fragments { #expect(text.contains(f), "error '\(text)' should mention '\(f)'") }
     }
 }

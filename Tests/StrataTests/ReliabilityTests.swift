@@ -15,16 +15,6 @@ import Glibc
 /// refused with an error naming the file and field, before anything its size asks for is
 /// allocated. Also the regression tests for what the fuzzers found (RELIABILITY.md).
 @Suite struct ReliabilityTests {
-    func expectError(_ fragments: [String], _ body: () throws -> Void) {
-        do {
-            try body()
-            Issue.record("expected an error mentioning \(fragments)")
-        } catch {
-            let text = "\(error)"
-            for f in fragments { #expect(text.contains(f), "error '\(text)' should mention '\(f)'") }
-        }
-    }
-
     func write(_ bytes: [UInt8], _ path: String) throws { try Data(bytes).write(to: URL(fileURLWithPath: path)) }
     func write(_ text: String, _ path: String) throws { try text.write(toFile: path, atomically: false, encoding: .utf8) }
     func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }

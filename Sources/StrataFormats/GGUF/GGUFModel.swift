@@ -59,8 +59,8 @@ public final class GGUFModel: Sendable {
         }
         let layers = config["num_hidden_layers"]!.int!
         // Checked before the per-layer loops below (fuzzing found a block_count of 10^9 hanging them).
-        guard (1...4096).contains(layers) else {
-            throw StrataError.invalidFile(path: file.path, detail: "metadata '\(arch).block_count' is \(layers); expected 1 to 4096 layers")
+        guard (1...ModelConfig.maxLayers).contains(layers) else {
+            throw StrataError.invalidFile(path: file.path, detail: "metadata '\(arch).block_count' is \(layers); expected 1 to \(ModelConfig.maxLayers) layers")
         }
         let heads = config["num_attention_heads"]!.int!, kvHeads = config["num_key_value_heads"]!.int!
 

@@ -6,9 +6,7 @@ import StrataRuntime
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzPolicy(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let dir = Fuzz.directory("policy")
-    let (policy, map) = Fuzz.split(Fuzz.input(data, size))
-    Fuzz.write(policy, to: dir + "/policy.json")
-    Fuzz.write(map, to: dir + "/precision.json")
+    Fuzz.writeSplit(Fuzz.input(data, size), dir + "/policy.json", dir + "/precision.json")
     Fuzz.refusalNames([dir + "/policy.json"]) {
         let p = try Policy.load(path: dir + "/policy.json")
         _ = p.json

@@ -62,10 +62,12 @@ public enum Fuzz {
         return Array(UnsafeBufferPointer(start: data, count: size))
     }
 
-    /// The input split at its first NUL byte (for harnesses that take two files).
-    public static func split(_ bytes: [UInt8]) -> ([UInt8], [UInt8]) {
-        guard let cut = bytes.firstIndex(of: 0) else { return (bytes, []) }
-        return (Array(bytes[..<cut]), Array(bytes[(cut + 1)...]))
+    /// For harnesses that take two files: the input up to its first NUL byte goes to `first`,
+    /// the rest to `second`.
+    public static func writeSplit(_ bytes: [UInt8], _ first: String, _ second: String) {
+        let cut = bytes.firstIndex(of: 0) ?? bytes.count
+        write(bytes[..<cut], to: first)
+        write(bytes[min(cut + 1, bytes.count)...], to: second)
     }
 
     /// Runs `body`; a thrown error must be a StrataError whose message names one of `names`.

@@ -5,9 +5,7 @@ import StrataFormats
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTokenizerFiles(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let dir = Fuzz.directory("files")
-    let (vocab, merges) = Fuzz.split(Fuzz.input(data, size))
-    Fuzz.write(vocab, to: dir + "/vocab.json")
-    Fuzz.write(merges, to: dir + "/merges.txt")
+    Fuzz.writeSplit(Fuzz.input(data, size), dir + "/vocab.json", dir + "/merges.txt")
     Fuzz.refusalNames([dir + "/vocab.json", dir + "/merges.txt"]) {
         let tokenizer = try Tokenizer.load(directory: dir)
         Fuzz.checkRoundTrip(tokenizer, "Hello world! 123 ÄÖ 日本 \n\t x")
