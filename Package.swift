@@ -32,6 +32,11 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // oneDNN's headers only: the library is opened at run time (OneDNN.swift).
+        .systemLibrary(
+            name: "CDNNL",
+            providers: [.apt(["libdnnl-dev"])]
+        ),
         .systemLibrary(
             name: "CCbc",
             pkgConfig: "cbc",
@@ -41,8 +46,8 @@ let package = Package(
         .target(name: "StrataCore", swiftSettings: kernelSettings),
         // Layer 2: safetensors, Hugging Face configs, tokenizers.
         .target(name: "StrataFormats", dependencies: ["StrataCore"], swiftSettings: kernelSettings),
-        // Layer 3: the Backend protocol and the CPU backend (OpenBLAS + SIMD kernels).
-        .target(name: "StrataBackend", dependencies: ["StrataCore", "COpenBLAS"], swiftSettings: kernelSettings),
+        // Layer 3: the Backend protocol and the CPU backend (OpenBLAS, oneDNN's bf16 matmuls, SIMD kernels).
+        .target(name: "StrataBackend", dependencies: ["StrataCore", "COpenBLAS", "CDNNL"], swiftSettings: kernelSettings),
         // Layer 4: architectures (OPT, Llama) written once against Backend.
         .target(name: "StrataModels", dependencies: ["StrataCore", "StrataFormats", "StrataBackend"], swiftSettings: kernelSettings),
         // Layer 5: KV cache, sampling, stopping, the batched generator.

@@ -3,8 +3,10 @@ import StrataBackend
 import StrataCore
 import StrataRuntime
 
-/// `strata bench-gemm`: GFLOP/s of each way the CPU backend can multiply by a stored f16 weight,
-/// per batch size, so the per-shape choice in `CPUBackend.linear` rests on measurements.
+/// `strata bench-gemm`: GFLOP/s of each way the CPU backend can multiply by a stored f16 weight
+/// (and its bf16 and group-quantized forms), per batch size, so the per-shape choice in
+/// `CPUBackend.linear` rests on measurements; the last column names the kernel that serves
+/// `--weight-format bf16` for the shape.
 struct BenchGEMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
@@ -29,16 +31,21 @@ struct BenchGEMM: ParsableCommand {
                 return (parts[0], parts[1])
             }
             let half = CPUBackend(threads: threads, weightFormat: .asStored)
+            let matrix = CPUBackend(threads: threads, weightFormat: .bf16)
+            let units = MatrixUnits.status
+            let unitName = units.kind?.rawValue ?? "none"
             var rng = SeededGenerator(seed: 1)
             let scheme = try QuantizationScheme(bits: bits, groupSize: 64)
             if !json {
-                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm   (GFLOP/s, median of \(`repeat`))")
+                print("bf16 matrix units: \(unitName) (\(units.detail))")
+                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  bf16-fused  bf16-matrix  bf16-serves   (GFLOP/s, median of \(`repeat`))")
             }
             for (n, k) in weightShapes {
                 let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
                 let weightHalf = values.withUnsafeBytes { half.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
                 let weightFloat = half.upload(floats: values.map(Float.init), shape: [n, k])
                 let weightQuantized = half.quantize(weightHalf, scheme: scheme)
+                let weightBF16 = values.withUnsafeBytes { matrix.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
                 for m in rowCounts {
                     let x = half.upload(floats: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [m, k])
                     let flops = 2.0 * Double(m * n * k)
@@ -55,17 +62,23 @@ struct BenchGEMM: ParsableCommand {
                     let sgemm = rate { _ = half.linear(x, weight: weightFloat, bias: nil) }
                     let qFused = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .fusedHalf) }
                     let qDecode = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .widenThenBLAS) }
+                    let bFused = rate { _ = matrix.linear(x, weight: weightBF16, bias: nil, path: .fusedHalf) }
+                    let bMatrix = units.kind == nil ? 0 : rate { _ = matrix.linear(x, weight: weightBF16, bias: nil, path: .matrixUnits) }
+                    // What `--weight-format bf16` runs for this shape.
+                    let serves = matrix.bf16Kernel(rows: m, n: n, k: k)
                     if json {
                         print(JSONValue.object([
                             "out": .number(Double(n)), "in": .number(Double(k)), "rows": .number(Double(m)),
                             "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen),
                             "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
                             "quantized_fused_gflops": .number(qFused), "quantized_decode_sgemm_gflops": .number(qDecode),
+                            "bf16_fused_gflops": .number(bFused), "bf16_matrix_gflops": .number(bMatrix),
+                            "bf16_serves": .string(serves), "matrix_units": .string(unitName),
                         ]).serialized())
                     } else {
-                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18)]
+                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (bFused, 10), (bMatrix, 11)]
                             .map { $0.0.formatted(1).padding($0.1, left: true) }
-                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " "))
+                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " ") + "  " + serves)
                     }
                 }
             }

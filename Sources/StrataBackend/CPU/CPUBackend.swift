@@ -6,11 +6,14 @@ import Glibc
 
 /// The CPU backend: f32 compute, GEMM through OpenBLAS, the rest in SIMD Swift loops.
 public final class CPUBackend: Backend {
-    /// How checkpoint weights are held: converted to f32 once at load, or kept in their stored
-    /// dtype (f16/bf16) and widened on each use (half the memory, extra conversion per matmul).
+    /// How checkpoint weights are held: converted to f32 once at load, kept in their stored
+    /// dtype (f16/bf16) and widened on each use (half the memory, extra conversion per matmul),
+    /// or converted to bf16 for the CPU's bf16 matrix units (`BF16GEMM`: AMX or AVX512-BF16,
+    /// matmul inputs rounded to bf16, f32 accumulation; an opt-in, as its logits move by ~1e-2).
     public enum WeightFormat: String, Sendable, CaseIterable {
         case f32
         case asStored = "as-stored"
+        case bf16
     }
 
     public let name = "cpu"
@@ -51,6 +54,13 @@ public final class CPUBackend: Backend {
     public func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
         let count = shape.reduce(1, *)
         // Vectors (norms, biases) are tiny and read element-wise by kernels: always f32.
+        if weightFormat == .bf16 && shape.count == 2 && dtype != .u8 {
+            let buffer = DeviceBuffer.host(byteCount: count * 2, backendName: name, account: account)
+            if count > 0 {
+                BF16GEMM.convert(view.baseAddress!, dtype: dtype, count: count, into: buffer.pointer.assumingMemoryBound(to: UInt16.self))
+            }
+            return Tensor(shape: shape, dtype: .bf16, buffer: buffer)
+        }
         if dtype == .f32 || weightFormat == .f32 || shape.count < 2 {
             let t = allocate(shape)
             if count > 0 { Precision.convertToFloat(view.baseAddress!, dtype: dtype, count: count, into: t.floats) }
@@ -112,6 +122,8 @@ public final class CPUBackend: Backend {
         case fusedHalf = "fused"
         /// Widen or decode a slab of the weight to f32, then OpenBLAS sgemm.
         case widenThenBLAS = "widen-sgemm"
+        /// bf16 weights only: oneDNN on the bf16 matrix units whatever the row count.
+        case matrixUnits = "bf16-matrix"
     }
 
     /// Whether `path` (with `rows` rows of input) uses a fused kernel for this weight.
@@ -120,15 +132,24 @@ public final class CPUBackend: Backend {
         if let q = weight.quantization {
             (eligible, limit) = (QuantGEMM.supports(q), QuantGEMM.maxRows)
         } else {
-            (eligible, limit) = (weight.dtype == .f16, HalfGEMM.maxRows)
+            (eligible, limit) = (weight.dtype == .f16 || weight.dtype == .bf16, HalfGEMM.maxRows)
         }
         return eligible && (path == .fusedHalf || (path == .automatic && rows <= limit))
     }
+
+    /// The kernel `linear` runs for `rows` rows against an n x k bf16 weight.
+    public func bf16Kernel(rows: Int, n: Int, k: Int) -> String { BF16GEMM.kernel(rows: rows, n: n, k: k) }
 
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, path: GEMMPath) -> Tensor {
         let m = x.rows, k = x.columns, n = weight.shape[0]
         precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")
         let out = allocate(x.shape.dropLast() + [n])
+        if weight.dtype == .bf16, weight.quantization == nil,
+           path == .matrixUnits || (path == .automatic && BF16GEMM.usesMatrixUnits(rows: m)) {
+            BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, bias: bias?.floats, out: out.floats,
+                         threads: threads, forceMatrixUnits: path == .matrixUnits, scratch: scratch, release: release)
+            return out
+        }
         if let bias {
             let b = bias.floats
             for r in 0..<m { (out.floats + r * n).update(from: b, count: n) }
@@ -148,8 +169,13 @@ public final class CPUBackend: Backend {
                 return
             }
             if fused {
-                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: Float16.self),
-                             columns: columns, out: op, ldc: n, beta: beta)
+                if weight.dtype == .bf16 {
+                    HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: BF16.self),
+                                 columns: columns, out: op, ldc: n, beta: beta)
+                } else {
+                    HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: Float16.self),
+                                 columns: columns, out: op, ldc: n, beta: beta)
+                }
                 return
             }
             // Widen the stored weight in slabs of about 4 MiB: large enough that OpenBLAS packs x

@@ -13,6 +13,17 @@ extension Float16: WeightElement {
     @inline(__always) static func widen(_ v: Float16) -> Float { Float(v) }
 }
 
+/// A bf16 weight element (its 16 bits): widening is a shift into the high half of an f32.
+struct BF16: WeightElement {
+    let bits: UInt16
+
+    @inline(__always) static func load8(_ p: UnsafePointer<BF16>) -> SIMD8<Float> {
+        let halves = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<UInt16>.self)
+        return unsafeBitCast(SIMD8<UInt32>(truncatingIfNeeded: halves) &<< 16, to: SIMD8<Float>.self)
+    }
+    @inline(__always) static func widen(_ v: BF16) -> Float { Float(bitPattern: UInt32(v.bits) << 16) }
+}
+
 extension Float: WeightElement {
     @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
         UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
@@ -20,8 +31,8 @@ extension Float: WeightElement {
     @inline(__always) static func widen(_ v: Float) -> Float { v }
 }
 
-/// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 and widened in
-/// registers (F16C), for decode-sized batches where OpenBLAS would first need a full f32 copy
+/// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 (or bf16) and
+/// widened in registers (F16C; a shift for bf16), for decode-sized batches where OpenBLAS would first need a full f32 copy
 /// of the weight.
 ///
 /// Register tile: 4 rows of x by 2 weight rows, 8 lanes along k. That is 8 accumulators plus
@@ -38,7 +49,7 @@ enum HalfGEMM {
     /// `strata bench-gemm`); above it the weight is reused enough for OpenBLAS to win.
     static let maxRows = 64
 
-    static func run(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float16>, columns: Range<Int>,
+    static func run<W: WeightElement>(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<W>, columns: Range<Int>,
                     out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
         var n = columns.lowerBound
         while n < columns.upperBound {

@@ -1,0 +1,89 @@
+import StrataCore
+
+/// Matmuls against bf16 weights (`--weight-format bf16`): on AMX or AVX512-BF16 through oneDNN
+/// with the activations rounded to bf16 and f32 accumulation (what transformers does in bf16,
+/// except that everything outside the matmuls stays f32 here); for few rows, or on a CPU
+/// without bf16 matrix units, the fused kernel that widens bf16 in registers against f32 rows.
+enum BF16GEMM {
+    /// From this many rows oneDNN's kernels beat the fused f32 kernel on bf16 weights:
+    /// `strata bench-gemm` on AMX, 2 threads, OPT-125m's shapes: 31-33 vs 10-18 GFLOP/s at one
+    /// row, 120-290 vs 65-78 at 16, 400-530 vs 41-78 at 128 and more.
+    static let minRows = 1
+
+    /// Output columns per oneDNN call are a multiple of this: whole cache lines of the output
+    /// rows, and AMX's 16-column tiles, per worker.
+    static let columnBlock = 64
+
+    /// Which kernel serves a bf16 weight for `rows` input rows.
+    static func usesMatrixUnits(rows: Int) -> Bool {
+        rows >= minRows && MatrixUnits.oneDNN != nil
+    }
+
+    /// The kernel that serves `rows` rows against an n x k bf16 weight, by name.
+    static func kernel(rows: Int, n: Int, k: Int) -> String {
+        guard let dnnl = MatrixUnits.oneDNN, usesMatrixUnits(rows: rows) else { return "fused-bf16" }
+        return "onednn " + dnnl.kernel(m: rows, n: n, k: k)
+    }
+
+    /// out[m, n] = x[m, k] * w[n, k]^T (+ bias), w bf16 row-major; `out` is fully written.
+    static func run(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, bias: UnsafePointer<Float>?,
+                    out: UnsafeMutablePointer<Float>, threads: Int, forceMatrixUnits: Bool = false, scratch: (Int) -> UnsafeMutablePointer<Float>,
+                    release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard let dnnl = MatrixUnits.oneDNN, m >= minRows || forceMatrixUnits else {
+            if let bias { for r in 0..<m { (out + r * n).update(from: bias, count: n) } }
+            let weights = w.assumingMemoryBound(to: BF16.self)
+            parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+                HalfGEMM.run(m: m, k: k, x: x, w: weights, columns: columns, out: out, ldc: n, beta: bias == nil ? 0 : 1)
+            }
+            return
+        }
+        // Rounded activations: 2 bytes per element, held in an f32 scratch of half the count.
+        let floats = (m * k + 1) / 2
+        let rounded = scratch(floats)
+        defer { release(rounded, floats) }
+        let a = UnsafeMutableRawPointer(rounded).assumingMemoryBound(to: UInt16.self)
+        parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { rows in
+            roundToBF16(x + rows.lowerBound * k, a + rows.lowerBound * k, count: rows.count * k)
+        }
+        let blocks = (n + columnBlock - 1) / columnBlock
+        parallelFor(blocks, threads: threads) { range in
+            let first = range.lowerBound * columnBlock, last = min(n, range.upperBound * columnBlock)
+            dnnl.matmul(m: m, n: last - first, k: k, a: a, lda: k, b: w + first * k * 2, bias: bias.map { $0 + first },
+                        c: out + first, ldc: n)
+        }
+    }
+
+    /// f32 -> bf16, round to nearest even (torch's cast), 16 lanes at a time.
+    static func roundToBF16(_ source: UnsafePointer<Float>, _ destination: UnsafeMutablePointer<UInt16>, count: Int) {
+        var i = 0
+        while i + 16 <= count {
+            let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
+            let rounded = (bits &+ (((bits &>> 16) & 1) &+ 0x7FFF)) &>> 16
+            UnsafeMutableRawPointer(destination + i).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: rounded),
+                                                                as: SIMD16<UInt16>.self)
+            i += 16
+        }
+        while i < count {
+            destination[i] = Precision.floatToBF16(source[i])
+            i += 1
+        }
+    }
+
+    /// A stored weight (f32, f16 or bf16) as bf16, converted in chunks through an f32 buffer.
+    static func convert(_ source: UnsafeRawPointer, dtype: DType, count: Int, into destination: UnsafeMutablePointer<UInt16>) {
+        if dtype == .bf16 {
+            destination.update(from: source.assumingMemoryBound(to: UInt16.self), count: count)
+            return
+        }
+        let chunk = 1 << 16
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { buffer in
+            var i = 0
+            while i < count {
+                let n = min(chunk, count - i)
+                Precision.convertToFloat(source + i * dtype.byteSize, dtype: dtype, count: n, into: buffer.baseAddress!)
+                roundToBF16(buffer.baseAddress!, destination + i, count: n)
+                i += n
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+import CDNNL
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// bf16 matmuls with f32 accumulation through oneDNN, the library torch runs its CPU bf16
+/// GEMMs on: it JIT-compiles AMX or AVX512-BF16 kernels for the CPU it finds. Opened with
+/// `dlopen` (libdnnl.so.2, the 2.x C API), so the binary starts and runs without it.
+final class OneDNN: @unchecked Sendable {
+    private let engine: dnnl_engine_t
+    /// oneDNN's kernel for a probe shape, e.g. "brg:avx512_core_amx_bf16".
+    let kernel: String
+    private let fn: Functions
+    private let primitives = Mutex<[Key: Primitive]>([:])
+    private let streams = Mutex<[Stream]>([])
+    /// Past this many cached shapes new ones are built per call and freed (a server sees many
+    /// prompt lengths; a batch job a handful).
+    static let cacheLimit = 512
+
+    struct Functions {
+        let engineCreate: strata_dnnl_engine_create
+        let streamCreate: strata_dnnl_stream_create
+        let descByStrides: strata_dnnl_memory_desc_init_by_strides
+        let matmulDesc: strata_dnnl_matmul_desc_init
+        let primitiveDescCreate: strata_dnnl_primitive_desc_create
+        let primitiveDescQuery: strata_dnnl_primitive_desc_query
+        let primitiveDescDestroy: strata_dnnl_primitive_desc_destroy
+        let primitiveCreate: strata_dnnl_primitive_create
+        let primitiveDestroy: strata_dnnl_primitive_destroy
+        let execute: strata_dnnl_primitive_execute
+        let memoryCreate: strata_dnnl_memory_create
+        let memoryDestroy: strata_dnnl_memory_destroy
+        let streamWait: strata_dnnl_stream_wait
+        let setOMPThreads: strata_omp_set_num_threads?
+    }
+
+    /// A stream is used by one call at a time; idle ones wait in `streams`.
+    struct Stream: @unchecked Sendable { let handle: dnnl_stream_t }
+
+    struct Key: Hashable {
+        let m: Int, n: Int, k: Int, lda: Int, ldc: Int, bias: Bool
+    }
+
+    final class Primitive: @unchecked Sendable {
+        let handle: dnnl_primitive_t
+        let kernel: String
+        var a = dnnl_memory_desc_t(), b = dnnl_memory_desc_t(), bias = dnnl_memory_desc_t(), c = dnnl_memory_desc_t()
+        init(handle: dnnl_primitive_t, kernel: String) { self.handle = handle; self.kernel = kernel }
+    }
+
+    /// Loads oneDNN and builds a probe matmul; the error says why the library cannot serve.
+    static func load() -> Result<OneDNN, LoadError> {
+        guard let library = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL) else {
+            return .failure(LoadError(reason: "oneDNN 2.x (libdnnl.so.2) not found: " + (dlerror().map { String(cString: $0) } ?? "")))
+        }
+        func symbol<T>(_ name: String, _ type: T.Type) throws(LoadError) -> T {
+            guard let s = dlsym(library, name) else { throw LoadError(reason: "libdnnl.so.2 lacks \(name)") }
+            return unsafeBitCast(s, to: type)
+        }
+        do throws(LoadError) {
+            let fn = Functions(
+                engineCreate: try symbol("dnnl_engine_create", strata_dnnl_engine_create.self),
+                streamCreate: try symbol("dnnl_stream_create", strata_dnnl_stream_create.self),
+                descByStrides: try symbol("dnnl_memory_desc_init_by_strides", strata_dnnl_memory_desc_init_by_strides.self),
+                matmulDesc: try symbol("dnnl_matmul_desc_init", strata_dnnl_matmul_desc_init.self),
+                primitiveDescCreate: try symbol("dnnl_primitive_desc_create", strata_dnnl_primitive_desc_create.self),
+                primitiveDescQuery: try symbol("dnnl_primitive_desc_query", strata_dnnl_primitive_desc_query.self),
+                primitiveDescDestroy: try symbol("dnnl_primitive_desc_destroy", strata_dnnl_primitive_desc_destroy.self),
+                primitiveCreate: try symbol("dnnl_primitive_create", strata_dnnl_primitive_create.self),
+                primitiveDestroy: try symbol("dnnl_primitive_destroy", strata_dnnl_primitive_destroy.self),
+                execute: try symbol("dnnl_primitive_execute", strata_dnnl_primitive_execute.self),
+                memoryCreate: try symbol("dnnl_memory_create", strata_dnnl_memory_create.self),
+                memoryDestroy: try symbol("dnnl_memory_destroy", strata_dnnl_memory_destroy.self),
+                streamWait: try symbol("dnnl_stream_wait", strata_dnnl_stream_wait.self),
+                // oneDNN's Debian build threads with OpenMP (libgomp, loaded with it). Strata's
+                // workers each run one column slab, so every call is told to stay on its thread.
+                setOMPThreads: dlsym(library, "omp_set_num_threads").map { unsafeBitCast($0, to: strata_omp_set_num_threads.self) })
+            var engine: dnnl_engine_t?
+            guard fn.engineCreate(&engine, dnnl_cpu, 0) == dnnl_success, let engine else {
+                throw LoadError(reason: "oneDNN could not create a CPU engine")
+            }
+            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "")
+            let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, lda: 64, ldc: 64, bias: false))
+            guard probe.kernel.contains("amx") || probe.kernel.contains("bf16") else {
+                throw LoadError(reason: "oneDNN has no bf16 matrix kernel for this CPU (it offers \(probe.kernel))")
+            }
+            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    struct LoadError: Error, Sendable { let reason: String }
+
+    private init(engine: dnnl_engine_t, fn: Functions, kernel: String) {
+        self.engine = engine
+        self.fn = fn
+        self.kernel = kernel
+    }
+
+    /// c[m, n] (row stride ldc) = a[m, k] (bf16, row stride lda) * b^T + bias, where b is a
+    /// bf16 weight [n, k] stored row-major: oneDNN sees it as a k x n matrix with strides (1, k).
+    func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, lda: Int, b: UnsafeRawPointer,
+                bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let key = Key(m: m, n: n, k: k, lda: lda, ldc: ldc, bias: bias != nil)
+        let cached = primitives.withLock { $0[key] }
+        let p: Primitive
+        if let cached {
+            p = cached
+        } else {
+            do throws(LoadError) { p = try primitive(key) } catch {
+                fatalError("oneDNN refused a \(m)x\(k) by \(k)x\(n) bf16 matmul it accepted before: \(error.reason)")
+            }
+        }
+        if cached == nil {
+            primitives.withLock { if $0.count < Self.cacheLimit { $0[key] = p } }
+        }
+        fn.setOMPThreads?(1)
+        let stream = streams.withLock { $0.popLast() } ?? makeStream()
+        var memories: [dnnl_memory_t?] = []
+        func memory(_ shared: dnnl_memory_desc_t, _ data: UnsafeRawPointer) -> dnnl_memory_t? {
+            var mem: dnnl_memory_t?, desc = shared  // a copy: other workers read the same primitive
+            _ = fn.memoryCreate(&mem, &desc, engine, UnsafeMutableRawPointer(mutating: data))
+            memories.append(mem)
+            return mem
+        }
+        var args = [dnnl_exec_arg_t(arg: strata_dnnl_arg_src, memory: memory(p.a, a)),
+                    dnnl_exec_arg_t(arg: strata_dnnl_arg_weights, memory: memory(p.b, b)),
+                    dnnl_exec_arg_t(arg: strata_dnnl_arg_dst, memory: memory(p.c, c))]
+        if let bias { args.append(dnnl_exec_arg_t(arg: strata_dnnl_arg_bias, memory: memory(p.bias, bias))) }
+        let status = fn.execute(p.handle, stream.handle, Int32(args.count), &args)
+        _ = fn.streamWait(stream.handle)
+        for mem in memories { _ = fn.memoryDestroy(mem) }
+        streams.withLock { $0.append(stream) }
+        precondition(status == dnnl_success, "oneDNN matmul \(m)x\(k)x\(n) failed with status \(status.rawValue)")
+        if cached == nil, primitives.withLock({ $0[key] }) !== p {
+            _ = fn.primitiveDestroy(p.handle)  // built for this call only: the cache is full
+        }
+    }
+
+    /// The kernel oneDNN picks for a shape (bench-gemm reports it).
+    func kernel(m: Int, n: Int, k: Int) -> String {
+        (try? primitive(Key(m: m, n: n, k: k, lda: k, ldc: n, bias: false)).kernel) ?? "none"
+    }
+
+    private func makeStream() -> Stream {
+        var stream: dnnl_stream_t?
+        guard fn.streamCreate(&stream, engine, UInt32(dnnl_stream_default_flags.rawValue)) == dnnl_success, let stream else {
+            fatalError("oneDNN could not create a stream")
+        }
+        return Stream(handle: stream)
+    }
+
+    private func primitive(_ key: Key) throws(LoadError) -> Primitive {
+        var a = dnnl_memory_desc_t(), b = dnnl_memory_desc_t(), bias = dnnl_memory_desc_t(), c = dnnl_memory_desc_t()
+        var ok = true
+        withUnsafeTemporaryAllocation(of: dnnl_dim_t.self, capacity: 4) { d in
+            func set(_ desc: inout dnnl_memory_desc_t, _ rows: Int, _ cols: Int, _ rowStride: Int, _ colStride: Int,
+                     _ type: dnnl_data_type_t) {
+                d[0] = dnnl_dim_t(rows); d[1] = dnnl_dim_t(cols); d[2] = dnnl_dim_t(rowStride); d[3] = dnnl_dim_t(colStride)
+                // The C function reads `ndims` entries of each dims array.
+                ok = ok && fn.descByStrides(&desc, 2, d.baseAddress!, type, d.baseAddress! + 2) == dnnl_success
+            }
+            set(&a, key.m, key.k, key.lda, 1, dnnl_bf16)
+            set(&b, key.k, key.n, 1, key.k, dnnl_bf16)
+            set(&c, key.m, key.n, key.ldc, 1, dnnl_f32)
+            if key.bias { set(&bias, 1, key.n, key.n, 1, dnnl_f32) }
+        }
+        guard ok else { throw LoadError(reason: "bad memory descriptor for \(key)") }
+        var desc = dnnl_matmul_desc_t()
+        let described = key.bias ? fn.matmulDesc(&desc, &a, &b, &bias, &c) : fn.matmulDesc(&desc, &a, &b, nil, &c)
+        guard described == dnnl_success else {
+            throw LoadError(reason: "matmul descriptor refused for \(key)")
+        }
+        var pd: dnnl_primitive_desc_t?
+        guard fn.primitiveDescCreate(&pd, &desc, nil, engine, nil) == dnnl_success, let pd else {
+            throw LoadError(reason: "no matmul implementation for \(key)")
+        }
+        defer { _ = fn.primitiveDescDestroy(pd) }
+        var info: UnsafePointer<CChar>?
+        _ = withUnsafeMutablePointer(to: &info) { fn.primitiveDescQuery(pd, dnnl_query_impl_info_str, 0, $0) }
+        var handle: dnnl_primitive_t?
+        guard fn.primitiveCreate(&handle, pd) == dnnl_success, let handle else {
+            throw LoadError(reason: "matmul primitive creation failed for \(key)")
+        }
+        let p = Primitive(handle: handle, kernel: info.map { String(cString: $0) } ?? "unknown")
+        p.a = a; p.b = b; p.bias = bias; p.c = c
+        return p
+    }
+}
