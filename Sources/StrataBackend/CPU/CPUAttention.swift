@@ -56,34 +56,54 @@ extension CPUBackend {
         for i in 0..<d { out[i] = 0 }
         guard visible > 0 else { return }
         let dVector = d & ~7
-        var maxScore = -Float.infinity
-        for j in 0..<visible {
-            let key = keys + j * d
-            var acc = SIMD8<Float>()
-            var i = 0
-            while i < dVector {
-                acc = acc.addingProduct(UnsafeRawPointer(query + i).loadUnaligned(as: SIMD8<Float>.self),
-                                        UnsafeRawPointer(key + i).loadUnaligned(as: SIMD8<Float>.self))
-                i += 8
-            }
-            var dot = HalfGEMM.reduce(acc)
-            while i < d { dot += query[i] * key[i]; i += 1 }
-            scores[j] = dot * scale
-            maxScore = max(maxScore, scores[j])
+        @inline(__always) func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+            UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
         }
-        var sum: Float = 0
-        for j in 0..<visible { let e = expf(scores[j] - maxScore); scores[j] = e; sum += e }
-        let inv = 1 / sum
-        for j in 0..<visible {
-            let p = scores[j] * inv, value = values + j * d
+        // Scores four keys at a time: four independent FMA chains instead of one.
+        var j = 0
+        while j + 4 <= visible {
+            let k0 = keys + j * d, k1 = k0 + d, k2 = k1 + d, k3 = k2 + d
+            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
             var i = 0
             while i < dVector {
-                let o = UnsafeRawPointer(out + i).loadUnaligned(as: SIMD8<Float>.self)
-                    .addingProduct(SIMD8(repeating: p), UnsafeRawPointer(value + i).loadUnaligned(as: SIMD8<Float>.self))
-                UnsafeMutableRawPointer(out + i).storeBytes(of: o, as: SIMD8<Float>.self)
+                let q = load(query + i)
+                a0 = a0.addingProduct(q, load(k0 + i)); a1 = a1.addingProduct(q, load(k1 + i))
+                a2 = a2.addingProduct(q, load(k2 + i)); a3 = a3.addingProduct(q, load(k3 + i))
                 i += 8
             }
-            while i < d { out[i] += p * value[i]; i += 1 }
+            var dots = (HalfGEMM.reduce(a0), HalfGEMM.reduce(a1), HalfGEMM.reduce(a2), HalfGEMM.reduce(a3))
+            while i < d {
+                dots.0 += query[i] * k0[i]; dots.1 += query[i] * k1[i]; dots.2 += query[i] * k2[i]; dots.3 += query[i] * k3[i]
+                i += 1
+            }
+            scores[j] = dots.0 * scale; scores[j + 1] = dots.1 * scale; scores[j + 2] = dots.2 * scale; scores[j + 3] = dots.3 * scale
+            j += 4
+        }
+        while j < visible {
+            let key = keys + j * d
+            var dot: Float = 0
+            for i in 0..<d { dot += query[i] * key[i] }
+            scores[j] = dot * scale
+            j += 1
+        }
+        Softmax.normalize(scores, count: visible)
+        // P V in 32-column chunks: four accumulators stay in registers across all keys.
+        var c = 0
+        while c + 32 <= dVector {
+            var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
+            for j in 0..<visible {
+                let p = SIMD8<Float>(repeating: scores[j]), v = values + j * d + c
+                o0 = o0.addingProduct(p, load(v)); o1 = o1.addingProduct(p, load(v + 8))
+                o2 = o2.addingProduct(p, load(v + 16)); o3 = o3.addingProduct(p, load(v + 24))
+            }
+            let o = UnsafeMutableRawPointer(out + c)
+            o.storeBytes(of: o0, as: SIMD8<Float>.self); o.storeBytes(of: o1, toByteOffset: 32, as: SIMD8<Float>.self)
+            o.storeBytes(of: o2, toByteOffset: 64, as: SIMD8<Float>.self); o.storeBytes(of: o3, toByteOffset: 96, as: SIMD8<Float>.self)
+            c += 32
+        }
+        for j in 0..<visible {
+            let p = scores[j], value = values + j * d
+            for i in c..<d { out[i] += p * value[i] }
         }
     }
 
@@ -139,12 +159,7 @@ extension CPUBackend {
                         for j in 0..<valid { row[j] = 0 }
                         continue
                     }
-                    var maxScore = -Float.infinity
-                    for j in 0..<visible { maxScore = max(maxScore, row[j]) }
-                    var sum: Float = 0
-                    for j in 0..<visible { let e = expf(row[j] - maxScore); row[j] = e; sum += e }
-                    let inv = 1 / sum
-                    for j in 0..<visible { row[j] *= inv }
+                    Softmax.normalize(row, count: visible)
                     for j in visible..<valid { row[j] = 0 }
                 }
                 // out[T, D] = P[T, valid] x V[pad..<total, D]

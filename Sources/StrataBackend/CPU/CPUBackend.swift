@@ -144,8 +144,10 @@ public final class CPUBackend: Backend {
         let m = x.rows, k = x.columns, n = weight.shape[0]
         precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")
         let out = allocate(x.shape.dropLast() + [n])
+        // Only `--weight-format bf16` opts into rounded inputs; a checkpoint stored in bf16 and held
+        // as stored keeps exact f32 arithmetic.
         if weight.dtype == .bf16, weight.quantization == nil,
-           path == .matrixUnits || (path == .automatic && BF16GEMM.usesMatrixUnits(rows: m)) {
+           path == .matrixUnits || (path == .automatic && weightFormat == .bf16 && BF16GEMM.usesMatrixUnits(rows: m)) {
             BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, bias: bias?.floats, out: out.floats,
                          threads: threads, forceMatrixUnits: path == .matrixUnits, scratch: scratch, release: release)
             return out

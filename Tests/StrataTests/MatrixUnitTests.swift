@@ -1,0 +1,121 @@
+import Foundation
+import StrataBackend
+import StrataCore
+import StrataModels
+import StrataRuntime
+import Testing
+
+/// `--weight-format bf16`: matmuls on the CPU's bf16 matrix units (oneDNN on AMX or
+/// AVX512-BF16) where there are some, the fused bf16 kernel where there are none.
+@Suite struct MatrixUnitTests {
+    static func bf16(_ v: Float) -> Float { Precision.bf16ToFloat(Precision.floatToBF16(v)) }
+
+    /// x [m, k] * w[n, k]^T + bias in double precision.
+    static func reference(_ x: [Float], _ w: [Float], _ bias: [Float]?, m: Int, n: Int, k: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: m * n)
+        for r in 0..<m {
+            for c in 0..<n {
+                var s = Double(bias?[c] ?? 0)
+                for i in 0..<k { s += Double(x[r * k + i]) * Double(w[c * k + i]) }
+                out[r * n + c] = Float(s)
+            }
+        }
+        return out
+    }
+
+    static func maxError(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? .infinity }
+
+    /// Every path against the reference on awkward shapes (columns not a multiple of the 64-column
+    /// slab, k not a multiple of the vector width), with and without bias. The weights are rounded
+    /// to bf16 at upload; the matrix units also round the inputs, the fused kernel does not.
+    /// Tolerance 2e-4: only the f32 summation order differs from the double reference.
+    @Test(arguments: [(1, 1, 1), (3, 7, 9), (5, 65, 67), (17, 130, 64), (70, 200, 130), (16, 64, 768)])
+    func bf16LinearMatchesRoundedReference(shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        let backend = CPUBackend(threads: 2, weightFormat: .bf16)
+        let x = BackendOpTests.randoms(m * k, seed: 3), w = BackendOpTests.randoms(n * k, seed: 4)
+        let bias = BackendOpTests.randoms(n, seed: 5)
+        let weight = w.map(Float16.init).withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+        #expect(weight.dtype == .bf16)
+        let wRounded = w.map { Self.bf16(Float(Float16($0))) }
+        let input = backend.upload(floats: x, shape: [m, k]), biasTensor = backend.upload(floats: bias, shape: [n])
+        let onUnits = MatrixUnits.status.kind != nil
+        for useBias in [false, true] {
+            let b = useBias ? bias : nil, bt = useBias ? biasTensor : nil
+            let exact = Self.reference(x, wRounded, b, m: m, n: n, k: k)
+            let roundedInputs = Self.reference(x.map(Self.bf16), wRounded, b, m: m, n: n, k: k)
+            let fused = backend.download(backend.linear(input, weight: weight, bias: bt, path: .fusedHalf))
+            #expect(Self.maxError(fused, exact) < 2e-4, "fused bf16 \(shape) bias \(useBias)")
+            let matrix = backend.download(backend.linear(input, weight: weight, bias: bt, path: .matrixUnits))
+            #expect(Self.maxError(matrix, onUnits ? roundedInputs : exact) < 2e-4, "matrix units \(shape) bias \(useBias)")
+            let automatic = backend.download(backend.linear(input, weight: weight, bias: bt))
+            #expect(Self.maxError(automatic, onUnits ? roundedInputs : exact) < 2e-4, "automatic \(shape) bias \(useBias)")
+        }
+    }
+
+    /// Weights stored as f32, f16 or bf16 become the same bf16 values (round to nearest even).
+    @Test func uploadRoundsEveryStoredTypeToBF16() {
+        let backend = CPUBackend(threads: 1, weightFormat: .bf16)
+        let values: [Float] = [1, -2.5, 1.00390625, 1.01171875, 3.14159, -0.0001, 65504, 1e-8]
+        let asF32 = values.withUnsafeBytes { backend.upload(weight: $0, dtype: .f32, shape: [2, 4], owner: nil) }
+        #expect(asF32.dtype == .bf16)
+        // 1 + 2^-8 is a tie and rounds to even (1.0); 1 + 3 * 2^-8 rounds up to 1 + 2^-6.
+        #expect(backend.download(asF32) == values.map(Self.bf16))
+        #expect(Self.bf16(1.00390625) == 1 && Self.bf16(1.01171875) == 1.015625)
+        let bits = values.map(Precision.floatToBF16)
+        let asBF16 = bits.withUnsafeBytes { backend.upload(weight: $0, dtype: .bf16, shape: [2, 4], owner: nil) }
+        #expect(backend.download(asBF16) == values.map(Self.bf16))
+        // Vectors (norm weights, biases) stay f32.
+        let vector = values.withUnsafeBytes { backend.upload(weight: $0, dtype: .f32, shape: [8], owner: nil) }
+        #expect(vector.dtype == .f32 && backend.download(vector) == values)
+    }
+
+    /// On the fixture models the bf16 path stays close to transformers' fp32 logits: stated
+    /// tolerance 3% of the largest logit (bf16 keeps 8 significant bits of every matmul input,
+    /// and the tiny random fixtures have no trained margin to absorb it).
+    @Test(arguments: Fixtures.modelNames)
+    func fixtureLogitsStayCloseInBF16(model name: String) throws {
+        let reference = try Fixtures.reference(name)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2, weightFormat: .bf16))
+        let model = bundle.model
+        let batch = reference.promptIds.count
+        let width = reference.promptIds.map(\.count).max()!
+        let padding = reference.promptIds.map { width - $0.count }
+        var tokens: [Int32] = []
+        for (b, ids) in reference.promptIds.enumerated() {
+            tokens += Array(repeating: Int32(reference.padTokenId), count: padding[b]) + ids.map(Int32.init)
+        }
+        let step = ForwardStep(tokens: tokens, batch: batch, length: width, pastLength: 0, padding: padding)
+        let logits = model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width)))
+        let error = Self.maxError(logits, reference.lastLogits)
+        let scale = reference.lastLogits.map(abs).max() ?? 1
+        #expect(error / scale < 3e-2, "max |bf16 - transformers fp32| = \(error), max |logit| \(scale) for \(name)")
+    }
+
+    /// The dispatch with the matrix units forced off (what a CPU without AVX-512 runs): the
+    /// binary starts, reports the fallback, and bf16 weights go through the fused kernel with
+    /// the same greedy tokens as f32 weights on the trained demo model.
+    @Test func forcedFallbackRunsTheFusedKernel() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
+        let baseline = ["STRATA_CPU_ISA": "baseline"]
+        let gemm = try CommandLineTests.run(["bench-gemm", "--rows", "4", "--shapes", "64x64", "--repeat", "1", "--json"],
+                                            environment: baseline)
+        #expect(gemm.status == 0, "\(gemm.stderr)")
+        let firstLine = gemm.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        let point = try #require(try JSONValue.parse(Data(firstLine.utf8), path: "bench-gemm stdout").object)
+        #expect(point["matrix_units"]?.string == "none")
+        #expect(point["bf16_serves"]?.string == "fused-bf16")
+        #expect((point["bf16_fused_gflops"]?.double ?? 0) > 0)
+
+        let prompt = ["generate", "--model", Fixtures.model("opt-licenses"), "--prompt", "The GNU General Public License is",
+                      "--max-new-tokens", "16"]
+        let fallback = try CommandLineTests.run(prompt + ["--weight-format", "bf16"], environment: baseline)
+        let exact = try CommandLineTests.run(prompt + ["--weight-format", "f32"])
+        #expect(fallback.status == 0 && exact.status == 0, "\(fallback.stderr) \(exact.stderr)")
+        #expect(!fallback.stdout.isEmpty && fallback.stdout == exact.stdout)
+
+        let unknown = try CommandLineTests.run(["bench-gemm", "--rows", "1", "--shapes", "64x64", "--repeat", "1"],
+                                               environment: ["STRATA_CPU_ISA": "sse9"])
+        #expect(unknown.stdout.contains("STRATA_CPU_ISA=sse9 is not one of"))
+    }
+}
