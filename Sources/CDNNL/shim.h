@@ -7,6 +7,7 @@
 typedef __typeof__(&dnnl_engine_create) strata_dnnl_engine_create;
 typedef __typeof__(&dnnl_stream_create) strata_dnnl_stream_create;
 typedef __typeof__(&dnnl_memory_desc_init_by_strides) strata_dnnl_memory_desc_init_by_strides;
+typedef __typeof__(&dnnl_memory_desc_init_by_tag) strata_dnnl_memory_desc_init_by_tag;
 typedef __typeof__(&dnnl_matmul_desc_init) strata_dnnl_matmul_desc_init;
 typedef __typeof__(&dnnl_primitive_desc_create) strata_dnnl_primitive_desc_create;
 typedef __typeof__(&dnnl_primitive_desc_query) strata_dnnl_primitive_desc_query;

@@ -32,13 +32,14 @@ struct BenchGEMM: ParsableCommand {
             }
             let half = CPUBackend(threads: threads, weightFormat: .asStored)
             let matrix = CPUBackend(threads: threads, weightFormat: .bf16)
+            let rowMajor = CPUBackend(threads: threads, weightFormat: .bf16, packsWeights: false)
             let units = MatrixUnits.status
             let unitName = units.kind?.rawValue ?? "none"
             var rng = SeededGenerator(seed: 1)
             let scheme = try QuantizationScheme(bits: bits, groupSize: 64)
             if !json {
                 print("bf16 matrix units: \(unitName) (\(units.detail))")
-                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  bf16-fused  bf16-matrix  bf16-serves   (GFLOP/s, median of \(`repeat`))")
+                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  bf16-fused  bf16-rowmajor  bf16-matrix  bf16-serves   (GFLOP/s, median of \(`repeat`))")
             }
             for (n, k) in weightShapes {
                 let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
@@ -46,6 +47,7 @@ struct BenchGEMM: ParsableCommand {
                 let weightFloat = half.upload(floats: values.map(Float.init), shape: [n, k])
                 let weightQuantized = half.quantize(weightHalf, scheme: scheme)
                 let weightBF16 = values.withUnsafeBytes { matrix.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+                let weightRowMajor = values.withUnsafeBytes { rowMajor.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
                 for m in rowCounts {
                     let x = half.upload(floats: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [m, k])
                     let flops = 2.0 * Double(m * n * k)
@@ -62,7 +64,8 @@ struct BenchGEMM: ParsableCommand {
                     let sgemm = rate { _ = half.linear(x, weight: weightFloat, bias: nil) }
                     let qFused = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .fusedHalf) }
                     let qDecode = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .widenThenBLAS) }
-                    let bFused = rate { _ = matrix.linear(x, weight: weightBF16, bias: nil, path: .fusedHalf) }
+                    let bFused = rate { _ = rowMajor.linear(x, weight: weightRowMajor, bias: nil, path: .fusedHalf) }
+                    let bRowMajor = units.kind == nil ? 0 : rate { _ = rowMajor.linear(x, weight: weightRowMajor, bias: nil, path: .matrixUnits) }
                     let bMatrix = units.kind == nil ? 0 : rate { _ = matrix.linear(x, weight: weightBF16, bias: nil, path: .matrixUnits) }
                     // What `--weight-format bf16` runs for this shape.
                     let serves = matrix.bf16Kernel(rows: m, n: n, k: k)
@@ -72,11 +75,12 @@ struct BenchGEMM: ParsableCommand {
                             "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen),
                             "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
                             "quantized_fused_gflops": .number(qFused), "quantized_decode_sgemm_gflops": .number(qDecode),
-                            "bf16_fused_gflops": .number(bFused), "bf16_matrix_gflops": .number(bMatrix),
+                            "bf16_fused_gflops": .number(bFused), "bf16_matrix_row_major_gflops": .number(bRowMajor),
+                            "bf16_matrix_gflops": .number(bMatrix), "bf16_packed": .bool(weightBF16.panels != nil),
                             "bf16_serves": .string(serves), "matrix_units": .string(unitName),
                         ]).serialized())
                     } else {
-                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (bFused, 10), (bMatrix, 11)]
+                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (bFused, 10), (bRowMajor, 13), (bMatrix, 11)]
                             .map { $0.0.formatted(1).padding($0.1, left: true) }
                         print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " ") + "  " + serves)
                     }

@@ -26,31 +26,55 @@ import Testing
     static func maxError(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? .infinity }
 
     /// Every path against the reference on awkward shapes (columns not a multiple of the 64-column
-    /// slab, k not a multiple of the vector width), with and without bias. The weights are rounded
-    /// to bf16 at upload; the matrix units also round the inputs, the fused kernel does not.
-    /// Tolerance 2e-4: only the f32 summation order differs from the double reference.
+    /// panel, k not a multiple of the 32-deep block), with and without bias, for row-major and
+    /// panel-packed weights. The weights are rounded to bf16 at upload; the matrix units also
+    /// round the inputs, the fused kernel does not. Tolerance 2e-4: only the f32 summation order
+    /// differs from the double reference.
     @Test(arguments: [(1, 1, 1), (3, 7, 9), (5, 65, 67), (17, 130, 64), (70, 200, 130), (16, 64, 768)])
     func bf16LinearMatchesRoundedReference(shape: (Int, Int, Int)) {
         let (m, n, k) = shape
-        let backend = CPUBackend(threads: 2, weightFormat: .bf16)
+        let packing = CPUBackend(threads: 2, weightFormat: .bf16)
+        let rowMajor = CPUBackend(threads: 2, weightFormat: .bf16, packsWeights: false)
         let x = BackendOpTests.randoms(m * k, seed: 3), w = BackendOpTests.randoms(n * k, seed: 4)
         let bias = BackendOpTests.randoms(n, seed: 5)
-        let weight = w.map(Float16.init).withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
-        #expect(weight.dtype == .bf16)
-        let wRounded = w.map { Self.bf16(Float(Float16($0))) }
-        let input = backend.upload(floats: x, shape: [m, k]), biasTensor = backend.upload(floats: bias, shape: [n])
+        let halves = w.map(Float16.init)
+        let plain = halves.withUnsafeBytes { rowMajor.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+        let packed = halves.withUnsafeBytes { packing.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
         let onUnits = MatrixUnits.status.kind != nil
+        #expect(plain.dtype == .bf16 && plain.panels == nil && packed.dtype == .bf16)
+        // Packed exactly where oneDNN runs (and takes panels): never on the fallback.
+        #expect(packed.panels == nil || onUnits)
+        let wRounded = w.map { Self.bf16(Float(Float16($0))) }
+        #expect(packing.download(packed) == wRounded && rowMajor.download(plain) == wRounded)
+        let input = rowMajor.upload(floats: x, shape: [m, k]), biasTensor = rowMajor.upload(floats: bias, shape: [n])
         for useBias in [false, true] {
             let b = useBias ? bias : nil, bt = useBias ? biasTensor : nil
             let exact = Self.reference(x, wRounded, b, m: m, n: n, k: k)
-            let roundedInputs = Self.reference(x.map(Self.bf16), wRounded, b, m: m, n: n, k: k)
-            let fused = backend.download(backend.linear(input, weight: weight, bias: bt, path: .fusedHalf))
+            let unitsReference = onUnits ? Self.reference(x.map(Self.bf16), wRounded, b, m: m, n: n, k: k) : exact
+            let fused = rowMajor.download(rowMajor.linear(input, weight: plain, bias: bt, path: .fusedHalf))
             #expect(Self.maxError(fused, exact) < 2e-4, "fused bf16 \(shape) bias \(useBias)")
-            let matrix = backend.download(backend.linear(input, weight: weight, bias: bt, path: .matrixUnits))
-            #expect(Self.maxError(matrix, onUnits ? roundedInputs : exact) < 2e-4, "matrix units \(shape) bias \(useBias)")
-            let automatic = backend.download(backend.linear(input, weight: weight, bias: bt))
-            #expect(Self.maxError(automatic, onUnits ? roundedInputs : exact) < 2e-4, "automatic \(shape) bias \(useBias)")
+            for (name, backend, weight) in [("row-major", rowMajor, plain), ("packed", packing, packed)] {
+                let forced = backend.download(backend.linear(input, weight: weight, bias: bt, path: .matrixUnits))
+                #expect(Self.maxError(forced, unitsReference) < 2e-4, "\(name) matrix units \(shape) bias \(useBias)")
+                let automatic = backend.download(backend.linear(input, weight: weight, bias: bt))
+                #expect(Self.maxError(automatic, unitsReference) < 2e-4, "\(name) automatic \(shape) bias \(useBias)")
+            }
         }
+        // A packed table serves embedding lookups (OPT ties its LM head to the embedding).
+        let ids: [Int32] = [Int32(n - 1), 0, Int32(n / 2)]
+        let rows = packing.download(packing.embedding(packed, ids: ids))
+        #expect(rows == ids.flatMap { id in wRounded[(Int(id) * k)..<(Int(id) * k + k)] })
+    }
+
+    /// The panel layout is oneDNN's BA16a64b2a of the k x n matrix: spot checks of the index.
+    @Test func panelLayoutIndex() {
+        let layout = PanelLayout(n: 130, k: 67)
+        #expect(layout.panels == 3 && layout.blocks == 3 && layout.panelElements == 3 * 32 * 64)
+        #expect(layout.byteCount == 3 * 3 * 32 * 64 * 2)
+        #expect(layout.index(row: 0, column: 0) == 0 && layout.index(row: 0, column: 1) == 1)
+        #expect(layout.index(row: 1, column: 0) == 2 && layout.index(row: 0, column: 2) == 128)
+        #expect(layout.index(row: 0, column: 32) == 2048 && layout.index(row: 64, column: 0) == 3 * 2048)
+        #expect(layout.index(row: 129, column: 66) == 2 * 6144 + 2 * 2048 + 1 * 128 + 1 * 2 + 0)
     }
 
     /// Weights stored as f32, f16 or bf16 become the same bf16 values (round to nearest even).

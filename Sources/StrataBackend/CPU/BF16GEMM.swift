@@ -10,10 +10,6 @@ enum BF16GEMM {
     /// row, 120-290 vs 65-78 at 16, 400-530 vs 41-78 at 128 and more.
     static let minRows = 1
 
-    /// Output columns per oneDNN call are a multiple of this: whole cache lines of the output
-    /// rows, and AMX's 16-column tiles, per worker.
-    static let columnBlock = 64
-
     /// Which kernel serves a bf16 weight for `rows` input rows.
     static func usesMatrixUnits(rows: Int) -> Bool {
         rows >= minRows && MatrixUnits.oneDNN != nil
@@ -26,10 +22,12 @@ enum BF16GEMM {
     }
 
     /// out[m, n] = x[m, k] * w[n, k]^T (+ bias), w bf16 row-major; `out` is fully written.
-    static func run(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, bias: UnsafePointer<Float>?,
+    /// `panels`: w is packed in that layout (only made when oneDNN takes it, see `pack`).
+    static func run(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, panels: PanelLayout? = nil,
+                    bias: UnsafePointer<Float>?,
                     out: UnsafeMutablePointer<Float>, threads: Int, forceMatrixUnits: Bool = false, scratch: (Int) -> UnsafeMutablePointer<Float>,
                     release: (UnsafeMutablePointer<Float>, Int) -> Void) {
-        guard let dnnl = MatrixUnits.oneDNN, m >= minRows || forceMatrixUnits else {
+        guard let dnnl = MatrixUnits.oneDNN, m >= minRows || forceMatrixUnits || panels != nil else {
             if let bias { for r in 0..<m { (out + r * n).update(from: bias, count: n) } }
             let weights = w.assumingMemoryBound(to: BF16.self)
             parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
@@ -45,12 +43,10 @@ enum BF16GEMM {
         parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { rows in
             roundToBF16(x + rows.lowerBound * k, a + rows.lowerBound * k, count: rows.count * k)
         }
-        let blocks = (n + columnBlock - 1) / columnBlock
-        parallelFor(blocks, threads: threads) { range in
-            let first = range.lowerBound * columnBlock, last = min(n, range.upperBound * columnBlock)
-            dnnl.matmul(m: m, n: last - first, k: k, a: a, lda: k, b: w + first * k * 2, bias: bias.map { $0 + first },
-                        c: out + first, ldc: n)
-        }
+        // One call for the whole product, threaded by oneDNN itself: its kernels need a dense
+        // output (a column slab of `out` sends it to a reference implementation, ~1000x slower),
+        // and it splits rows and columns to suit the matrix units better than a column split.
+        dnnl.matmul(m: m, n: n, k: k, a: a, lda: k, b: w, panels: panels != nil, bias: bias, c: out, ldc: n, threads: threads)
     }
 
     /// f32 -> bf16, round to nearest even (torch's cast), 16 lanes at a time.
@@ -66,6 +62,30 @@ enum BF16GEMM {
         while i < count {
             destination[i] = Precision.floatToBF16(source[i])
             i += 1
+        }
+    }
+
+    /// Whether `--weight-format bf16` packs weights in `PanelLayout` on this machine.
+    static var packsPanels: Bool { MatrixUnits.oneDNN?.takesPanels ?? false }
+
+    /// A row-major bf16 weight [n, k] into `layout`, padding zeroed; panels in parallel.
+    static func pack(_ plain: UnsafePointer<UInt16>, layout: PanelLayout, into destination: UnsafeMutablePointer<UInt16>,
+                     threads: Int) {
+        let n = layout.n, k = layout.k, width = PanelLayout.panelWidth
+        parallelFor(layout.panels, threads: threads) { panels in
+            let start = destination + panels.lowerBound * layout.panelElements
+            start.initialize(repeating: 0, count: panels.count * layout.panelElements)
+            for row in (panels.lowerBound * width)..<min(n, panels.upperBound * width) {
+                let source = plain + row * k
+                for column in 0..<k { destination[layout.index(row: row, column: column)] = source[column] }
+            }
+        }
+    }
+
+    /// Row `row` of a packed weight as f32.
+    static func unpackRow(_ packed: UnsafePointer<UInt16>, layout: PanelLayout, row: Int, into destination: UnsafeMutablePointer<Float>) {
+        for column in 0..<layout.k {
+            destination[column] = Precision.bf16ToFloat(packed[layout.index(row: row, column: column)])
         }
     }
 

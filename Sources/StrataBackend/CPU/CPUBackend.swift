@@ -14,6 +14,13 @@ public final class CPUBackend: Backend {
         case f32
         case asStored = "as-stored"
         case bf16
+
+        /// The element type a stored tensor is held in (row-major; packing keeps 2 bytes an
+        /// element up to panel padding).
+        public func heldType(stored: DType, shape: [Int]) -> DType {
+            if self == .bf16 && shape.count == 2 && stored != .u8 { return .bf16 }
+            return (shape.count < 2 || self == .f32) ? .f32 : stored
+        }
     }
 
     public let name = "cpu"
@@ -22,9 +29,15 @@ public final class CPUBackend: Backend {
     /// Every buffer this backend allocates is charged here (the device tier's high-water mark).
     public let account: MemoryAccount?
 
-    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil) {
+    /// `--weight-format bf16` only: whether uploads pack weights in `PanelLayout` for oneDNN (where
+    /// it takes them). The offload engine keeps them row-major: it moves weight bytes between
+    /// tiers as images of a fixed size and rebuilds the tensors from them.
+    public let packsWeights: Bool
+
+    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil, packsWeights: Bool = true) {
         self.threads = max(1, threads)
         self.weightFormat = weightFormat
+        self.packsWeights = packsWeights
         self.account = account
         // One thread pool owns the cores: OpenBLAS runs single-threaded inside Strata's workers.
         // Its own pool would spin-wait between GEMMs and steal the cores from attention and
@@ -55,11 +68,16 @@ public final class CPUBackend: Backend {
         let count = shape.reduce(1, *)
         // Vectors (norms, biases) are tiny and read element-wise by kernels: always f32.
         if weightFormat == .bf16 && shape.count == 2 && dtype != .u8 {
-            let buffer = DeviceBuffer.host(byteCount: count * 2, backendName: name, account: account)
+            let plain = DeviceBuffer.host(byteCount: count * 2, backendName: name, account: account)
             if count > 0 {
-                BF16GEMM.convert(view.baseAddress!, dtype: dtype, count: count, into: buffer.pointer.assumingMemoryBound(to: UInt16.self))
+                BF16GEMM.convert(view.baseAddress!, dtype: dtype, count: count, into: plain.pointer.assumingMemoryBound(to: UInt16.self))
             }
-            return Tensor(shape: shape, dtype: .bf16, buffer: buffer)
+            guard packsWeights && BF16GEMM.packsPanels && count > 0 else { return Tensor(shape: shape, dtype: .bf16, buffer: plain) }
+            let layout = PanelLayout(n: shape[0], k: shape[1])
+            let packed = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
+            BF16GEMM.pack(plain.pointer.assumingMemoryBound(to: UInt16.self), layout: layout,
+                          into: packed.pointer.assumingMemoryBound(to: UInt16.self), threads: threads)
+            return Tensor(shape: shape, dtype: .bf16, buffer: packed, panels: layout)
         }
         if dtype == .f32 || weightFormat == .f32 || shape.count < 2 {
             let t = allocate(shape)
@@ -88,7 +106,12 @@ public final class CPUBackend: Backend {
         let count = tensor.elementCount
         return [Float](unsafeUninitializedCapacity: count) { b, n in
             if count > 0 {
-                if tensor.quantization != nil {
+                if let layout = tensor.panels {
+                    for r in 0..<layout.n {
+                        BF16GEMM.unpackRow(tensor.buffer.pointer.assumingMemoryBound(to: UInt16.self), layout: layout, row: r,
+                                           into: b.baseAddress! + r * layout.k)
+                    }
+                } else if tensor.quantization != nil {
                     Self.dequantizeRows(tensor, rows: 0..<tensor.rows, into: b.baseAddress!)
                 } else {
                     Precision.convertToFloat(tensor.buffer.pointer, dtype: tensor.dtype, count: count, into: b.baseAddress!)
@@ -103,6 +126,14 @@ public final class CPUBackend: Backend {
     public func embedding(_ table: Tensor, ids: [Int32]) -> Tensor {
         let dim = table.columns
         let out = allocate([ids.count, dim])
+        if let layout = table.panels {
+            // A tied LM head packed for the matmul: its rows are gathered out of the panels.
+            for (r, id) in ids.enumerated() {
+                BF16GEMM.unpackRow(table.buffer.pointer.assumingMemoryBound(to: UInt16.self), layout: layout, row: Int(id),
+                                   into: out.floats + r * dim)
+            }
+            return out
+        }
         for (r, id) in ids.enumerated() {
             let src = table.buffer.pointer + Int(id) * dim * table.dtype.byteSize
             Precision.convertToFloat(src, dtype: table.dtype, count: dim, into: out.floats + r * dim)
@@ -147,8 +178,8 @@ public final class CPUBackend: Backend {
         // Only `--weight-format bf16` opts into rounded inputs; a checkpoint stored in bf16 and held
         // as stored keeps exact f32 arithmetic.
         if weight.dtype == .bf16, weight.quantization == nil,
-           path == .matrixUnits || (path == .automatic && weightFormat == .bf16 && BF16GEMM.usesMatrixUnits(rows: m)) {
-            BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, bias: bias?.floats, out: out.floats,
+           weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16 && BF16GEMM.usesMatrixUnits(rows: m)) {
+            BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, panels: weight.panels, bias: bias?.floats, out: out.floats,
                          threads: threads, forceMatrixUnits: path == .matrixUnits, scratch: scratch, release: release)
             return out
         }
@@ -266,7 +297,18 @@ public final class CPUBackend: Backend {
         let out = allocate(x.shape)
         let src = x.floats, dst = out.floats
         parallelFor(x.elementCount, threads: threads, minimumPerThread: 32768) { range in
-            for i in range { dst[i] = Self.apply(activation, src[i]) }
+            guard activation == .relu else {
+                for i in range { dst[i] = Self.apply(activation, src[i]) }
+                return
+            }
+            // ReLU (OPT) 8 lanes at a time: the per-element switch kept the loop scalar.
+            var i = range.lowerBound
+            while i + 8 <= range.upperBound {
+                let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: v.replacing(with: 0, where: v .< 0), as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < range.upperBound { dst[i] = max(src[i], 0); i += 1 }
         }
         return out
     }

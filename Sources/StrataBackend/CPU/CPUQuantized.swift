@@ -8,7 +8,11 @@ extension CPUBackend {
         let count = weight.elementCount
         let values = scratch(count)
         defer { release(values, count) }
-        if count > 0 { Precision.convertToFloat(weight.buffer.pointer, dtype: weight.dtype, count: count, into: values) }
+        if weight.panels != nil {
+            download(weight).withUnsafeBufferPointer { values.update(from: $0.baseAddress!, count: count) }
+        } else if count > 0 {
+            Precision.convertToFloat(weight.buffer.pointer, dtype: weight.dtype, count: count, into: values)
+        }
         return upload(quantized: GroupQuantizer.quantize(values, shape: weight.shape, scheme: scheme))
     }
 

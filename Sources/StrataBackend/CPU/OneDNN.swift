@@ -11,6 +11,8 @@ final class OneDNN: @unchecked Sendable {
     private let engine: dnnl_engine_t
     /// oneDNN's kernel for a probe shape, e.g. "brg:avx512_core_amx_bf16".
     let kernel: String
+    /// Whether its kernels take weights packed in `PanelLayout` (BA16a64b2a) as they are.
+    let takesPanels: Bool
     private let fn: Functions
     private let primitives = Mutex<[Key: Primitive]>([:])
     private let streams = Mutex<[Stream]>([])
@@ -22,6 +24,7 @@ final class OneDNN: @unchecked Sendable {
         let engineCreate: strata_dnnl_engine_create
         let streamCreate: strata_dnnl_stream_create
         let descByStrides: strata_dnnl_memory_desc_init_by_strides
+        let descByTag: strata_dnnl_memory_desc_init_by_tag
         let matmulDesc: strata_dnnl_matmul_desc_init
         let primitiveDescCreate: strata_dnnl_primitive_desc_create
         let primitiveDescQuery: strata_dnnl_primitive_desc_query
@@ -39,7 +42,7 @@ final class OneDNN: @unchecked Sendable {
     struct Stream: @unchecked Sendable { let handle: dnnl_stream_t }
 
     struct Key: Hashable {
-        let m: Int, n: Int, k: Int, lda: Int, ldc: Int, bias: Bool
+        let m: Int, n: Int, k: Int, lda: Int, ldc: Int, bias: Bool, panels: Bool
     }
 
     final class Primitive: @unchecked Sendable {
@@ -63,6 +66,7 @@ final class OneDNN: @unchecked Sendable {
                 engineCreate: try symbol("dnnl_engine_create", strata_dnnl_engine_create.self),
                 streamCreate: try symbol("dnnl_stream_create", strata_dnnl_stream_create.self),
                 descByStrides: try symbol("dnnl_memory_desc_init_by_strides", strata_dnnl_memory_desc_init_by_strides.self),
+                descByTag: try symbol("dnnl_memory_desc_init_by_tag", strata_dnnl_memory_desc_init_by_tag.self),
                 matmulDesc: try symbol("dnnl_matmul_desc_init", strata_dnnl_matmul_desc_init.self),
                 primitiveDescCreate: try symbol("dnnl_primitive_desc_create", strata_dnnl_primitive_desc_create.self),
                 primitiveDescQuery: try symbol("dnnl_primitive_desc_query", strata_dnnl_primitive_desc_query.self),
@@ -73,19 +77,23 @@ final class OneDNN: @unchecked Sendable {
                 memoryCreate: try symbol("dnnl_memory_create", strata_dnnl_memory_create.self),
                 memoryDestroy: try symbol("dnnl_memory_destroy", strata_dnnl_memory_destroy.self),
                 streamWait: try symbol("dnnl_stream_wait", strata_dnnl_stream_wait.self),
-                // oneDNN's Debian build threads with OpenMP (libgomp, loaded with it). Strata's
-                // workers each run one column slab, so every call is told to stay on its thread.
+                // oneDNN's Debian build threads with OpenMP (libgomp, loaded with it); each call
+                // is given the backend's thread count.
                 setOMPThreads: dlsym(library, "omp_set_num_threads").map { unsafeBitCast($0, to: strata_omp_set_num_threads.self) })
             var engine: dnnl_engine_t?
             guard fn.engineCreate(&engine, dnnl_cpu, 0) == dnnl_success, let engine else {
                 throw LoadError(reason: "oneDNN could not create a CPU engine")
             }
-            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "")
-            let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, lda: 64, ldc: 64, bias: false))
+            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "", takesPanels: false)
+            let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, lda: 64, ldc: 64, bias: false, panels: false))
             guard probe.kernel.contains("amx") || probe.kernel.contains("bf16") else {
                 throw LoadError(reason: "oneDNN has no bf16 matrix kernel for this CPU (it offers \(probe.kernel))")
             }
-            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel))
+            // Packed weights only where the same kind of kernel takes them (a reference
+            // implementation would take them too, at a hundredth of the speed).
+            let packed = try? dnnl.primitive(Key(m: 32, n: 192, k: 96, lda: 96, ldc: 192, bias: false, panels: true))
+            let takesPanels = packed.map { $0.kernel.hasPrefix("brg") && probe.kernel.hasPrefix("brg") } ?? false
+            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels))
         } catch {
             return .failure(error)
         }
@@ -93,17 +101,19 @@ final class OneDNN: @unchecked Sendable {
 
     struct LoadError: Error, Sendable { let reason: String }
 
-    private init(engine: dnnl_engine_t, fn: Functions, kernel: String) {
+    private init(engine: dnnl_engine_t, fn: Functions, kernel: String, takesPanels: Bool) {
         self.engine = engine
         self.fn = fn
         self.kernel = kernel
+        self.takesPanels = takesPanels
     }
 
     /// c[m, n] (row stride ldc) = a[m, k] (bf16, row stride lda) * b^T + bias, where b is a
-    /// bf16 weight [n, k] stored row-major: oneDNN sees it as a k x n matrix with strides (1, k).
-    func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, lda: Int, b: UnsafeRawPointer,
-                bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        let key = Key(m: m, n: n, k: k, lda: lda, ldc: ldc, bias: bias != nil)
+    /// bf16 weight [n, k] stored row-major (oneDNN sees a k x n matrix with strides (1, k)) or,
+    /// with `panels`, packed in `PanelLayout`.
+    func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, lda: Int, b: UnsafeRawPointer, panels: Bool = false,
+                bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
+        let key = Key(m: m, n: n, k: k, lda: lda, ldc: ldc, bias: bias != nil, panels: panels)
         let cached = primitives.withLock { $0[key] }
         let p: Primitive
         if let cached {
@@ -116,7 +126,7 @@ final class OneDNN: @unchecked Sendable {
         if cached == nil {
             primitives.withLock { if $0.count < Self.cacheLimit { $0[key] = p } }
         }
-        fn.setOMPThreads?(1)
+        fn.setOMPThreads?(Int32(threads))
         let stream = streams.withLock { $0.popLast() } ?? makeStream()
         var memories: [dnnl_memory_t?] = []
         func memory(_ shared: dnnl_memory_desc_t, _ data: UnsafeRawPointer) -> dnnl_memory_t? {
@@ -141,7 +151,7 @@ final class OneDNN: @unchecked Sendable {
 
     /// The kernel oneDNN picks for a shape (bench-gemm reports it).
     func kernel(m: Int, n: Int, k: Int) -> String {
-        (try? primitive(Key(m: m, n: n, k: k, lda: k, ldc: n, bias: false)).kernel) ?? "none"
+        (try? primitive(Key(m: m, n: n, k: k, lda: k, ldc: n, bias: false, panels: takesPanels)).kernel) ?? "none"
     }
 
     private func makeStream() -> Stream {
@@ -163,7 +173,12 @@ final class OneDNN: @unchecked Sendable {
                 ok = ok && fn.descByStrides(&desc, 2, d.baseAddress!, type, d.baseAddress! + 2) == dnnl_success
             }
             set(&a, key.m, key.k, key.lda, 1, dnnl_bf16)
-            set(&b, key.k, key.n, 1, key.k, dnnl_bf16)
+            if key.panels {
+                d[0] = dnnl_dim_t(key.k); d[1] = dnnl_dim_t(key.n)
+                ok = ok && fn.descByTag(&b, 2, d.baseAddress!, dnnl_bf16, dnnl_BA16a64b2a) == dnnl_success
+            } else {
+                set(&b, key.k, key.n, 1, key.k, dnnl_bf16)
+            }
             set(&c, key.m, key.n, key.ldc, 1, dnnl_f32)
             if key.bias { set(&bias, 1, key.n, key.n, 1, dnnl_f32) }
         }

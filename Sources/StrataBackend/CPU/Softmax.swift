@@ -19,7 +19,11 @@ enum Softmax {
         p = p * r + 1.6666665459e-1
         p = p * r + 5.0000001201e-1
         let e = (p * r2 + r) + 1
-        let scale = unsafeBitCast((SIMD8<Int32>(n, rounding: .towardZero) &+ 127) &<< 23, to: SIMD8<Float>.self)
+        // n is a whole number in [-127, 128]: adding 1.5 * 2^23 puts it in the low mantissa bits
+        // (the generic SIMD float-to-int conversion is an unspecialized library call).
+        let magic = SIMD8<Float>(repeating: 12582912)
+        let whole = unsafeBitCast(n + magic, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+        let scale = unsafeBitCast((whole &+ 127) &<< 23, to: SIMD8<Float>.self)
         return (e * scale).replacing(with: 0, where: x .< low)
     }
 
@@ -31,7 +35,8 @@ enum Softmax {
         var maxVector = SIMD8<Float>(repeating: -.infinity)
         var j = 0
         while j < vectorEnd {
-            maxVector = pointwiseMax(maxVector, UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self))
+            let v = UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self)
+            maxVector = maxVector.replacing(with: v, where: v .> maxVector)
             j += 8
         }
         var maxScore = maxVector.max()

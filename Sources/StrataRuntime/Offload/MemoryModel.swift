@@ -87,7 +87,7 @@ public struct MemoryModel: Sendable {
             return [spec.name, q.data, q.steps, q.mins]
         } })
         nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { total, t in
-            let dtype: DType = (t.value.shape.count < 2 || weightFormat == .f32) ? .f32 : t.value.dtype
+            let dtype = weightFormat.heldType(stored: t.value.dtype, shape: t.value.shape)
             return total + t.value.shape.reduce(1, *) * dtype.byteSize
         }
     }

@@ -76,11 +76,11 @@ public final class OffloadEngine: @unchecked Sendable {
         let host = MemoryAccount(name: "host", budget: budgets.host)
         let disk = MemoryAccount(name: "disk", budget: budgets.disk)
         accounts = (device, host, disk)
-        compute = CPUBackend(threads: threads, weightFormat: weightFormat, account: device)
+        compute = CPUBackend(threads: threads, weightFormat: weightFormat, account: device, packsWeights: false)
         weightPool = BufferPool(backendName: "cpu", account: device)
         cachePool = BufferPool(backendName: "cpu", account: device)
         hostPool = BufferPool(backendName: "cpu", account: host)
-        let hostBackend = CPUBackend(threads: threads, weightFormat: weightFormat, account: host)
+        let hostBackend = CPUBackend(threads: threads, weightFormat: weightFormat, account: host, packsWeights: false)
         self.hostBackend = hostBackend
         let config = try ModelConfig(directory: directory)
         let source = try TensorSources.open(directory: directory)

@@ -60,7 +60,7 @@ enum ImageFormat {
             let layout = QuantizedLayout(scheme: scheme, shape: spec.shape)
             return TensorImage(spec: spec, dtype: .u8, quantization: scheme, byteCount: layout.byteCount, slot: slot)
         }
-        let dtype: DType = (spec.shape.count < 2 || weightFormat == .f32) ? .f32 : sourceDtype
+        let dtype = weightFormat.heldType(stored: sourceDtype, shape: spec.shape)
         return TensorImage(spec: spec, dtype: dtype, quantization: nil, byteCount: count * dtype.byteSize, slot: slot)
     }
 }
