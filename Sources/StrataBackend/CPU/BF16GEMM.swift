@@ -43,11 +43,45 @@ enum BF16GEMM {
         parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { rows in
             roundToBF16(x + rows.lowerBound * k, a + rows.lowerBound * k, count: rows.count * k)
         }
-        // One call for the whole product, threaded by oneDNN itself: its kernels need a dense
-        // output (a column slab of `out` sends it to a reference implementation, ~1000x slower),
-        // and it splits rows and columns to suit the matrix units better than a column split.
-        dnnl.matmul(m: m, n: n, k: k, a: a, lda: k, b: w, panels: panels != nil, bias: bias, c: out, ldc: n, threads: threads)
+        // oneDNN's fast kernels need a dense output: a column slab of `out` (row stride n, fewer
+        // columns) sends it to its reference implementation, ~1000x slower. So the work is split
+        // over Strata's workers (each call single-threaded; oneDNN's own OpenMP team would spin
+        // on the cores between calls) into dense pieces: blocks of whole rows for prefill-sized
+        // inputs, and for a few rows, 64-column panels into a dense scratch, copied into place.
+        let workers = min(threads, max(1, m / rowBlock))
+        if workers > 1 {
+            let chunk = (m + workers - 1) / workers
+            let rows = ((chunk + rowBlock - 1) / rowBlock) * rowBlock
+            parallelFor((m + rows - 1) / rows, threads: workers) { range in
+                for piece in range {
+                    let first = piece * rows, count = min(rows, m - first)
+                    dnnl.matmul(m: count, n: n, k: k, a: a + first * k, lda: k, b: w, panels: panels != nil, bias: bias,
+                                c: out + first * n, ldc: n, threads: 1)
+                }
+            }
+            return
+        }
+        let blocks = (n + PanelLayout.panelWidth - 1) / PanelLayout.panelWidth
+        parallelFor(blocks, threads: threads) { range in
+            let first = range.lowerBound * PanelLayout.panelWidth, last = min(n, range.upperBound * PanelLayout.panelWidth)
+            let width = last - first
+            // Slabs start on a panel boundary, so a packed slab is one contiguous run of panels.
+            let slab = panels.map { w + (first / PanelLayout.panelWidth) * $0.panelElements * 2 } ?? w + first * k * 2
+            if width == n {
+                dnnl.matmul(m: m, n: n, k: k, a: a, lda: k, b: slab, panels: panels != nil, bias: bias, c: out, ldc: n, threads: 1)
+                return
+            }
+            let dense = scratch(m * width)
+            defer { release(dense, m * width) }
+            dnnl.matmul(m: m, n: width, k: k, a: a, lda: k, b: slab, panels: panels != nil, bias: bias.map { $0 + first },
+                        c: dense, ldc: width, threads: 1)
+            for r in 0..<m { (out + r * n + first).update(from: dense + r * width, count: width) }
+        }
     }
+
+    /// Rows per piece when whole rows are split over workers: AMX tiles hold 16 rows, and
+    /// below 4 tiles per worker the weight is read twice for too little work.
+    static let rowBlock = 64
 
     /// f32 -> bf16, round to nearest even (torch's cast), 16 lanes at a time.
     static func roundToBF16(_ source: UnsafePointer<Float>, _ destination: UnsafeMutablePointer<UInt16>, count: Int) {
