@@ -66,6 +66,25 @@ import Testing
         #expect(rows == ids.flatMap { id in wRounded[(Int(id) * k)..<(Int(id) * k + k)] })
     }
 
+    /// Prefill-sized inputs against a group-quantized weight under `--weight-format bf16`: the
+    /// codes are decoded to bf16 for the matrix units; below the fused kernel's row limit the
+    /// codes are read directly. Same 2e-4 tolerance against the matching rounded reference.
+    @Test(arguments: [8, 65, 130])
+    func quantizedWeightsUseTheMatrixUnitsForPrefill(rows m: Int) throws {
+        let (n, k) = (96, 128)
+        let backend = CPUBackend(threads: 2, weightFormat: .bf16)
+        let plain = CPUBackend(threads: 2, weightFormat: .f32)
+        let x = BackendOpTests.randoms(m * k, seed: 6), w = BackendOpTests.randoms(n * k, seed: 7)
+        let weight = plain.quantize(plain.upload(floats: w, shape: [n, k]), scheme: try QuantizationScheme(bits: 4, groupSize: 64))
+        let decoded = plain.download(weight)
+        let input = backend.upload(floats: x, shape: [m, k])
+        let out = backend.download(backend.linear(input, weight: weight, bias: nil))
+        let onUnits = MatrixUnits.status.kind != nil && m > 64
+        let reference = onUnits ? Self.reference(x.map(Self.bf16), decoded.map(Self.bf16), nil, m: m, n: n, k: k)
+                                : Self.reference(x, decoded, nil, m: m, n: n, k: k)
+        #expect(Self.maxError(out, reference) < 2e-4, "\(m) rows")
+    }
+
     /// The panel layout is oneDNN's BA16a64b2a of the k x n matrix: spot checks of the index.
     @Test func panelLayoutIndex() {
         let layout = PanelLayout(n: 130, k: 67)
@@ -95,8 +114,10 @@ import Testing
     }
 
     /// On the fixture models the bf16 path stays close to transformers' fp32 logits: stated
-    /// tolerance 3% of the largest logit (bf16 keeps 8 significant bits of every matmul input,
-    /// and the tiny random fixtures have no trained margin to absorb it).
+    /// tolerance 5% of the largest logit (measured up to 3.1%, gguf-tiny with its quantized
+    /// layers decoded to bf16 for prefill). bf16 keeps 8 significant bits of every matmul input
+    /// and the tiny random fixtures have no trained margin to absorb it; the tight checks are
+    /// per matmul above (2e-4 against the rounded reference) and the trained model's perplexity.
     @Test(arguments: Fixtures.modelNames)
     func fixtureLogitsStayCloseInBF16(model name: String) throws {
         let reference = try Fixtures.reference(name)
@@ -113,7 +134,7 @@ import Testing
         let logits = model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width)))
         let error = Self.maxError(logits, reference.lastLogits)
         let scale = reference.lastLogits.map(abs).max() ?? 1
-        #expect(error / scale < 3e-2, "max |bf16 - transformers fp32| = \(error), max |logit| \(scale) for \(name)")
+        #expect(error / scale < 5e-2, "max |bf16 - transformers fp32| = \(error), max |logit| \(scale) for \(name)")
     }
 
     /// The dispatch with the matrix units forced off (what a CPU without AVX-512 runs): the

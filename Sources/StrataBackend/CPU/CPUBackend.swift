@@ -183,6 +183,27 @@ public final class CPUBackend: Backend {
                          threads: threads, forceMatrixUnits: path == .matrixUnits, scratch: scratch, release: release)
             return out
         }
+        if weight.quantization != nil, weightFormat == .bf16, path == .automatic, m > QuantGEMM.maxRows, MatrixUnits.oneDNN != nil {
+            // Prefill against a group-quantized weight: decoded once to bf16 for the matrix units
+            // (the decode is amortized over the rows; below it the fused kernel reads the codes).
+            let halves = scratch((n * k + 1) / 2)
+            defer { release(halves, (n * k + 1) / 2) }
+            let decoded = UnsafeMutableRawPointer(halves).assumingMemoryBound(to: UInt16.self)
+            parallelFor(n, threads: threads, minimumPerThread: 64) { rows in
+                let chunk = 64, floats = scratch(chunk * k)
+                defer { release(floats, chunk * k) }
+                var row = rows.lowerBound
+                while row < rows.upperBound {
+                    let count = min(chunk, rows.upperBound - row)
+                    Self.dequantizeRows(weight, rows: row..<(row + count), into: floats)
+                    BF16GEMM.roundToBF16(floats, decoded + row * k, count: count * k)
+                    row += count
+                }
+            }
+            BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: UnsafeRawPointer(decoded), bias: bias?.floats, out: out.floats,
+                         threads: threads, scratch: scratch, release: release)
+            return out
+        }
         if let bias {
             let b = bias.floats
             for r in 0..<m { (out.floats + r * n).update(from: b, count: n) }
