@@ -44,21 +44,14 @@ enum BF16GEMM {
             roundToBF16(x + rows.lowerBound * k, a + rows.lowerBound * k, count: rows.count * k)
         }
         // oneDNN's fast kernels need a dense output: a column slab of `out` (row stride n, fewer
-        // columns) sends it to its reference implementation, ~1000x slower. So the work is split
-        // over Strata's workers (each call single-threaded; oneDNN's own OpenMP team would spin
-        // on the cores between calls) into dense pieces: blocks of whole rows for prefill-sized
-        // inputs, and for a few rows, 64-column panels into a dense scratch, copied into place.
-        let workers = min(threads, max(1, m / rowBlock))
-        if workers > 1 {
-            let chunk = (m + workers - 1) / workers
-            let rows = ((chunk + rowBlock - 1) / rowBlock) * rowBlock
-            parallelFor((m + rows - 1) / rows, threads: workers) { range in
-                for piece in range {
-                    let first = piece * rows, count = min(rows, m - first)
-                    dnnl.matmul(m: count, n: n, k: k, a: a + first * k, lda: k, b: w, panels: panels != nil, bias: bias,
-                                c: out + first * n, ldc: n, threads: 1)
-                }
-            }
+        // columns) sends it to its reference implementation, ~1000x slower. Prefill-sized
+        // products are one call threaded by oneDNN's OpenMP team (it splits rows and columns
+        // for the matrix units: 687 vs ~500 GFLOP/s for a row split over Strata's workers, 2048 x
+        // 2816 x 1024 on 2 cores; the team sleeps between calls, see `MatrixUnits`). Decode-sized
+        // ones are split over Strata's workers by 64-column panels into a dense scratch each,
+        // copied into place: no team wake-up per call.
+        if m >= minTeamRows || threads == 1 {
+            dnnl.matmul(m: m, n: n, k: k, a: a, lda: k, b: w, panels: panels != nil, bias: bias, c: out, ldc: n, threads: threads)
             return
         }
         let blocks = (n + PanelLayout.panelWidth - 1) / PanelLayout.panelWidth
@@ -79,9 +72,8 @@ enum BF16GEMM {
         }
     }
 
-    /// Rows per piece when whole rows are split over workers: AMX tiles hold 16 rows, and
-    /// below 4 tiles per worker the weight is read twice for too little work.
-    static let rowBlock = 64
+    /// From this many rows a matmul is one oneDNN call on its own thread team.
+    static let minTeamRows = 128
 
     /// f32 -> bf16, round to nearest even (torch's cast), 16 lanes at a time.
     static func roundToBF16(_ source: UnsafePointer<Float>, _ destination: UnsafeMutablePointer<UInt16>, count: Int) {

@@ -54,6 +54,11 @@ public enum MatrixUnits {
             return (Status(kind: nil, detail: "\(environmentKey)=\(requested) is not one of auto, amx-bf16, avx512-bf16, baseline"), nil)
         }
         guard let hardware else { return (Status(kind: nil, detail: "this CPU has neither AMX-BF16 nor AVX512-BF16"), nil) }
+        // oneDNN's Debian build threads with OpenMP; libgomp reads its settings when oneDNN
+        // loads it. Idle team threads spin for a while by default, taking the cores from
+        // Strata's own workers between prefill matmuls; passive waiting sleeps at once. A
+        // user's own setting wins.
+        setenv("OMP_WAIT_POLICY", "PASSIVE", 0)
         switch OneDNN.load() {
         case .success(let d): return (Status(kind: hardware, detail: d.kernel), d)
         case .failure(let e): return (Status(kind: nil, detail: e.reason), nil)
