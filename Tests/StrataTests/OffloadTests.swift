@@ -74,6 +74,25 @@ import Testing
         #expect(a.allSatisfy { $0.count == 6 })
     }
 
+    /// `--weight-format bf16` under an offloading policy: the tiers hold row-major bf16 images
+    /// (the resident run packs them for oneDNN instead); the tokens are the resident run's.
+    @Test func bf16WeightsRunUnderAPolicy() throws {
+        let directory = Fixtures.model("opt-tiny")
+        let bundle = try ModelBundle(directory: directory, backend: CPUBackend(threads: 2, weightFormat: .bf16))
+        var timing = GenerationTiming()
+        let resident = try Generator(bundle: bundle).generate(try Self.requests(bundle, count: 4, newTokens: 6),
+                                                              sampling: SamplingParameters(), ignoreEOS: true, timing: &timing)
+        let policy = Policy(gpuBatchSize: 2, numGPUBatches: 2, weights: TierSplit(device: 40, host: 30),
+                            cache: TierSplit(device: 50, host: 50), activations: TierSplit(device: 100, host: 0))
+        let engine = try OffloadEngine(directory: directory, policy: policy, budgets: TierBudgets(),
+                                       offloadDirectory: Fixtures.scratch("offload-bf16"), threads: 2, weightFormat: .bf16,
+                                       promptLength: 16, capacity: 64)
+        let offloaded = try Generator(bundle: try ModelBundle(directory: directory, model: engine.model), engine: engine)
+            .generate(try Self.requests(bundle, count: 4, newTokens: 6), sampling: SamplingParameters(), ignoreEOS: true, timing: &timing)
+        #expect(offloaded.map(\.tokenIds) == resident.map(\.tokenIds))
+        #expect(offloaded.allSatisfy { $0.tokenIds.count == 6 })
+    }
+
     @Test func policyValidationAndBudgetRefusal() throws {
         #expect(throws: StrataError.self) { try Policy(percent: [60, 50, 100, 0, 100, 0], gpuBatchSize: 1, numGPUBatches: 1).validate() }
         #expect(throws: StrataError.self) { try Policy(percent: [-1, 50, 100, 0, 100, 0], gpuBatchSize: 1, numGPUBatches: 1).validate() }

@@ -5,19 +5,14 @@ import StrataCore
 /// except that everything outside the matmuls stays f32 here); for few rows, or on a CPU
 /// without bf16 matrix units, the fused kernel that widens bf16 in registers against f32 rows.
 enum BF16GEMM {
-    /// From this many rows oneDNN's kernels beat the fused f32 kernel on bf16 weights:
-    /// `strata bench-gemm` on AMX, 2 threads, OPT-125m's shapes: 31-33 vs 10-18 GFLOP/s at one
-    /// row, 120-290 vs 65-78 at 16, 400-530 vs 41-78 at 128 and more.
-    static let minRows = 1
-
-    /// Which kernel serves a bf16 weight for `rows` input rows.
-    static func usesMatrixUnits(rows: Int) -> Bool {
-        rows >= minRows && MatrixUnits.oneDNN != nil
-    }
+    /// Whether oneDNN serves bf16 weights: at every row count where it runs at all. Measured
+    /// with `strata bench-gemm` on AMX, 2 threads, OPT-125m's shapes: 31-33 vs 10-18 GFLOP/s
+    /// for the fused kernel at one row, 120-290 vs 65-78 at 16, 400-530 vs 41-78 from 128.
+    static var usesMatrixUnits: Bool { MatrixUnits.oneDNN != nil }
 
     /// The kernel that serves `rows` rows against an n x k bf16 weight, by name.
     static func kernel(rows: Int, n: Int, k: Int) -> String {
-        guard let dnnl = MatrixUnits.oneDNN, usesMatrixUnits(rows: rows) else { return "fused-bf16" }
+        guard let dnnl = MatrixUnits.oneDNN else { return "fused-bf16" }
         return "onednn " + dnnl.kernel(m: rows, n: n, k: k)
     }
 
@@ -25,9 +20,9 @@ enum BF16GEMM {
     /// `panels`: w is packed in that layout (only made when oneDNN takes it, see `pack`).
     static func run(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, panels: PanelLayout? = nil,
                     bias: UnsafePointer<Float>?,
-                    out: UnsafeMutablePointer<Float>, threads: Int, forceMatrixUnits: Bool = false, scratch: (Int) -> UnsafeMutablePointer<Float>,
+                    out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
                     release: (UnsafeMutablePointer<Float>, Int) -> Void) {
-        guard let dnnl = MatrixUnits.oneDNN, m >= minRows || forceMatrixUnits || panels != nil else {
+        guard let dnnl = MatrixUnits.oneDNN else {
             if let bias { for r in 0..<m { (out + r * n).update(from: bias, count: n) } }
             let weights = w.assumingMemoryBound(to: BF16.self)
             parallelFor(n, threads: threads, minimumPerThread: 64) { columns in

@@ -178,9 +178,9 @@ public final class CPUBackend: Backend {
         // Only `--weight-format bf16` opts into rounded inputs; a checkpoint stored in bf16 and held
         // as stored keeps exact f32 arithmetic.
         if weight.dtype == .bf16, weight.quantization == nil,
-           weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16 && BF16GEMM.usesMatrixUnits(rows: m)) {
+           weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16 && BF16GEMM.usesMatrixUnits) {
             BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, panels: weight.panels, bias: bias?.floats, out: out.floats,
-                         threads: threads, forceMatrixUnits: path == .matrixUnits, scratch: scratch, release: release)
+                         threads: threads, scratch: scratch, release: release)
             return out
         }
         if weight.quantization != nil, weightFormat == .bf16, path == .automatic, m > QuantGEMM.maxRows, MatrixUnits.oneDNN != nil {
