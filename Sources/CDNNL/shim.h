@@ -18,6 +18,11 @@ typedef __typeof__(&dnnl_primitive_destroy) strata_dnnl_primitive_destroy;
 typedef __typeof__(&dnnl_memory_create) strata_dnnl_memory_create;
 typedef __typeof__(&dnnl_memory_destroy) strata_dnnl_memory_destroy;
 typedef __typeof__(&dnnl_stream_wait) strata_dnnl_stream_wait;
+typedef __typeof__(&dnnl_primitive_attr_create) strata_dnnl_primitive_attr_create;
+typedef __typeof__(&dnnl_primitive_attr_destroy) strata_dnnl_primitive_attr_destroy;
+typedef __typeof__(&dnnl_primitive_attr_set_scratchpad_mode) strata_dnnl_primitive_attr_set_scratchpad_mode;
+typedef __typeof__(&dnnl_primitive_desc_query_md) strata_dnnl_primitive_desc_query_md;
+typedef __typeof__(&dnnl_memory_desc_get_size) strata_dnnl_memory_desc_get_size;
 typedef void (*strata_omp_set_num_threads)(int);
 
 // Argument indices (macros that alias other macros do not import into Swift).
@@ -25,3 +30,4 @@ static const int strata_dnnl_arg_src = DNNL_ARG_SRC;
 static const int strata_dnnl_arg_weights = DNNL_ARG_WEIGHTS;
 static const int strata_dnnl_arg_bias = DNNL_ARG_BIAS;
 static const int strata_dnnl_arg_dst = DNNL_ARG_DST;
+static const int strata_dnnl_arg_scratchpad = DNNL_ARG_SCRATCHPAD;

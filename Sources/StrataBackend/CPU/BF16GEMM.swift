@@ -22,6 +22,14 @@ enum BF16GEMM {
                     bias: UnsafePointer<Float>?,
                     out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
                     release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard m > 0, n > 0 else { return }
+        guard k > 0 else {
+            // No inputs to sum: the bias, or zeros.
+            for r in 0..<m {
+                if let bias { (out + r * n).update(from: bias, count: n) } else { (out + r * n).update(repeating: 0, count: n) }
+            }
+            return
+        }
         guard let dnnl = MatrixUnits.oneDNN else {
             if let bias { for r in 0..<m { (out + r * n).update(from: bias, count: n) } }
             let weights = w.assumingMemoryBound(to: BF16.self)
@@ -65,6 +73,30 @@ enum BF16GEMM {
                         c: dense, ldc: width, threads: 1)
             for r in 0..<m { (out + r * n + first).update(from: dense + r * width, count: width) }
         }
+    }
+
+    /// Prefill against a group-quantized weight: the codes decoded once to bf16 for the matrix
+    /// units (the decode is amortized over the rows; for decode steps the fused kernel reads the
+    /// codes instead, see `CPUBackend.linear`).
+    static func runDecoding(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, weight: Tensor, bias: UnsafePointer<Float>?,
+                            out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
+                            release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        let halves = scratch((n * k + 1) / 2)
+        defer { release(halves, (n * k + 1) / 2) }
+        let decoded = UnsafeMutableRawPointer(halves).assumingMemoryBound(to: UInt16.self)
+        parallelFor(n, threads: threads, minimumPerThread: 64) { rows in
+            let chunk = 64, floats = scratch(chunk * k)
+            defer { release(floats, chunk * k) }
+            var row = rows.lowerBound
+            while row < rows.upperBound {
+                let count = min(chunk, rows.upperBound - row)
+                CPUBackend.dequantizeRows(weight, rows: row..<(row + count), into: floats)
+                roundToBF16(floats, decoded + row * k, count: count * k)
+                row += count
+            }
+        }
+        run(m: m, n: n, k: k, x: x, w: UnsafeRawPointer(decoded), bias: bias, out: out, threads: threads,
+            scratch: scratch, release: release)
     }
 
     /// From this many rows a matmul is one oneDNN call on its own thread team.

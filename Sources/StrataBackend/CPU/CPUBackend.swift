@@ -4,7 +4,8 @@ import StrataCore
 import Glibc
 #endif
 
-/// The CPU backend: f32 compute, GEMM through OpenBLAS, the rest in SIMD Swift loops.
+/// The CPU backend: f32 compute, GEMM through OpenBLAS (or oneDNN on bf16 matrix units with
+/// `--weight-format bf16`), the rest in SIMD Swift loops.
 public final class CPUBackend: Backend {
     /// How checkpoint weights are held: converted to f32 once at load, kept in their stored
     /// dtype (f16/bf16) and widened on each use (half the memory, extra conversion per matmul),
@@ -66,7 +67,6 @@ public final class CPUBackend: Backend {
 
     public func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
         let count = shape.reduce(1, *)
-        // Vectors (norms, biases) are tiny and read element-wise by kernels: always f32.
         if weightFormat == .bf16 && shape.count == 2 && dtype != .u8 {
             let plain = DeviceBuffer.host(byteCount: count * 2, backendName: name, account: account)
             if count > 0 {
@@ -79,6 +79,7 @@ public final class CPUBackend: Backend {
                           into: packed.pointer.assumingMemoryBound(to: UInt16.self), threads: threads)
             return Tensor(shape: shape, dtype: .bf16, buffer: packed, panels: layout)
         }
+        // Vectors (norms, biases) are tiny and read element-wise by kernels: always f32.
         if dtype == .f32 || weightFormat == .f32 || shape.count < 2 {
             let t = allocate(shape)
             if count > 0 { Precision.convertToFloat(view.baseAddress!, dtype: dtype, count: count, into: t.floats) }
@@ -184,24 +185,8 @@ public final class CPUBackend: Backend {
             return out
         }
         if weight.quantization != nil, weightFormat == .bf16, path == .automatic, m > QuantGEMM.maxRows, MatrixUnits.oneDNN != nil {
-            // Prefill against a group-quantized weight: decoded once to bf16 for the matrix units
-            // (the decode is amortized over the rows; below it the fused kernel reads the codes).
-            let halves = scratch((n * k + 1) / 2)
-            defer { release(halves, (n * k + 1) / 2) }
-            let decoded = UnsafeMutableRawPointer(halves).assumingMemoryBound(to: UInt16.self)
-            parallelFor(n, threads: threads, minimumPerThread: 64) { rows in
-                let chunk = 64, floats = scratch(chunk * k)
-                defer { release(floats, chunk * k) }
-                var row = rows.lowerBound
-                while row < rows.upperBound {
-                    let count = min(chunk, rows.upperBound - row)
-                    Self.dequantizeRows(weight, rows: row..<(row + count), into: floats)
-                    BF16GEMM.roundToBF16(floats, decoded + row * k, count: count * k)
-                    row += count
-                }
-            }
-            BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: UnsafeRawPointer(decoded), bias: bias?.floats, out: out.floats,
-                         threads: threads, scratch: scratch, release: release)
+            BF16GEMM.runDecoding(m: m, n: n, k: k, x: x.floats, weight: weight, bias: bias?.floats, out: out.floats,
+                                 threads: threads, scratch: scratch, release: release)
             return out
         }
         if let bias {

@@ -35,6 +35,11 @@ final class OneDNN: @unchecked Sendable {
         let memoryCreate: strata_dnnl_memory_create
         let memoryDestroy: strata_dnnl_memory_destroy
         let streamWait: strata_dnnl_stream_wait
+        let attrCreate: strata_dnnl_primitive_attr_create
+        let attrDestroy: strata_dnnl_primitive_attr_destroy
+        let attrScratchpadMode: strata_dnnl_primitive_attr_set_scratchpad_mode
+        let queryMD: strata_dnnl_primitive_desc_query_md
+        let descSize: strata_dnnl_memory_desc_get_size
         let setOMPThreads: strata_omp_set_num_threads?
     }
 
@@ -49,6 +54,10 @@ final class OneDNN: @unchecked Sendable {
         let handle: dnnl_primitive_t
         let kernel: String
         var a = dnnl_memory_desc_t(), b = dnnl_memory_desc_t(), bias = dnnl_memory_desc_t(), c = dnnl_memory_desc_t()
+        /// Each call brings its own scratchpad (oneDNN's library-owned one is shared between
+        /// primitives and gave NaNs when two backends ran matmuls at once).
+        var scratchpad = dnnl_memory_desc_t()
+        var scratchpadBytes = 0
         init(handle: dnnl_primitive_t, kernel: String) { self.handle = handle; self.kernel = kernel }
     }
 
@@ -77,6 +86,12 @@ final class OneDNN: @unchecked Sendable {
                 memoryCreate: try symbol("dnnl_memory_create", strata_dnnl_memory_create.self),
                 memoryDestroy: try symbol("dnnl_memory_destroy", strata_dnnl_memory_destroy.self),
                 streamWait: try symbol("dnnl_stream_wait", strata_dnnl_stream_wait.self),
+                attrCreate: try symbol("dnnl_primitive_attr_create", strata_dnnl_primitive_attr_create.self),
+                attrDestroy: try symbol("dnnl_primitive_attr_destroy", strata_dnnl_primitive_attr_destroy.self),
+                attrScratchpadMode: try symbol("dnnl_primitive_attr_set_scratchpad_mode",
+                                               strata_dnnl_primitive_attr_set_scratchpad_mode.self),
+                queryMD: try symbol("dnnl_primitive_desc_query_md", strata_dnnl_primitive_desc_query_md.self),
+                descSize: try symbol("dnnl_memory_desc_get_size", strata_dnnl_memory_desc_get_size.self),
                 // oneDNN's Debian build threads with OpenMP (libgomp, loaded with it); each call
                 // is given the backend's thread count.
                 setOMPThreads: dlsym(library, "omp_set_num_threads").map { unsafeBitCast($0, to: strata_omp_set_num_threads.self) })
@@ -93,6 +108,7 @@ final class OneDNN: @unchecked Sendable {
             // implementation would take them too, at a hundredth of the speed).
             let packed = try? dnnl.primitive(Key(m: 32, n: 192, k: 96, lda: 96, ldc: 192, bias: false, panels: true))
             let takesPanels = packed.map { $0.kernel.hasPrefix("brg") && probe.kernel.hasPrefix("brg") } ?? false
+            for p in [probe, packed].compactMap({ $0 }) { _ = fn.primitiveDestroy(p.handle) }
             return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels))
         } catch {
             return .failure(error)
@@ -139,6 +155,9 @@ final class OneDNN: @unchecked Sendable {
                     dnnl_exec_arg_t(arg: strata_dnnl_arg_weights, memory: memory(p.b, b)),
                     dnnl_exec_arg_t(arg: strata_dnnl_arg_dst, memory: memory(p.c, c))]
         if let bias { args.append(dnnl_exec_arg_t(arg: strata_dnnl_arg_bias, memory: memory(p.bias, bias))) }
+        let scratchpad = p.scratchpadBytes > 0 ? UnsafeMutableRawPointer.allocate(byteCount: p.scratchpadBytes, alignment: 64) : nil
+        defer { scratchpad?.deallocate() }
+        if let scratchpad { args.append(dnnl_exec_arg_t(arg: strata_dnnl_arg_scratchpad, memory: memory(p.scratchpad, scratchpad))) }
         let status = fn.execute(p.handle, stream.handle, Int32(args.count), &args)
         _ = fn.streamWait(stream.handle)
         for mem in memories { _ = fn.memoryDestroy(mem) }
@@ -151,7 +170,9 @@ final class OneDNN: @unchecked Sendable {
 
     /// The kernel oneDNN picks for a shape (bench-gemm reports it).
     func kernel(m: Int, n: Int, k: Int) -> String {
-        (try? primitive(Key(m: m, n: n, k: k, lda: k, ldc: n, bias: false, panels: takesPanels)).kernel) ?? "none"
+        guard let p = try? primitive(Key(m: m, n: n, k: k, lda: k, ldc: n, bias: false, panels: takesPanels)) else { return "none" }
+        _ = fn.primitiveDestroy(p.handle)
+        return p.kernel
     }
 
     private func makeStream() -> Stream {
@@ -188,8 +209,13 @@ final class OneDNN: @unchecked Sendable {
         guard described == dnnl_success else {
             throw LoadError(reason: "matmul descriptor refused for \(key)")
         }
+        var attr: dnnl_primitive_attr_t?
+        guard fn.attrCreate(&attr) == dnnl_success, let attr, fn.attrScratchpadMode(attr, dnnl_scratchpad_mode_user) == dnnl_success else {
+            throw LoadError(reason: "oneDNN refused a user scratchpad")
+        }
+        defer { _ = fn.attrDestroy(attr) }
         var pd: dnnl_primitive_desc_t?
-        guard fn.primitiveDescCreate(&pd, &desc, nil, engine, nil) == dnnl_success, let pd else {
+        guard fn.primitiveDescCreate(&pd, &desc, attr, engine, nil) == dnnl_success, let pd else {
             throw LoadError(reason: "no matmul implementation for \(key)")
         }
         defer { _ = fn.primitiveDescDestroy(pd) }
@@ -201,6 +227,10 @@ final class OneDNN: @unchecked Sendable {
         }
         let p = Primitive(handle: handle, kernel: info.map { String(cString: $0) } ?? "unknown")
         p.a = a; p.b = b; p.bias = bias; p.c = c
+        if let md = fn.queryMD(pd, dnnl_query_scratchpad_md, 0) {
+            p.scratchpad = md.pointee
+            p.scratchpadBytes = fn.descSize(md)
+        }
         return p
     }
 }
