@@ -32,8 +32,8 @@ extension Float: WeightElement {
 }
 
 /// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 (or bf16) and
-/// widened in registers (F16C; a shift for bf16), for decode-sized batches where OpenBLAS would first need a full f32 copy
-/// of the weight.
+/// widened in registers (F16C; a shift for bf16), for decode-sized batches where OpenBLAS would
+/// first need a full f32 copy of the weight.
 ///
 /// Register tile: 4 rows of x by 2 weight rows, 8 lanes along k. That is 8 accumulators plus
 /// 6 loads per 8 FMAs, which fits AVX2's 16 vector registers without spills and keeps both

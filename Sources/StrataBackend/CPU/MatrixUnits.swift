@@ -8,7 +8,8 @@ import Foundation
 #endif
 
 /// Which bf16 matrix hardware serves `--weight-format bf16` matmuls, decided once per process
-/// from the CPU's flags and oneDNN's availability. The binary itself is built for Haswell, so
+/// from the CPU's flags (CPUID as the kernel reports it in /proc/cpuinfo, so AMX shows only
+/// where the OS supports its state) and oneDNN's availability. The binary itself is built for Haswell, so
 /// nothing here is executed as AVX-512 code by Swift: oneDNN JIT-compiles for the CPU it finds.
 public enum MatrixUnits {
     public enum Kind: String, Sendable {
