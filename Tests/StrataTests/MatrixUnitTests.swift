@@ -120,18 +120,7 @@ import Testing
     /// per matmul above (2e-4 against the rounded reference) and the trained model's perplexity.
     @Test(arguments: Fixtures.modelNames)
     func fixtureLogitsStayCloseInBF16(model name: String) throws {
-        let reference = try Fixtures.reference(name)
-        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2, weightFormat: .bf16))
-        let model = bundle.model
-        let batch = reference.promptIds.count
-        let width = reference.promptIds.map(\.count).max()!
-        let padding = reference.promptIds.map { width - $0.count }
-        var tokens: [Int32] = []
-        for (b, ids) in reference.promptIds.enumerated() {
-            tokens += Array(repeating: Int32(reference.padTokenId), count: padding[b]) + ids.map(Int32.init)
-        }
-        let step = ForwardStep(tokens: tokens, batch: batch, length: width, pastLength: 0, padding: padding)
-        let logits = model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width)))
+        let (logits, reference) = try ModelReferenceTests.prefillLogits(name, weights: .bf16)
         let error = Self.maxError(logits, reference.lastLogits)
         let scale = reference.lastLogits.map(abs).max() ?? 1
         #expect(error / scale < 5e-2, "max |bf16 - transformers fp32| = \(error), max |logit| \(scale) for \(name)")

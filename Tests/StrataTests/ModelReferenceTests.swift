@@ -8,8 +8,9 @@ import Testing
 @Suite struct ModelReferenceTests {
     static let logitTolerance: Float = 1e-4
 
-    @Test(arguments: Fixtures.modelNames, [CPUBackend.WeightFormat.f32, .asStored])
-    func lastPositionLogitsMatchTransformers(model name: String, weights: CPUBackend.WeightFormat) throws {
+    /// Last-position logits of the reference prompts as one left-padded prefill, beside the
+    /// transformers reference they are compared with.
+    static func prefillLogits(_ name: String, weights: CPUBackend.WeightFormat) throws -> (logits: [Float], reference: Fixtures.ModelReference) {
         let reference = try Fixtures.reference(name)
         let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2, weightFormat: weights))
         let model = bundle.model
@@ -21,7 +22,12 @@ import Testing
             tokens += Array(repeating: Int32(reference.padTokenId), count: padding[b]) + ids.map(Int32.init)
         }
         let step = ForwardStep(tokens: tokens, batch: batch, length: width, pastLength: 0, padding: padding)
-        let logits = model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width)))
+        return (model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width))), reference)
+    }
+
+    @Test(arguments: Fixtures.modelNames, [CPUBackend.WeightFormat.f32, .asStored])
+    func lastPositionLogitsMatchTransformers(model name: String, weights: CPUBackend.WeightFormat) throws {
+        let (logits, reference) = try Self.prefillLogits(name, weights: weights)
         #expect(logits.count == reference.lastLogits.count)
         let maxError = zip(logits, reference.lastLogits).map { abs($0 - $1) }.max() ?? .infinity
         #expect(maxError <= Self.logitTolerance, "max |strata - transformers| = \(maxError) for \(name)")

@@ -1,9 +1,10 @@
 import StrataCore
 
-/// Matmuls against bf16 weights (`--weight-format bf16`): on AMX or AVX512-BF16 through oneDNN
-/// with the activations rounded to bf16 and f32 accumulation (what transformers does in bf16,
-/// except that everything outside the matmuls stays f32 here); for few rows, or on a CPU
-/// without bf16 matrix units, the fused kernel that widens bf16 in registers against f32 rows.
+/// Matmuls against bf16 weights on the CPU's bf16 matrix units (`--weight-format bf16`):
+/// AMX or AVX512-BF16 through oneDNN, the activations rounded to bf16 and f32 accumulation
+/// (what transformers does in bf16, except that everything outside the matmuls stays f32 here).
+/// Without oneDNN, `CPUBackend.linear` keeps bf16 weights on its own kernels (the fused kernel
+/// widens bf16 in registers).
 enum BF16GEMM {
     /// Whether oneDNN serves bf16 weights: at every row count where it runs at all. Measured
     /// with `strata bench-gemm` on AMX, 2 threads, OPT-125m's shapes: 31-33 vs 10-18 GFLOP/s
@@ -12,12 +13,13 @@ enum BF16GEMM {
 
     /// The kernel that serves `rows` rows against an n x k bf16 weight, by name.
     static func kernel(rows: Int, n: Int, k: Int) -> String {
-        guard let dnnl = MatrixUnits.oneDNN else { return "fused-bf16" }
+        guard let dnnl = MatrixUnits.oneDNN else { return rows <= HalfGEMM.maxRows ? "fused-bf16" : "widen-sgemm" }
         return "onednn " + dnnl.kernel(m: rows, n: n, k: k)
     }
 
     /// out[m, n] = x[m, k] * w[n, k]^T (+ bias), w bf16 row-major; `out` is fully written.
     /// `panels`: w is packed in that layout (only made when oneDNN takes it, see `pack`).
+    /// Callers check `usesMatrixUnits` first.
     static func run(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, panels: PanelLayout? = nil,
                     bias: UnsafePointer<Float>?,
                     out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
@@ -30,14 +32,7 @@ enum BF16GEMM {
             }
             return
         }
-        guard let dnnl = MatrixUnits.oneDNN else {
-            if let bias { for r in 0..<m { (out + r * n).update(from: bias, count: n) } }
-            let weights = w.assumingMemoryBound(to: BF16.self)
-            parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
-                HalfGEMM.run(m: m, k: k, x: x, w: weights, columns: columns, out: out, ldc: n, beta: bias == nil ? 0 : 1)
-            }
-            return
-        }
+        guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("BF16GEMM runs only where oneDNN serves (usesMatrixUnits)") }
         // Rounded activations: 2 bytes per element, held in an f32 scratch of half the count.
         let floats = (m * k + 1) / 2
         let rounded = scratch(floats)
@@ -46,15 +41,14 @@ enum BF16GEMM {
         parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { rows in
             roundToBF16(x + rows.lowerBound * k, a + rows.lowerBound * k, count: rows.count * k)
         }
-        // oneDNN's fast kernels need a dense output: a column slab of `out` (row stride n, fewer
-        // columns) sends it to its reference implementation, ~1000x slower. Prefill-sized
+        // oneDNN takes dense outputs only (see `OneDNN.matmul`). Prefill-sized
         // products are one call threaded by oneDNN's OpenMP team (it splits rows and columns
         // for the matrix units: 687 vs ~500 GFLOP/s for a row split over Strata's workers, 2048 x
         // 2816 x 1024 on 2 cores; the team sleeps between calls, see `MatrixUnits`). Decode-sized
         // ones are split over Strata's workers by 64-column panels into a dense scratch each,
         // copied into place: no team wake-up per call.
         if m >= minTeamRows || threads == 1 {
-            dnnl.matmul(m: m, n: n, k: k, a: a, lda: k, b: w, panels: panels != nil, bias: bias, c: out, ldc: n, threads: threads)
+            dnnl.matmul(m: m, n: n, k: k, a: a, b: w, panels: panels != nil, bias: bias, c: out, threads: threads)
             return
         }
         let blocks = (n + PanelLayout.panelWidth - 1) / PanelLayout.panelWidth
@@ -64,13 +58,13 @@ enum BF16GEMM {
             // Slabs start on a panel boundary, so a packed slab is one contiguous run of panels.
             let slab = panels.map { w + (first / PanelLayout.panelWidth) * $0.panelElements * 2 } ?? w + first * k * 2
             if width == n {
-                dnnl.matmul(m: m, n: n, k: k, a: a, lda: k, b: slab, panels: panels != nil, bias: bias, c: out, ldc: n, threads: 1)
+                dnnl.matmul(m: m, n: n, k: k, a: a, b: slab, panels: panels != nil, bias: bias, c: out, threads: 1)
                 return
             }
             let dense = scratch(m * width)
             defer { release(dense, m * width) }
-            dnnl.matmul(m: m, n: width, k: k, a: a, lda: k, b: slab, panels: panels != nil, bias: bias.map { $0 + first },
-                        c: dense, ldc: width, threads: 1)
+            dnnl.matmul(m: m, n: width, k: k, a: a, b: slab, panels: panels != nil, bias: bias.map { $0 + first },
+                        c: dense, threads: 1)
             for r in 0..<m { (out + r * n + first).update(from: dense + r * width, count: width) }
         }
     }

@@ -154,7 +154,8 @@ public final class CPUBackend: Backend {
         case fusedHalf = "fused"
         /// Widen or decode a slab of the weight to f32, then OpenBLAS sgemm.
         case widenThenBLAS = "widen-sgemm"
-        /// bf16 weights only: oneDNN on the bf16 matrix units whatever the row count.
+        /// bf16 weights only: oneDNN on the bf16 matrix units whatever the row count (where there
+        /// are none, the `automatic` choice).
         case matrixUnits = "bf16-matrix"
     }
 
@@ -178,13 +179,14 @@ public final class CPUBackend: Backend {
         let out = allocate(x.shape.dropLast() + [n])
         // Only `--weight-format bf16` opts into rounded inputs; a checkpoint stored in bf16 and held
         // as stored keeps exact f32 arithmetic.
-        if weight.dtype == .bf16, weight.quantization == nil,
-           weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16 && BF16GEMM.usesMatrixUnits) {
+        // Packed weights exist only where oneDNN serves them.
+        if weight.dtype == .bf16, weight.quantization == nil, BF16GEMM.usesMatrixUnits,
+           weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16) {
             BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, panels: weight.panels, bias: bias?.floats, out: out.floats,
                          threads: threads, scratch: scratch, release: release)
             return out
         }
-        if weight.quantization != nil, weightFormat == .bf16, path == .automatic, m > QuantGEMM.maxRows, MatrixUnits.oneDNN != nil {
+        if weight.quantization != nil, weightFormat == .bf16, path == .automatic, m > QuantGEMM.maxRows, BF16GEMM.usesMatrixUnits {
             BF16GEMM.runDecoding(m: m, n: n, k: k, x: x.floats, weight: weight, bias: bias?.floats, out: out.floats,
                                  threads: threads, scratch: scratch, release: release)
             return out

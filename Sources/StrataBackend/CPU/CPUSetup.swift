@@ -24,12 +24,17 @@ public enum CPUSetup {
     }
 
     static func cpuHasAVX512() -> Bool {
-        guard let data = FileManager.default.contents(atPath: "/proc/cpuinfo") else { return false }
-        guard let flags = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else {
-            return false
-        }
-        let set = Set(flags.split(separator: " "))
+        let set = cpuFlags()
         return ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy { set.contains(Substring($0)) }
+    }
+
+    /// The CPU's feature flags: CPUID as the kernel reports it in /proc/cpuinfo (so a feature
+    /// whose register state the OS does not enable, such as AMX tiles, is absent).
+    static func cpuFlags() -> Set<Substring> {
+        guard let data = FileManager.default.contents(atPath: "/proc/cpuinfo"),
+              let line = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return [] }
+        return Set(line.split(separator: " "))
     }
 
     /// Keeps freed activation buffers in the heap instead of returning them to the kernel: with

@@ -1,16 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 
 /// Which bf16 matrix hardware serves `--weight-format bf16` matmuls, decided once per process
-/// from the CPU's flags (CPUID as the kernel reports it in /proc/cpuinfo, so AMX shows only
-/// where the OS supports its state) and oneDNN's availability. The binary itself is built for Haswell, so
-/// nothing here is executed as AVX-512 code by Swift: oneDNN JIT-compiles for the CPU it finds.
+/// from the CPU's flags (`CPUSetup.cpuFlags`) and oneDNN's availability. The binary itself is
+/// built for Haswell, so nothing here runs as AVX-512 code from Swift: oneDNN JIT-compiles for
+/// the CPU it finds.
 public enum MatrixUnits {
     public enum Kind: String, Sendable {
         /// Intel AMX tiles (TMUL), bf16 in, f32 accumulate (Sapphire Rapids and later).
@@ -36,7 +31,7 @@ public enum MatrixUnits {
 
     static func detect() -> (status: Status, oneDNN: OneDNN?) {
         let requested = getenv(environmentKey).map { String(cString: $0) } ?? "auto"
-        let flags = cpuFlags()
+        let flags = CPUSetup.cpuFlags()
         let hardware: Kind?
         switch requested {
         case "baseline":
@@ -64,12 +59,5 @@ public enum MatrixUnits {
         case .success(let d): return (Status(kind: hardware, detail: d.kernel), d)
         case .failure(let e): return (Status(kind: nil, detail: e.reason), nil)
         }
-    }
-
-    static func cpuFlags() -> Set<Substring> {
-        guard let data = FileManager.default.contents(atPath: "/proc/cpuinfo"),
-              let line = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix("flags") })
-        else { return [] }
-        return Set(line.split(separator: " "))
     }
 }

@@ -47,7 +47,7 @@ final class OneDNN: @unchecked Sendable {
     struct Stream: @unchecked Sendable { let handle: dnnl_stream_t }
 
     struct Key: Hashable {
-        let m: Int, n: Int, k: Int, lda: Int, ldc: Int, bias: Bool, panels: Bool
+        let m: Int, n: Int, k: Int, bias: Bool, panels: Bool
     }
 
     final class Primitive: @unchecked Sendable {
@@ -100,13 +100,13 @@ final class OneDNN: @unchecked Sendable {
                 throw LoadError(reason: "oneDNN could not create a CPU engine")
             }
             let dnnl = OneDNN(engine: engine, fn: fn, kernel: "", takesPanels: false)
-            let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, lda: 64, ldc: 64, bias: false, panels: false))
+            let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, bias: false, panels: false))
             guard probe.kernel.contains("amx") || probe.kernel.contains("bf16") else {
                 throw LoadError(reason: "oneDNN has no bf16 matrix kernel for this CPU (it offers \(probe.kernel))")
             }
             // Packed weights only where the same kind of kernel takes them (a reference
             // implementation would take them too, at a hundredth of the speed).
-            let packed = try? dnnl.primitive(Key(m: 32, n: 192, k: 96, lda: 96, ldc: 192, bias: false, panels: true))
+            let packed = try? dnnl.primitive(Key(m: 32, n: 192, k: 96, bias: false, panels: true))
             let takesPanels = packed.map { $0.kernel.hasPrefix("brg") && probe.kernel.hasPrefix("brg") } ?? false
             for p in [probe, packed].compactMap({ $0 }) { _ = fn.primitiveDestroy(p.handle) }
             return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels))
@@ -124,12 +124,13 @@ final class OneDNN: @unchecked Sendable {
         self.takesPanels = takesPanels
     }
 
-    /// c[m, n] (row stride ldc) = a[m, k] (bf16, row stride lda) * b^T + bias, where b is a
-    /// bf16 weight [n, k] stored row-major (oneDNN sees a k x n matrix with strides (1, k)) or,
-    /// with `panels`, packed in `PanelLayout`.
-    func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, lda: Int, b: UnsafeRawPointer, panels: Bool = false,
-                bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
-        let key = Key(m: m, n: n, k: k, lda: lda, ldc: ldc, bias: bias != nil, panels: panels)
+    /// c[m, n] = a[m, k] (bf16) * b^T + bias, where b is a bf16 weight [n, k] stored row-major
+    /// (oneDNN sees a k x n matrix with strides (1, k)) or, with `panels`, packed in
+    /// `PanelLayout`. a and c are dense: a strided c (a column slab of a wider output) sends
+    /// oneDNN 2.6 to its reference implementation, ~1000x slower, so the API has no strides.
+    func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, b: UnsafeRawPointer, panels: Bool = false,
+                bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, threads: Int) {
+        let key = Key(m: m, n: n, k: k, bias: bias != nil, panels: panels)
         let cached = primitives.withLock { $0[key] }
         let p: Primitive
         if let cached {
@@ -170,7 +171,7 @@ final class OneDNN: @unchecked Sendable {
 
     /// The kernel oneDNN picks for a shape (bench-gemm reports it).
     func kernel(m: Int, n: Int, k: Int) -> String {
-        guard let p = try? primitive(Key(m: m, n: n, k: k, lda: k, ldc: n, bias: false, panels: takesPanels)) else { return "none" }
+        guard let p = try? primitive(Key(m: m, n: n, k: k, bias: false, panels: takesPanels)) else { return "none" }
         _ = fn.primitiveDestroy(p.handle)
         return p.kernel
     }
@@ -193,14 +194,14 @@ final class OneDNN: @unchecked Sendable {
                 // The C function reads `ndims` entries of each dims array.
                 ok = ok && fn.descByStrides(&desc, 2, d.baseAddress!, type, d.baseAddress! + 2) == dnnl_success
             }
-            set(&a, key.m, key.k, key.lda, 1, dnnl_bf16)
+            set(&a, key.m, key.k, key.k, 1, dnnl_bf16)
             if key.panels {
                 d[0] = dnnl_dim_t(key.k); d[1] = dnnl_dim_t(key.n)
                 ok = ok && fn.descByTag(&b, 2, d.baseAddress!, dnnl_bf16, dnnl_BA16a64b2a) == dnnl_success
             } else {
                 set(&b, key.k, key.n, 1, key.k, dnnl_bf16)
             }
-            set(&c, key.m, key.n, key.ldc, 1, dnnl_f32)
+            set(&c, key.m, key.n, key.n, 1, dnnl_f32)
             if key.bias { set(&bias, 1, key.n, key.n, 1, dnnl_f32) }
         }
         guard ok else { throw LoadError(reason: "bad memory descriptor for \(key)") }
