@@ -37,6 +37,11 @@ let package = Package(
             name: "CDNNL",
             providers: [.apt(["libdnnl-dev"])]
         ),
+        // Open MPI's headers only: the library is opened at run time (MPIWorld.swift).
+        .systemLibrary(
+            name: "CMPI",
+            providers: [.apt(["libopenmpi-dev"])]
+        ),
         .systemLibrary(
             name: "CCbc",
             pkgConfig: "cbc",
@@ -56,18 +61,21 @@ let package = Package(
         .target(name: "StrataPlanning", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "StrataRuntime", "CCbc",
                                                        .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelSettings),
+        // Layer 7: pipeline stages over MPI ranks executing a cluster plan.
+        .target(name: "StrataDistributed", dependencies: ["StrataCore", "StrataBackend", "StrataModels", "StrataRuntime", "StrataPlanning", "CMPI"],
+                swiftSettings: kernelSettings),
         // Layer 8: the command line. Thin: parse, call the layers below, print.
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataPlanning", "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
+                "StrataDistributed", "StrataPlanning", "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataPlanning"],
+            dependencies: ["StrataRuntime", "StrataPlanning", "StrataDistributed"],
             swiftSettings: cpuFlags
         ),
     ],

@@ -137,9 +137,10 @@ public enum ModelLoader {
     /// Reads config.json and the checkpoint in `directory` and builds the model on `backend`,
     /// compressing weights and cache as `compression` asks.
     /// With `loadLayers: false` only embeddings, final norm and head are loaded: an offloading
-    /// runtime places the decoder layers itself.
+    /// runtime places the decoder layers itself. With `layerRange`, only those decoder layers are
+    /// loaded (a pipeline stage's share); calling `layer` on any other is a programming error.
     public static func load(directory: String, backend: any Backend, compression: Compression = .none,
-                            matrixLog: MatrixLog? = nil, loadLayers: Bool = true) throws -> any CausalLM {
+                            matrixLog: MatrixLog? = nil, loadLayers: Bool = true, layerRange: Range<Int>? = nil) throws -> any CausalLM {
         let config = try ModelConfig(directory: directory)
         let checkpoint = try TensorSources.open(directory: directory)
         if let stored = config.storedPrecision {
@@ -153,9 +154,9 @@ public enum ModelLoader {
         effective.weights = config.storedPrecision ?? compression.weights
         switch config.family {
         case .opt: return try OPTModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog,
-                                      loadLayers: loadLayers)
+                                      loadLayers: loadLayers, layerRange: layerRange)
         case .llama: return try LlamaModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog,
-                                          loadLayers: loadLayers)
+                                          loadLayers: loadLayers, layerRange: layerRange)
         }
     }
 }

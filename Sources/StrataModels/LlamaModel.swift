@@ -21,7 +21,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     private let rotaryTables = Mutex<(positions: [Int], cos: Tensor, sin: Tensor)?>(nil)
 
     init(config c: ModelConfig, checkpoint: any TensorSource, backend: any Backend, compression: Compression, log: MatrixLog?,
-         loadLayers: Bool) throws {
+         loadLayers: Bool, layerRange: Range<Int>? = nil) throws {
         config = c
         self.backend = backend
         self.compression = compression
@@ -37,7 +37,10 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         } else {
             lmHead = try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load("lm_head.weight", [c.vocabSize, h])
         }
-        residentLayers = loadLayers ? try (0..<c.numLayers).map { try w.layer(Self.layerSpecs(c, prefix: prefix, layer: $0), index: $0) } : []
+        // A pipeline stage loads only its own layers; the others stay empty placeholders.
+        residentLayers = loadLayers ? try (0..<c.numLayers).map { j in
+            layerRange?.contains(j) == false ? LayerWeights() : try w.layer(Self.layerSpecs(c, prefix: prefix, layer: j), index: j)
+        } : []
         rotary = Rotary(config: c)
         guard let act = Activation(huggingFace: c.activation) else {
             throw StrataError.invalidFile(path: checkpoint.directory, detail: "hidden_act '\(c.activation)' is not supported")

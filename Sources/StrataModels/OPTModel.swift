@@ -23,7 +23,7 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
     let activation: Activation
 
     init(config c: ModelConfig, checkpoint: any TensorSource, backend: any Backend, compression: Compression, log: MatrixLog?,
-         loadLayers: Bool) throws {
+         loadLayers: Bool, layerRange: Range<Int>? = nil) throws {
         config = c
         self.backend = backend
         self.compression = compression
@@ -44,7 +44,10 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         } else {
             lmHead = tokenEmbedding
         }
-        residentLayers = loadLayers ? try (0..<c.numLayers).map { try w.layer(Self.layerSpecs(c, prefix: prefix, layer: $0), index: $0) } : []
+        // A pipeline stage loads only its own layers; the others stay empty placeholders.
+        residentLayers = loadLayers ? try (0..<c.numLayers).map { j in
+            layerRange?.contains(j) == false ? LayerWeights() : try w.layer(Self.layerSpecs(c, prefix: prefix, layer: j), index: j)
+        } : []
         guard let act = Activation(huggingFace: c.activation) else {
             throw StrataError.invalidFile(path: checkpoint.directory, detail: "activation_function '\(c.activation)' is not supported")
         }

@@ -29,6 +29,12 @@ public struct GenerationResult: Sendable, Equatable {
     public var tokenIds: [Int]
     public var text: String
     public var finishReason: FinishReason
+
+    public init(tokenIds: [Int], text: String, finishReason: FinishReason) {
+        self.tokenIds = tokenIds
+        self.text = text
+        self.finishReason = finishReason
+    }
 }
 
 /// Wall-clock split of a batch: prefill (prompt pass) and decode (one token per step).
@@ -85,8 +91,7 @@ public final class Generator: Sendable {
         let maxPositions = model.config.maxPositions
         let promptLength = requests.map(\.promptIds.count).max()!
         // A row never generates past the model's positions.
-        let budgets = requests.map { max(0, min($0.maxNewTokens, maxPositions - $0.promptIds.count)) }
-        let steps = budgets.max()!
+        let steps = requests.map { max(0, min($0.maxNewTokens, maxPositions - $0.promptIds.count)) }.max()!
         let padding = requests.map { promptLength - $0.promptIds.count }
         var tokens = [Int32](repeating: Int32(bundle.padTokenId), count: batch * promptLength)
         for (b, r) in requests.enumerated() {
@@ -96,59 +101,29 @@ public final class Generator: Sendable {
         let cache = engine == nil ? model.makeCache(batch: batch, capacity: capacity) : model.makeCache(batch: 0, capacity: 0)
         try engine?.beginBlock(capacity: capacity)
         defer { engine?.endBlock() }
-        var generated = [[Int]](repeating: [], count: batch)
-        var finished = budgets.map { $0 == 0 }
-        var reasons = [FinishReason](repeating: .length, count: batch)
-        var texts = [String?](repeating: nil, count: batch)
-        var rngs = requests.map { SeededGenerator(seed: sampling.seed &* 0x9E37_79B9_7F4A_7C15 &+ $0.sampleIndex) }
+        var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
 
         var step = ForwardStep(tokens: tokens, batch: batch, length: promptLength, pastLength: 0, padding: padding)
         var clock = Clock()
         timing.promptTokens += requests.reduce(0) { $0 + $1.promptIds.count }
         var isPrefill = true
-        while finished.contains(false) {
+        while !rows.allFinished {
             let logits = try engine?.forward(step) ?? model.backend.download(model.forward(step, cache: cache))
             let vocab = logits.count / batch
             var next = [Int32](repeating: Int32(bundle.padTokenId), count: batch)
             logits.withUnsafeBufferPointer { all in
-                for b in 0..<batch where !finished[b] {
-                    let row = UnsafeBufferPointer(rebasing: all[(b * vocab)..<((b + 1) * vocab)])
-                    let token = Sampler.sample(row, sampling, rng: &rngs[b])
-                    next[b] = Int32(token)
-                    generated[b].append(token)
+                for b in 0..<batch where !rows.finished[b] {
+                    next[b] = Int32(rows.accept(UnsafeBufferPointer(rebasing: all[(b * vocab)..<((b + 1) * vocab)]), row: b))
                     timing.newTokens += 1
-                    if !ignoreEOS && bundle.eosTokenIds.contains(token) {
-                        finished[b] = true; reasons[b] = .stop
-                    } else if let cut = stopMatch(generated[b], requests[b].stopStrings) {
-                        texts[b] = cut
-                        finished[b] = true; reasons[b] = .stop
-                    } else if generated[b].count >= budgets[b] {
-                        finished[b] = true; reasons[b] = .length
-                    }
                 }
             }
             let elapsed = clock.lap()
             if isPrefill { timing.prefillSeconds += elapsed } else { timing.decodeSeconds += elapsed; timing.decodeSteps += 1 }
             isPrefill = false
-            if !finished.contains(false) { break }
+            if rows.allFinished { break }
             step = ForwardStep(tokens: next, batch: batch, length: 1, pastLength: step.pastLength + step.length, padding: padding)
         }
-        return (0..<batch).map { b in
-            let text = texts[b] ?? bundle.tokenizer.decode(generated[b])
-            return GenerationResult(tokenIds: generated[b], text: text, finishReason: reasons[b])
-        }
-    }
-
-    /// The text up to the first stop string, if the decoded continuation contains one.
-    private func stopMatch(_ ids: [Int], _ stops: [String]) -> String? {
-        guard !stops.isEmpty else { return nil }
-        let text = bundle.tokenizer.decode(ids)
-        var earliest: String.Index?
-        for s in stops where !s.isEmpty {
-            if let r = text.firstRange(of: s), earliest == nil || r.lowerBound < earliest! { earliest = r.lowerBound }
-        }
-        guard let cut = earliest else { return nil }
-        return String(text[..<cut])
+        return rows.results
     }
 }
 

@@ -1,0 +1,124 @@
+import Dispatch
+import StrataBackend
+import StrataCore
+import StrataDistributed
+import StrataModels
+import StrataRuntime
+import Synchronization
+import Testing
+
+/// The pipeline's logic with ranks as threads of this process (`LocalTransport`): each rank
+/// loads only its layers; tokens must equal `Generator`'s and every logit row the resident
+/// model's within 1e-5. The same code runs over MPI in ClusterRunTests.
+@Suite struct PipelineTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var model: String
+        var stages: [Int]
+        var eta: Int
+        var xi: Int
+        var bits: [Int: Int]?
+        var testDescription: String { "\(model) stages \(stages) eta \(eta) xi \(xi) bits \(bits.map { "\($0.sorted { $0.key < $1.key })" } ?? "f32")" }
+    }
+
+    static let cases: [Case] = [
+        Case(model: "opt-tiny", stages: [1, 1], eta: 3, xi: 2, bits: nil),
+        Case(model: "llama-gqa", stages: [1, 1], eta: 2, xi: 5, bits: nil),
+        Case(model: "opt-licenses", stages: [2, 1, 1], eta: 2, xi: 3, bits: [0: 4, 1: 16, 2: 8, 3: 3]),
+        Case(model: "llama3-tied", stages: [2], eta: 4, xi: 1, bits: [0: 8, 1: 4]),
+    ]
+
+    static let prompts = ["Hello there", "The license grants", "a", "Permission is hereby granted, free of charge, to any person",
+                          "THE SOFTWARE IS PROVIDED"]
+
+    @Test(arguments: cases) func pipelineMatchesTheResidentModel(_ c: Case) throws {
+        let dir = Fixtures.model(c.model)
+        let compression = Compression(weights: c.bits.map { PrecisionMap(bits: $0) })
+        let resident = try ModelBundle(directory: dir, backend: CPUBackend(threads: 1), compression: compression)
+        let requests = try Self.prompts.enumerated().map { i, p in
+            GenerationRequest(promptIds: try resident.encodePrompt(p), maxNewTokens: 3 + i, stopStrings: [], sampleIndex: UInt64(i))
+        }
+        let sampling = SamplingParameters()
+        var timing = GenerationTiming()
+        let expected = try Generator(bundle: resident).generate(requests, sampling: sampling, timing: &timing)
+        let reference = try Self.referenceLogits(resident, requests, steps: expected.map(\.tokenIds))
+
+        var stages: [Range<Int>] = []
+        var next = 0
+        for n in c.stages { stages.append(next..<(next + n)); next += n }
+        let layout = PipelineLayout(stages: stages, prefillMicroBatch: c.eta, decodeMicroBatch: c.xi)
+        let transports = LocalTransport.world(size: c.stages.count)
+        let observed = Mutex<[Int: [[Float]]]>([:])   // row -> logits per step
+        let outcome = Mutex<Result<[GenerationResult], any Error>?>(nil)
+        let group = DispatchGroup()
+        for (r, transport) in transports.enumerated() {
+            let stageRange = stages[r]
+            let t = transport
+            DispatchQueue.global().async(group: group) {
+                do {
+                    let bundle = try ModelBundle(directory: dir, backend: CPUBackend(threads: 1), compression: compression,
+                                                 layerRange: stageRange)
+                    let stage = try PipelineStage(transport: t, bundle: bundle, layout: layout, sampling: sampling)
+                    stage.logitsObserver = { rows, _, logits in
+                        let vocab = logits.count / rows.count
+                        observed.withLock { seen in
+                            for (i, b) in rows.enumerated() { seen[b, default: []].append(Array(logits[(i * vocab)..<((i + 1) * vocab)])) }
+                        }
+                    }
+                    if r == 0 {
+                        var timing = GenerationTiming()
+                        let results = try stage.generate(requests, timing: &timing)
+                        _ = try stage.shutdown()
+                        outcome.withLock { $0 = .success(results) }
+                    } else {
+                        try stage.serve()
+                    }
+                } catch {
+                    outcome.withLock { $0 = .failure(error) }
+                }
+            }
+        }
+        #expect(group.wait(timeout: .now() + 60) == .success, "pipeline did not finish")
+        let results = try #require(outcome.withLock { $0 }).get()
+        #expect(results.map(\.tokenIds) == expected.map(\.tokenIds))
+        #expect(results.map(\.text) == expected.map(\.text))
+        #expect(results.map(\.finishReason) == expected.map(\.finishReason))
+        let seen = observed.withLock { $0 }
+        for (b, steps) in reference.enumerated() {
+            // A finished row rides along in its micro-batch; only its own steps are compared.
+            let got = try #require(seen[b])
+            #expect(got.count >= steps.count)
+            for (s, want) in steps.enumerated() {
+                // 1e-5 of the row's scale (at least 1): micro-batches are GEMMs of fewer rows,
+                // whose kernels may sum in another order than the full batch's.
+                let scale = max(1, want.map { abs($0) }.max()!)
+                let diff = zip(got[s], want).map { abs($0 - $1) }.max()!
+                #expect(diff <= 1e-5 * scale, "row \(b) step \(s): max |logit difference| \(diff), row scale \(scale)")
+            }
+        }
+    }
+
+    /// The resident model's logits of each row at each of its steps, feeding the tokens
+    /// `steps` gives (a full-batch forward, as `generate` runs it).
+    static func referenceLogits(_ bundle: ModelBundle, _ requests: [GenerationRequest], steps: [[Int]]) throws -> [[[Float]]] {
+        let model = bundle.model
+        let batch = requests.count
+        let promptLength = requests.map(\.promptIds.count).max()!
+        let padding = requests.map { promptLength - $0.promptIds.count }
+        var tokens = [Int32](repeating: Int32(bundle.padTokenId), count: batch * promptLength)
+        for (b, r) in requests.enumerated() {
+            for (t, id) in r.promptIds.enumerated() { tokens[b * promptLength + padding[b] + t] = Int32(id) }
+        }
+        let longest = steps.map(\.count).max()!
+        let cache = model.makeCache(batch: batch, capacity: promptLength + longest)
+        var step = ForwardStep(tokens: tokens, batch: batch, length: promptLength, pastLength: 0, padding: padding)
+        var out = [[[Float]]](repeating: [], count: batch)
+        for s in 0..<longest {
+            let logits = model.backend.download(model.forward(step, cache: cache))
+            let vocab = logits.count / batch
+            for b in 0..<batch where s < steps[b].count { out[b].append(Array(logits[(b * vocab)..<((b + 1) * vocab)])) }
+            let next = (0..<batch).map { Int32(s < steps[$0].count ? steps[$0][s] : bundle.padTokenId) }
+            step = ForwardStep(tokens: next, batch: batch, length: 1, pastLength: step.pastLength + step.length, padding: padding)
+        }
+        return out
+    }
+}
