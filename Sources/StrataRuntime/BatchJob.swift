@@ -80,6 +80,15 @@ public struct BatchJob: Sendable {
     }
 
     public func run(generator: Generator, output: OutputFile, progress: (Progress) -> Void = { _ in }) throws -> Summary {
+        try run(encoder: generator.bundle, output: output, progress: progress) { requests, timing in
+            try generator.generate(requests, sampling: sampling, timing: &timing)
+        }
+    }
+
+    /// Runs the job with `generate` producing each batch's results (a resident or offloading
+    /// generator, or a pipeline's first stage).
+    public func run(encoder: some PromptEncoder, output: OutputFile, progress: (Progress) -> Void = { _ in },
+                    generate: ([GenerationRequest], inout GenerationTiming) throws -> [GenerationResult]) throws -> Summary {
         guard batchSize > 0 else { throw StrataError.invalidRequest("--batch-size must be positive") }
         guard maxNewTokens > 0 else { throw StrataError.invalidRequest("--max-new-tokens must be positive") }
         let lines = try LineReader(path: inputPath)
@@ -97,7 +106,7 @@ public struct BatchJob: Sendable {
             summary.total += 1
             if done.contains(lineNumber) { summary.alreadyDone += 1; continue }
             do {
-                items.append(try Self.item(raw, index: lineNumber, origin: origin, encoder: generator.bundle))
+                items.append(try Self.item(raw, index: lineNumber, origin: origin, encoder: encoder))
             } catch {
                 let reason = "\(error)".replacing("\(origin): ", with: "")
                 summary.skipped.append("\(origin): \(reason)")
@@ -109,7 +118,7 @@ public struct BatchJob: Sendable {
             let requests = chunk.map {
                 GenerationRequest(promptIds: $0.ids, maxNewTokens: maxNewTokens, stopStrings: stopStrings, sampleIndex: UInt64($0.index))
             }
-            let results = try generator.generate(requests, sampling: sampling, timing: &summary.timing)
+            let results = try generate(requests, &summary.timing)
             var text = ""
             for (item, result) in zip(chunk, results) {
                 var fields = item.fields

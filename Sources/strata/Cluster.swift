@@ -9,7 +9,8 @@ import Foundation
 
 struct Cluster: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Plan LLM inference on a heterogeneous GPU cluster (LLM-PQ).", subcommands: [ClusterPlanCommand.self])
+        abstract: "Plan LLM inference on a heterogeneous GPU cluster (LLM-PQ) and run plans over MPI.",
+        subcommands: [ClusterPlanCommand.self, ClusterRunCommand.self])
 }
 
 /// `strata cluster plan SPEC.yaml`: LLM-PQ's plan and the PipeEdge, Uniform and AdaBits

@@ -43,6 +43,7 @@ public struct ClusterPlan: Sendable {
             "model_seconds": .number(modelSeconds), "simulated_seconds": .number(simulatedSeconds),
             "prefill_seconds": .number(simulatedPrefillSeconds), "decode_seconds": .number(simulatedSeconds - simulatedPrefillSeconds),
             "quality_penalty": .number(qualityPenalty),
+            "global_batch": .number(Double(globalBatch)), "gen_length": .number(Double(genLength)),
             "precision_map": precisionMap.json,
             "stages": .array(stages.map { s in
                 .object([

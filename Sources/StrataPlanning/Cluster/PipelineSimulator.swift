@@ -61,23 +61,34 @@ public struct PipelineSimulator: Sendable {
     /// The per-stage timeline as SVG: one row per stage, prefill blue, decode orange.
     public func svg(width: Double = 1200) -> String {
         let (end, _, events) = run()
+        return TimelineDrawing.svg(labels: plan.stages.map { "\($0.type) L\($0.layers.lowerBound)-\($0.layers.upperBound)" },
+                                   spans: events.map { ($0.stage, $0.start, $0.end, $0.prefill) }, end: end,
+                                   caption: "\(plan.method), simulated", width: width)
+    }
+}
+
+/// A pipeline's stage timeline as SVG, simulated (the planner) or measured (`cluster run`):
+/// one row per stage, prefill spans blue, decode orange, so bubbles show as gaps.
+public enum TimelineDrawing {
+    public static func svg(labels: [String], spans: [(stage: Int, start: Double, end: Double, prefill: Bool)], end: Double,
+                           caption: String, width: Double = 1200) -> String {
         let rowHeight = 28.0, left = 150.0
         let scale = (width - left - 10) / max(end, 1e-9)
-        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\(quote(Int(Double(plan.stages.count) * rowHeight + 40)))>\n"
+        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\(quote(Int(Double(labels.count) * rowHeight + 40)))>\n"
         out += "<style>text{font:12px sans-serif}</style>\n"
-        for (j, s) in plan.stages.enumerated() {
+        for (j, label) in labels.enumerated() {
             let y = Double(j) * rowHeight + 10
-            out += "<text x=\"4\" y=\"\(y + 17)\">\(s.type) L\(s.layers.lowerBound)-\(s.layers.upperBound)</text>\n"
+            out += "<text x=\"4\" y=\"\(y + 17)\">\(label)</text>\n"
         }
-        for e in events {
+        for e in spans {
             let x = left + e.start * scale, w = max(0.5, (e.end - e.start) * scale), y = Double(e.stage) * rowHeight + 12
             out += "<rect x=\"\(fmt(x))\" y=\"\(fmt(y))\" width=\"\(fmt(w))\" height=\"\(fmt(rowHeight - 6))\" fill=\"\(e.prefill ? "#4a7bd0" : "#e8913a")\"/>\n"
         }
-        let axisY = Double(plan.stages.count) * rowHeight + 30
-        out += "<text x=\"\(left)\" y=\"\(axisY)\">0 s</text><text x=\"\(fmt(width - 120))\" y=\"\(axisY)\">\(fmt(end)) s (\(plan.method))</text>\n"
+        let axisY = Double(labels.count) * rowHeight + 30
+        out += "<text x=\"\(left)\" y=\"\(axisY)\">0 s</text><text x=\"\(fmt(width - 220))\" y=\"\(axisY)\">\(fmt(end)) s (\(caption))</text>\n"
         return out + "</svg>\n"
     }
 
-    private func fmt(_ v: Double) -> String { String(Double(Int(v * 100)) / 100) }
-    private func quote(_ v: Int) -> String { "\"\(v)\"" }
+    private static func fmt(_ v: Double) -> String { String(Double(Int(v * 100)) / 100) }
+    private static func quote(_ v: Int) -> String { "\"\(v)\"" }
 }

@@ -100,6 +100,14 @@ public struct MemoryModel: Sendable {
     /// Decoder-layer weight bytes as held (compressed or not).
     public func layerBytes(compressed: Bool) -> Int { layers(compressed: compressed).totals.reduce(0, +) }
 
+    /// Bytes of decoder layers `range` as held at the model's precision (a pipeline stage's share).
+    public func layerBytes(_ range: Range<Int>) -> Int { layout.totals[range].reduce(0, +) }
+
+    /// An f32 KV cache of `rows` sequences of `capacity` positions over `layers` layers.
+    public func cacheBytes(rows: Int, capacity: Int, layers: Int) -> Int {
+        2 * layers * Self.cacheBytes(rows: rows, kvHeads: config.numKVHeads, capacity: capacity, headDim: config.headDim, scheme: nil)
+    }
+
     func layers(compressed: Bool) -> LayerLayout { compressed ? compressedLayout : layout }
 
     // MARK: The shared quantities

@@ -1,0 +1,191 @@
+import ArgumentParser
+import StrataCore
+import StrataDistributed
+import StrataFormats
+import StrataModels
+import StrataPlanning
+import StrataRuntime
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `mpirun -np N strata cluster run ...`: rank r runs stage r of a plan over the input file.
+struct ClusterRunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run", abstract: "Run a cluster plan as a pipeline over MPI ranks (launch with mpirun, one rank per stage).",
+        discussion: """
+        Rank r loads only stage r's decoder layers at the plan's bits. Prefill runs in micro-batches of
+        the plan's eta rows, decode in micro-batches of xi rows; hidden states travel rank to rank and
+        the last rank's sampled tokens return to rank 0. Rank 0 reads the input and writes the output
+        (the lines `strata generate --input` writes, appended batch by batch; rerunning resumes).
+        Without mpirun it runs as a one-rank pipeline.
+        """)
+
+    @OptionGroup var backend: BackendOptions
+    @Option(help: "Plan JSON from `strata cluster plan --json`.") var plan: String?
+    @Option(help: "With --plan: which method's plan to run (llm-pq, pipeedge, uniform, adabits).") var method = "llm-pq"
+    @Option(help: "Instead of --plan: decoder layers per rank in rank order, e.g. 2,1 (full precision unless --precision).")
+    var stages: String?
+    @Option(help: "Prefill micro-batch rows (default: the plan's eta, else the batch size).") var eta: Int?
+    @Option(help: "Decode micro-batch rows (default: the plan's xi, else the batch size).") var xi: Int?
+    @Option(help: "Memory budget per rank, e.g. 2GiB,1GiB (default: the plan's device capacities).") var stageMem: String?
+    @Option(help: "Positions per sequence the memory check plans the KV cache for (default: the model's maximum).")
+    var context: Int?
+
+    @Option(help: "JSONL input, one {\"prompt\": ...} or {\"messages\": [...]} object per line (read by rank 0).") var input: String
+    @Option(help: "JSONL output (written by rank 0).") var output: String
+    @Option(help: "Tokens to generate per prompt (default: the plan's gen length, else 32).") var maxNewTokens: Int?
+    @Option(help: "Prompts per batch (default: the plan's global batch, else 8).") var batchSize: Int?
+    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
+    @Option(help: "Nucleus sampling mass (1 disables).") var topP: Float = 1
+    @Option(help: "Keep only the k most likely tokens (0 disables).") var topK: Int = 0
+    @Option(help: "Seed for sampling; the same seed gives the same output.") var seed: UInt64 = 0
+    @Option(name: .customLong("stop"), help: "Stop string (repeatable).") var stops: [String] = []
+    @Flag(help: "Start a fresh output file instead of resuming.") var overwrite = false
+    @Option(help: "Write the measured per-stage timeline as SVG (rank 0).") var timeline: String?
+    @Flag(help: "Print one JSON object with the measured throughput and per-stage busy time (rank 0).") var json = false
+
+    func run() throws {
+        let transport: any PipelineTransport
+        var world: MPIWorld?
+        do {
+            if MPIWorld.launchedByMPIRun {
+                world = try MPIWorld()
+                transport = world!
+            } else {
+                transport = LocalTransport.world(size: 1)[0]
+            }
+        } catch let error as StrataError {
+            Console.error("error: \(error)")
+            throw ExitCode(1)
+        }
+        let rank = transport.rank
+        // Checks every rank makes alike (plan, world size, memory): each refuses on its own, rank
+        // 0 says why, and no rank is left waiting.
+        let prepared: (StagePlan, SamplingParameters, Int, Int)
+        do {
+            prepared = try prepare(worldSize: transport.size)
+        } catch let error as StrataError {
+            if rank == 0 { Console.error("error: \(error)") }
+            world?.finalize()
+            throw ExitCode(1)
+        }
+        do {
+            try execute(transport, plan: prepared.0, sampling: prepared.1, batchSize: prepared.2, maxNewTokens: prepared.3)
+            world?.finalize()
+        } catch {
+            // Anything else stops the whole job: the other ranks would wait for this one forever.
+            Console.error("error: rank \(rank): \(error)")
+            if let world, world.size > 1 { world.abort(code: 1) }
+            throw ExitCode(1)
+        }
+    }
+
+    private func prepare(worldSize: Int) throws -> (StagePlan, SamplingParameters, Int, Int) {
+        guard (plan == nil) != (stages == nil) else { throw StrataError.invalidRequest("give exactly one of --plan or --stages") }
+        let config = try ModelConfig(directory: backend.model)
+        var stagePlan: StagePlan
+        if let plan {
+            if backend.precision != nil || backend.compressWeight {
+                throw StrataError.invalidRequest("--plan sets each layer's bits; --precision and --compress-weight go with --stages")
+            }
+            stagePlan = try StagePlan.load(path: plan, method: method)
+        } else {
+            let ranges = try StagePlan.stages(stages!)
+            let precision = try backend.compression().weights
+            stagePlan = StagePlan(method: "stages", layout: PipelineLayout(stages: ranges, prefillMicroBatch: 1, decodeMicroBatch: 1),
+                                  precision: precision, budgets: [])
+        }
+        let batchSize = self.batchSize ?? stagePlan.globalBatch ?? 8
+        guard batchSize > 0 else { throw StrataError.invalidRequest("--batch-size must be positive") }
+        let maxNewTokens = self.maxNewTokens ?? stagePlan.genLength ?? 32
+        guard maxNewTokens > 0 else { throw StrataError.invalidRequest("--max-new-tokens must be positive") }
+        if plan == nil {
+            stagePlan.layout.prefillMicroBatch = batchSize
+            stagePlan.layout.decodeMicroBatch = batchSize
+        }
+        if let eta { stagePlan.layout.prefillMicroBatch = eta }
+        if let xi { stagePlan.layout.decodeMicroBatch = xi }
+        let origin = plan.map { "plan \($0) (\(method))" } ?? "--stages \(stages!)"
+        try stagePlan.layout.validate(layers: config.numLayers, worldSize: worldSize, origin: origin)
+        if let map = stagePlan.precision { try map.validate(layers: config.numLayers, path: origin) }
+        if let stageMem {
+            let parts = stageMem.split(separator: ",").map(String.init)
+            guard parts.count == worldSize else {
+                throw StrataError.invalidRequest("--stage-mem gives \(parts.count) budget(s) for \(worldSize) rank(s)")
+            }
+            stagePlan.budgets = try parts.map { try ByteSize.parse($0, option: "--stage-mem") }
+        }
+        if stagePlan.budgets.contains(where: { $0 != nil }) {
+            let memory = try MemoryModel(directory: backend.model, weightFormat: try backend.weightFormatOption(),
+                                         precision: stagePlan.precision, threads: backend.threads)
+            try stagePlan.checkMemory(memory, batch: batchSize, capacity: min(context ?? config.maxPositions, config.maxPositions))
+        }
+        let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        try sampling.validate()
+        return (stagePlan, sampling, batchSize, maxNewTokens)
+    }
+
+    private func execute(_ transport: any PipelineTransport, plan: StagePlan, sampling: SamplingParameters, batchSize: Int,
+                         maxNewTokens: Int) throws {
+        let rank = transport.rank
+        let job = BatchJob(inputPath: input, outputPath: output, batchSize: batchSize, maxNewTokens: maxNewTokens,
+                           stopStrings: stops, sampling: sampling, overwrite: overwrite)
+        // Rank 0 fails on an unwritable output before any rank loads the model.
+        let out = rank == 0 ? try job.prepareOutput() : nil
+        if let out, out.discardedBytes > 0 {
+            Console.error("\(output): cut a torn last line (\(out.discardedBytes) bytes, from an interrupted run); its prompt is generated again")
+        }
+        var compression = try backend.compression()
+        compression.weights = plan.precision
+        let bundle = try ModelBundle(directory: backend.model, backend: try backend.makeBackend(), compression: compression,
+                                     layerRange: plan.layout.stages[rank])
+        let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: sampling)
+        try transport.barrier()
+        stage.origin = Clock.now()
+        guard rank == 0, let out else {
+            try stage.serve()
+            return
+        }
+        let line = ProgressLine()
+        let summary = try job.run(encoder: bundle, output: out, progress: { p in
+            let rate = p.seconds > 0 ? Double(p.newTokens) / p.seconds : 0
+            line.update(done: p.done, total: p.total, "\(p.done)/\(p.total) prompts, \(rate.formatted(1)) tokens/s")
+        }, generate: { requests, timing in try stage.generate(requests, timing: &timing) })
+        line.finish()
+        let spans = try stage.shutdown()
+        for s in summary.skipped { Console.error("skipped \(s)") }
+        let t = summary.timing
+        let rate = summary.wallSeconds > 0 ? Double(t.newTokens) / summary.wallSeconds : 0
+        Console.error("""
+            done: \(summary.completed) generated, \(summary.alreadyDone) already in \(output), \(summary.skipped.count) skipped; \
+            \(t.newTokens) new tokens in \(summary.wallSeconds.formatted(2)) s = \(rate.formatted(1)) tokens/s over \(transport.size) rank(s)
+            """)
+        let end = spans.map(\.end).max() ?? 0
+        if let timeline {
+            let labels = plan.layout.stages.enumerated().map { "rank \($0.offset) L\($0.element.lowerBound)-\($0.element.upperBound)" }
+            let svg = TimelineDrawing.svg(labels: labels, spans: spans.map { ($0.rank, $0.start, $0.end, $0.prefill) }, end: end,
+                                          caption: "\(plan.method), measured")
+            do { try Data(svg.utf8).write(to: URL(fileURLWithPath: timeline)) } catch {
+                throw StrataError.ioFailure(path: timeline, detail: "\(error)")
+            }
+        }
+        if json {
+            let busy = (0..<transport.size).map { r in spans.filter { $0.rank == r }.reduce(0.0) { $0 + $1.end - $1.start } }
+            print(JSONValue.object([
+                "method": .string(plan.method), "ranks": .number(Double(transport.size)),
+                "eta": .number(Double(plan.layout.prefillMicroBatch)), "xi": .number(Double(plan.layout.decodeMicroBatch)),
+                "prompts": .number(Double(summary.completed)), "new_tokens": .number(Double(t.newTokens)),
+                "prompt_tokens": .number(Double(t.promptTokens)),
+                "wall_seconds": .number(summary.wallSeconds), "tokens_per_s": .number(rate),
+                "prefill_seconds": .number(t.prefillSeconds), "decode_seconds": .number(t.decodeSeconds),
+                "stage_busy_seconds": .array(busy.map { .number($0) }),
+            ]).serialized())
+        }
+    }
+}
