@@ -39,10 +39,13 @@ public struct PipelineLayout: Sendable, Equatable {
 }
 
 /// One rank of a pipeline: its share of the decoder layers and their KV cache. Rank 0 also
-/// embeds and drives each batch (`generate`); the last rank also runs the head and samples,
-/// sending the tokens back to rank 0, which feeds them to the next decode pass (LLM-PQ's
-/// ring). Micro-batches are row ranges of the batch, so each stage's KV cache is one tensor
-/// per layer whose row views the passes attend to, whatever eta and xi are.
+/// holds the embeddings and the LM head and drives each batch (`generate`): it embeds, runs its
+/// layers and hands hidden states down the chain; the last rank sends each micro-batch's final
+/// hidden states (last positions only) back to rank 0, which computes the logits, samples and
+/// feeds the tokens to that micro-batch's next decode pass: LLM-PQ's ring, with the head on
+/// the first stage as its planner (and `ClusterCostModel`) assumes, so a tied embedding table
+/// is held once. Micro-batches are row ranges of the batch, so each stage's KV cache is one
+/// tensor per layer whose row views the passes attend to, whatever eta and xi are.
 public final class PipelineStage {
     public let transport: any PipelineTransport
     public let bundle: ModelBundle
@@ -54,15 +57,13 @@ public final class PipelineStage {
     var isFirst: Bool { rank == 0 }
     var isLast: Bool { rank == layout.stages.count - 1 }
 
-    /// The current batch: its header, this stage's cache, and (last stage) its rows' state.
+    /// The current batch: its header and this stage's cache.
     private var header: BatchHeader?
     private var keys: [Tensor] = [], values: [Tensor] = []
-    private var rowState: BatchRows?
-    private var resultsSent = false
     /// Busy intervals for the timeline; `origin` is the job's common start.
     public private(set) var spans: [StageSpan] = []
     public var origin = Clock.now()
-    /// Test hook: the last stage's logits per pass (rows of the batch, vocab), in pass order.
+    /// Test hook (rank 0): logits of each pass (batch rows, then vocab), in the order sampled.
     public var logitsObserver: ((_ rows: Range<Int>, _ prefill: Bool, _ logits: [Float]) -> Void)?
 
     public init(transport: any PipelineTransport, bundle: ModelBundle, layout: PipelineLayout, sampling: SamplingParameters,
@@ -92,76 +93,87 @@ public final class PipelineStage {
         let promptLength = requests.map(\.promptIds.count).max()!
         let steps = requests.map { max(0, min($0.maxNewTokens, maxPositions - $0.promptIds.count)) }.max()!
         let header = BatchHeader(promptLength: promptLength, capacity: promptLength + max(steps, 1),
-                                 padding: requests.map { promptLength - $0.promptIds.count },
-                                 maxNewTokens: requests.map(\.maxNewTokens), sampleIndexes: requests.map(\.sampleIndex),
-                                 stopStrings: requests.map(\.stopStrings))
+                                 padding: requests.map { promptLength - $0.promptIds.count })
         try pass(.batchStart(header))
         begin(header)
+        defer { end() }
+        var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
         var clock = Clock()
         timing.promptTokens += requests.reduce(0) { $0 + $1.promptIds.count }
 
-        // The driver's view of the rows: tokens so far, and which have stopped.
-        var generated = [[Int]](repeating: [], count: batch)
-        var finished = [Bool](repeating: false, count: batch)
         let pad = Int32(bundle.padTokenId)
         var prefillLeft = 0
         for start in stride(from: 0, to: batch, by: layout.prefillMicroBatch) {
-            let rows = start..<min(batch, start + layout.prefillMicroBatch)
-            var tokens = [Int32](repeating: pad, count: rows.count * promptLength)
-            for (i, b) in rows.enumerated() {
+            let range = start..<min(batch, start + layout.prefillMicroBatch)
+            var tokens = [Int32](repeating: pad, count: range.count * promptLength)
+            for (i, b) in range.enumerated() {
                 for (t, id) in requests[b].promptIds.enumerated() { tokens[i * promptLength + header.padding[b] + t] = Int32(id) }
             }
-            let work = try compute(rows: rows, length: promptLength, pastLength: 0, tokens: tokens, hidden: nil, prefill: true,
-                                   micro: start / layout.prefillMicroBatch)
-            // Answered at once when rank 0 is also the last stage; else the ring brings it.
-            if try deliver(work, into: &generated, &finished) == nil { prefillLeft += 1 }
+            // Sampled at once when rank 0 is also the last stage; else the ring brings it back.
+            if let last = try compute(Work(micro: start / layout.prefillMicroBatch, prefill: true, rowStart: start, rowCount: range.count,
+                                           length: promptLength, pastLength: 0, columns: 0, hidden: []), tokens: tokens) {
+                sample(last, into: &rows)
+            } else {
+                prefillLeft += 1
+            }
         }
+        if prefillLeft == 0 { timing.prefillSeconds += clock.lap() }
         // Decode micro-batches: each goes again once the tokens of its previous pass are back.
         let decodeRows = stride(from: 0, to: batch, by: layout.decodeMicroBatch).map { $0..<min(batch, $0 + layout.decodeMicroBatch) }
         var nextStep = [Int](repeating: 1, count: decodeRows.count)
         var inFlight = [Bool](repeating: false, count: decodeRows.count)
-        var prefillDone = false
-        while finished.contains(false) {
-            for (m, rows) in decodeRows.enumerated() where !inFlight[m] {
-                let open = rows.filter { !finished[$0] }
-                guard !open.isEmpty, open.allSatisfy({ generated[$0].count >= nextStep[m] }) else { continue }
+        while !rows.allFinished {
+            for (m, range) in decodeRows.enumerated() where !inFlight[m] {
+                let open = range.filter { !rows.finished[$0] }
+                guard !open.isEmpty, open.allSatisfy({ rows.generated[$0].count >= nextStep[m] }) else { continue }
                 let s = nextStep[m]
-                let tokens = rows.map { finished[$0] ? pad : Int32(generated[$0][s - 1]) }
-                let work = try compute(rows: rows, length: 1, pastLength: promptLength + s - 1, tokens: tokens, hidden: nil,
-                                       prefill: false, micro: m)
+                // Finished rows ride along on the pad token, as in `Generator`.
+                let tokens = range.map { rows.finished[$0] ? pad : Int32(rows.generated[$0][s - 1]) }
                 nextStep[m] += 1
-                inFlight[m] = true
-                if let answer = try deliver(work, into: &generated, &finished), !answer.prefill { inFlight[answer.micro] = false }
+                if let last = try compute(Work(micro: m, prefill: false, rowStart: range.lowerBound, rowCount: range.count, length: 1,
+                                               pastLength: promptLength + s - 1, columns: 0, hidden: []), tokens: tokens) {
+                    sample(last, into: &rows)
+                } else {
+                    inFlight[m] = true
+                }
             }
-            guard finished.contains(false) else { break }
-            // A one-stage pipeline answered every pass above: go round again.
-            if isLast { continue }
-            // Wait for the last stage's next answer.
-            guard case .tokens(let answer) = try receiveRing() else {
-                throw StrataError.ioFailure(path: "rank \(layout.stages.count - 1)", detail: "sent results before its rows finished")
+            // A one-stage pipeline sampled every pass above: go round again.
+            if rows.allFinished || isLast { continue }
+            let last = layout.stages.count - 1
+            guard case .work(let answer) = try PipelineMessage.decode(try transport.receive(from: last, tag: PipelineMessage.ringTag),
+                                                                      from: last) else {
+                throw StrataError.ioFailure(path: "rank \(last)", detail: "sent something other than hidden states back to rank 0")
             }
-            apply(answer, to: &generated, &finished)
-            if answer.prefill { prefillLeft -= 1 } else { inFlight[answer.micro] = false }
-            if !prefillDone && prefillLeft == 0 {
-                prefillDone = true
-                timing.prefillSeconds += clock.lap()
+            sample(answer, into: &rows)
+            if answer.prefill {
+                prefillLeft -= 1
+                if prefillLeft == 0 { timing.prefillSeconds += clock.lap() }
+            } else {
+                inFlight[answer.micro] = false
             }
         }
-        if !prefillDone { timing.prefillSeconds += clock.lap() }
-        let results: [GenerationResult]
-        if isLast {
-            results = rowState!.results
-        } else {
-            guard case .results(let rows) = try receiveRing() else {
-                throw StrataError.ioFailure(path: "rank \(layout.stages.count - 1)", detail: "answered with tokens after its rows finished")
-            }
-            results = rows.map { GenerationResult(tokenIds: $0.tokenIds, text: $0.text, finishReason: FinishReason(rawValue: $0.finishReason) ?? .length) }
-        }
+        // No pass is in flight now: a decode micro-batch goes only with unfinished rows, which
+        // only its own answer can finish, so the next batch's ring starts clean.
         timing.decodeSeconds += clock.lap()
+        let results = rows.results
         timing.newTokens += results.reduce(0) { $0 + $1.tokenIds.count }
         try pass(.batchEnd)
-        end()
         return results
+    }
+
+    /// LM head and sampling for one pass's last positions (rank 0).
+    private func sample(_ work: Work, into rows: inout BatchRows) {
+        let started = Clock.now()
+        let hidden = model.backend.upload(floats: work.hidden, shape: [work.rowCount, work.columns])
+        let logits = model.backend.download(model.head(hidden, rows: Array(0..<work.rowCount)))
+        logitsObserver?(work.rows, work.prefill, logits)
+        let vocab = logits.count / work.rowCount
+        logits.withUnsafeBufferPointer { all in
+            for (i, b) in work.rows.enumerated() where !rows.finished[b] {
+                _ = rows.accept(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), row: b)
+            }
+        }
+        spans.append(StageSpan(rank: rank, start: started - origin, end: Clock.now() - origin, prefill: work.prefill))
     }
 
     /// Ends the job on every rank (rank 0 only), collecting the other ranks' timelines.
@@ -189,15 +201,7 @@ public final class PipelineStage {
                 try pass(message)
                 begin(h)
             case .work(let w):
-                let hidden = model.backend.upload(floats: w.hidden, shape: [w.rowCount * w.length, w.columns])
-                let out = try compute(rows: w.rows, length: w.length, pastLength: w.pastLength, tokens: nil, hidden: hidden,
-                                      prefill: w.prefill, micro: w.micro)
-                if let out, case .tokens = out { try transport.send(out.encoded(), to: 0, tag: PipelineMessage.ringTag) }
-                if isLast, let state = rowState, state.allFinished, !resultsSent {
-                    resultsSent = true
-                    let rows = state.results.map { RowResult(tokenIds: $0.tokenIds, text: $0.text, finishReason: $0.finishReason.rawValue) }
-                    try transport.send(PipelineMessage.results(rows).encoded(), to: 0, tag: PipelineMessage.ringTag)
-                }
+                try compute(w, tokens: nil)
             case .batchEnd:
                 try pass(message)
                 end()
@@ -220,28 +224,16 @@ public final class PipelineStage {
         let shape = [h.rows, c.numKVHeads, h.capacity, c.headDim]
         keys = layers.map { _ in model.backend.cacheTensor(shape: shape, compression: nil) }
         values = layers.map { _ in model.backend.cacheTensor(shape: shape, compression: nil) }
-        resultsSent = false
-        rowState = isLast
-            ? BatchRows(promptLengths: h.padding.map { h.promptLength - $0 }, maxNewTokens: h.maxNewTokens, stopStrings: h.stopStrings,
-                        sampleIndexes: h.sampleIndexes, maxPositions: c.maxPositions, sampling: sampling, ignoreEOS: ignoreEOS,
-                        eosTokenIds: bundle.eosTokenIds, tokenizer: bundle.tokenizer)
-            : nil
     }
 
     private func end() {
         header = nil
         keys = []; values = []
-        rowState = nil
     }
 
     /// Sends a chain message on to the next rank (the last rank has none).
     private func pass(_ message: PipelineMessage) throws {
         if !isLast { try transport.send(message.encoded(), to: rank + 1, tag: PipelineMessage.chainTag) }
-    }
-
-    private func receiveRing() throws -> PipelineMessage {
-        let last = layout.stages.count - 1
-        return try PipelineMessage.decode(try transport.receive(from: last, tag: PipelineMessage.ringTag), from: last)
     }
 
     /// Rows `rows` of cache tensor `t` ([batch, kvHeads, capacity, headDim]) as a tensor of their own.
@@ -251,56 +243,41 @@ public final class PipelineStage {
         return Tensor(shape: [rows.count] + t.shape.dropFirst(), dtype: t.dtype, buffer: view.buffer)
     }
 
-    /// Runs this stage's layers for one pass (embedding first on rank 0) and hands the result
-    /// on: hidden states to the next rank, or, on the last rank, the sampled tokens. Returns the
-    /// message produced when it stays on this rank (rank 0 being also the last).
+    /// Runs this stage's layers for one pass (rank 0 embeds `tokens` first) and hands the result
+    /// on: the hidden states down the chain, or from the last stage the last positions' back to
+    /// rank 0. Returns that last-position work when it stays here (rank 0 is also the last).
     @discardableResult
-    private func compute(rows: Range<Int>, length: Int, pastLength: Int, tokens: [Int32]?, hidden input: Tensor?, prefill: Bool,
-                         micro: Int) throws -> PipelineMessage? {
+    private func compute(_ work: Work, tokens: [Int32]?) throws -> Work? {
         guard let header else { throw StrataError.ioFailure(path: "rank \(rank)", detail: "work arrived outside a batch") }
+        let rows = work.rows
+        guard rows.upperBound <= header.rows, work.length > 0 else {
+            throw StrataError.ioFailure(path: "rank \(rank)", detail: "work for rows \(rows) of a \(header.rows)-row batch")
+        }
         let started = Clock.now()
-        let step = ForwardStep(tokens: tokens ?? [Int32](repeating: 0, count: rows.count * length), batch: rows.count, length: length,
-                               pastLength: pastLength, padding: Array(header.padding[rows]))
-        var hidden = input ?? model.embed(step)
+        let step = ForwardStep(tokens: tokens ?? [Int32](repeating: 0, count: rows.count * work.length), batch: rows.count,
+                               length: work.length, pastLength: work.pastLength, padding: Array(header.padding[rows]))
+        var hidden = tokens != nil ? model.embed(step)
+            : model.backend.upload(floats: work.hidden, shape: [rows.count * work.length, work.columns])
         for (i, j) in layers.enumerated() {
             let cache = LayerCache(key: cacheView(keys[i], rows), value: cacheView(values[i], rows))
             hidden = model.layer(j, hidden, weights: model.residentLayers[j], cache: cache, step: step)
         }
-        let message: PipelineMessage
+        var out = work
+        out.columns = hidden.columns
         if isLast {
-            let logits = model.backend.download(model.head(hidden, rows: step.lastRows))
-            logitsObserver?(rows, prefill, logits)
-            let vocab = logits.count / rows.count
-            var out = [Int](repeating: -1, count: rows.count)
-            logits.withUnsafeBufferPointer { all in
-                for (i, b) in rows.enumerated() where !rowState!.finished[b] {
-                    out[i] = rowState!.accept(UnsafeBufferPointer(rebasing: all[(i * vocab)..<((i + 1) * vocab)]), row: b)
-                }
-            }
-            message = .tokens(Tokens(micro: micro, prefill: prefill, rowStart: rows.lowerBound, tokens: out,
-                                     finished: rows.map { rowState!.finished[$0] }))
+            // Only the last position of each row goes on to the head.
+            out.hidden = model.backend.download(model.backend.gatherRows(hidden, step.lastRows))
+            out.length = 1
         } else {
-            message = .work(Work(micro: micro, prefill: prefill, rowStart: rows.lowerBound, rowCount: rows.count, length: length,
-                                 pastLength: pastLength, columns: hidden.columns, hidden: model.backend.download(hidden)))
+            out.hidden = model.backend.download(hidden)
         }
-        spans.append(StageSpan(rank: rank, start: started - origin, end: Clock.now() - origin, prefill: prefill))
-        if case .work = message { try transport.send(message.encoded(), to: rank + 1, tag: PipelineMessage.chainTag); return nil }
-        return message
-    }
-
-    /// On rank 0: applies a pass's result when rank 0 is also the last stage.
-    @discardableResult
-    private func deliver(_ message: PipelineMessage?, into generated: inout [[Int]], _ finished: inout [Bool]) throws -> Tokens? {
-        guard let message, case .tokens(let t) = message else { return nil }
-        apply(t, to: &generated, &finished)
-        return t
-    }
-
-    private func apply(_ t: Tokens, to generated: inout [[Int]], _ finished: inout [Bool]) {
-        for (i, token) in t.tokens.enumerated() {
-            let b = t.rowStart + i
-            if token >= 0 { generated[b].append(token) }
-            finished[b] = t.finished[i]
+        spans.append(StageSpan(rank: rank, start: started - origin, end: Clock.now() - origin, prefill: work.prefill))
+        if !isLast {
+            try transport.send(PipelineMessage.work(out).encoded(), to: rank + 1, tag: PipelineMessage.chainTag)
+            return nil
         }
+        if isFirst { return out }
+        try transport.send(PipelineMessage.work(out).encoded(), to: 0, tag: PipelineMessage.ringTag)
+        return nil
     }
 }

@@ -1,4 +1,5 @@
 import StrataCore
+import StrataModels
 import StrataRuntime
 
 /// What `strata cluster run` executes: the pipeline layout, the per-layer bits, and each
@@ -13,12 +14,18 @@ public struct StagePlan: Sendable {
     public var budgets: [Int?]
     /// The workload the plan was made for, used as defaults.
     public var globalBatch: Int?
+    public var promptLength: Int?
     public var genLength: Int?
 
     public init(method: String, layout: PipelineLayout, precision: PrecisionMap?, budgets: [Int?], globalBatch: Int? = nil,
-                genLength: Int? = nil) {
+                promptLength: Int? = nil, genLength: Int? = nil) {
         self.method = method; self.layout = layout; self.precision = precision; self.budgets = budgets
-        self.globalBatch = globalBatch; self.genLength = genLength
+        self.globalBatch = globalBatch; self.promptLength = promptLength; self.genLength = genLength
+    }
+
+    /// The part of the model rank `rank` loads: its layers; rank 0 also the embeddings and head.
+    public func share(rank: Int) -> ModelShare {
+        ModelShare(layers: layout.stages[rank], embedding: rank == 0, head: rank == 0)
     }
 
     /// `--stages 2,1`: decoder layers per rank, in rank order.
@@ -88,20 +95,24 @@ public struct StagePlan: Sendable {
         let precision = bits.values.contains { $0 < 16 } ? PrecisionMap(bits: bits) : nil
         return StagePlan(method: object["method"]?.string ?? method,
                          layout: PipelineLayout(stages: ranges, prefillMicroBatch: eta, decodeMicroBatch: xi),
-                         precision: precision, budgets: budgets, globalBatch: object["global_batch"]?.int, genLength: object["gen_length"]?.int)
+                         precision: precision, budgets: budgets, globalBatch: object["global_batch"]?.int,
+                         promptLength: object["prompt_length"]?.int, genLength: object["gen_length"]?.int)
     }
 
     /// Refuses a plan a stage cannot hold, before anything is loaded: each stage's decoder
     /// layers at their bits, its KV cache for `batch` rows of `capacity` positions, and the
-    /// embeddings and head every rank holds, against its budget.
+    /// embeddings and head on rank 0, against its budget.
     public func checkMemory(_ memory: MemoryModel, batch: Int, capacity: Int) throws {
         for (rank, layers) in layout.stages.enumerated() {
             guard rank < budgets.count, let budget = budgets[rank] else { continue }
-            let need = memory.layerBytes(layers) + memory.cacheBytes(rows: batch, capacity: capacity, layers: layers.count) + memory.nonLayerBytes
+            let share = share(rank: rank)
+            let need = memory.layerBytes(layers) + memory.cacheBytes(rows: batch, capacity: capacity, layers: layers.count)
+                + (share.embedding ? memory.firstStageBytes : 0)
+            let parts = share.embedding ? ", embeddings and head" : ""
             guard need <= budget else {
                 throw StrataError.invalidRequest(
                     "rank \(rank) (stage \(rank), layers \(layers.lowerBound)-\(layers.upperBound - 1)) needs \(ByteSize.format(need)) "
-                        + "(weights, KV cache for \(batch) rows x \(capacity) positions, embeddings) but its budget is \(ByteSize.format(budget)): "
+                        + "(weights, KV cache for \(batch) rows x \(capacity) positions\(parts)) but its budget is \(ByteSize.format(budget)): "
                         + "short by \(ByteSize.format(need - budget))")
             }
         }

@@ -46,6 +46,25 @@ extension CausalLM {
     }
 }
 
+/// Which parts of a model a process holds: all of it, or a pipeline stage's share (its decoder
+/// layers, the embeddings on the first stage, the final norm and LM head on the last). Parts a
+/// share leaves out are 1-element placeholders; using them is a programming error.
+public struct ModelShare: Sendable, Equatable {
+    public var layers: Range<Int>?
+    public var embedding: Bool
+    public var head: Bool
+
+    public init(layers: Range<Int>?, embedding: Bool, head: Bool) {
+        self.layers = layers
+        self.embedding = embedding
+        self.head = head
+    }
+
+    public static let whole = ModelShare(layers: nil, embedding: true, head: true)
+
+    func holds(layer: Int) -> Bool { layers?.contains(layer) ?? true }
+}
+
 /// What Strata stores compressed: per-layer weight precision and the KV cache.
 public struct Compression: Sendable, Equatable {
     public var weights: PrecisionMap?
@@ -108,7 +127,8 @@ struct WeightLoader {
 /// enough to plan placement before any weight is read.
 public struct ModelDescription: Sendable {
     public let config: ModelConfig
-    let prefix: String
+    /// What every checkpoint name of the model part starts with ("model.decoder." for OPT).
+    public let prefix: String
 
     public func layerSpecs(_ index: Int) -> [LayerTensorSpec] {
         switch config.family {
@@ -137,10 +157,9 @@ public enum ModelLoader {
     /// Reads config.json and the checkpoint in `directory` and builds the model on `backend`,
     /// compressing weights and cache as `compression` asks.
     /// With `loadLayers: false` only embeddings, final norm and head are loaded: an offloading
-    /// runtime places the decoder layers itself. With `layerRange`, only those decoder layers are
-    /// loaded (a pipeline stage's share); calling `layer` on any other is a programming error.
+    /// runtime places the decoder layers itself. `share` loads a pipeline stage's part only.
     public static func load(directory: String, backend: any Backend, compression: Compression = .none,
-                            matrixLog: MatrixLog? = nil, loadLayers: Bool = true, layerRange: Range<Int>? = nil) throws -> any CausalLM {
+                            matrixLog: MatrixLog? = nil, loadLayers: Bool = true, share: ModelShare = .whole) throws -> any CausalLM {
         let config = try ModelConfig(directory: directory)
         let checkpoint = try TensorSources.open(directory: directory)
         if let stored = config.storedPrecision {
@@ -154,9 +173,9 @@ public enum ModelLoader {
         effective.weights = config.storedPrecision ?? compression.weights
         switch config.family {
         case .opt: return try OPTModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog,
-                                      loadLayers: loadLayers, layerRange: layerRange)
+                                      loadLayers: loadLayers, share: share)
         case .llama: return try LlamaModel(config: config, checkpoint: checkpoint, backend: backend, compression: effective, log: matrixLog,
-                                          loadLayers: loadLayers, layerRange: layerRange)
+                                          loadLayers: loadLayers, share: share)
         }
     }
 }

@@ -21,7 +21,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     private let rotaryTables = Mutex<(positions: [Int], cos: Tensor, sin: Tensor)?>(nil)
 
     init(config c: ModelConfig, checkpoint: any TensorSource, backend: any Backend, compression: Compression, log: MatrixLog?,
-         loadLayers: Bool, layerRange: Range<Int>? = nil) throws {
+         loadLayers: Bool, share: ModelShare = .whole) throws {
         config = c
         self.backend = backend
         self.compression = compression
@@ -30,16 +30,20 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix, precision: compression.weights,
                              stored: c.storedPrecision, log: log)
         let h = c.hiddenSize
-        tokenEmbedding = try w.load("embed_tokens.weight", [c.vocabSize, h])
-        finalNorm = try w.load("norm.weight", [h])
-        if c.tieWordEmbeddings && !checkpoint.contains("lm_head.weight") {
+        let tied = c.tieWordEmbeddings && !checkpoint.contains("lm_head.weight")
+        let placeholder = backend.zeros(shape: [1])
+        tokenEmbedding = share.embedding || (share.head && tied) ? try w.load("embed_tokens.weight", [c.vocabSize, h]) : placeholder
+        finalNorm = share.head ? try w.load("norm.weight", [h]) : placeholder
+        if !share.head {
+            lmHead = placeholder
+        } else if tied {
             lmHead = tokenEmbedding
         } else {
             lmHead = try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load("lm_head.weight", [c.vocabSize, h])
         }
         // A pipeline stage loads only its own layers; the others stay empty placeholders.
         residentLayers = loadLayers ? try (0..<c.numLayers).map { j in
-            layerRange?.contains(j) == false ? LayerWeights() : try w.layer(Self.layerSpecs(c, prefix: prefix, layer: j), index: j)
+            !share.holds(layer: j) ? LayerWeights() : try w.layer(Self.layerSpecs(c, prefix: prefix, layer: j), index: j)
         } : []
         rotary = Rotary(config: c)
         guard let act = Activation(huggingFace: c.activation) else {

@@ -23,7 +23,7 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
     let activation: Activation
 
     init(config c: ModelConfig, checkpoint: any TensorSource, backend: any Backend, compression: Compression, log: MatrixLog?,
-         loadLayers: Bool, layerRange: Range<Int>? = nil) throws {
+         loadLayers: Bool, share: ModelShare = .whole) throws {
         config = c
         self.backend = backend
         self.compression = compression
@@ -32,21 +32,25 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         let w = WeightLoader(checkpoint: checkpoint, backend: backend, prefix: prefix, precision: compression.weights,
                              stored: c.storedPrecision, log: log)
         let h = c.hiddenSize, p = c.wordEmbedProjDim
-        tokenEmbedding = try w.load("embed_tokens.weight", [c.vocabSize, p])
-        positionEmbedding = try w.load("embed_positions.weight", [c.maxPositions + Self.positionOffset, h])
-        projectIn = try w.loadIf(p != h, "project_in.weight", [h, p])
-        projectOut = try w.loadIf(p != h, "project_out.weight", [p, h])
-        let hasFinalNorm = c.doLayerNormBefore && checkpoint.contains(prefix + "final_layer_norm.weight")
+        let tied = c.tieWordEmbeddings && !checkpoint.contains("lm_head.weight")
+        let placeholder = backend.zeros(shape: [1])
+        tokenEmbedding = share.embedding || (share.head && tied) ? try w.load("embed_tokens.weight", [c.vocabSize, p]) : placeholder
+        positionEmbedding = share.embedding ? try w.load("embed_positions.weight", [c.maxPositions + Self.positionOffset, h]) : placeholder
+        projectIn = try w.loadIf(p != h && share.embedding, "project_in.weight", [h, p])
+        projectOut = try w.loadIf(p != h && share.head, "project_out.weight", [p, h])
+        let hasFinalNorm = share.head && c.doLayerNormBefore && checkpoint.contains(prefix + "final_layer_norm.weight")
         finalNorm = try w.loadIf(hasFinalNorm, "final_layer_norm.weight", [h])
         finalNormBias = try w.loadIf(hasFinalNorm, "final_layer_norm.bias", [h])
-        if !c.tieWordEmbeddings || checkpoint.contains("lm_head.weight") {
-            lmHead = try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load("lm_head.weight", [c.vocabSize, p])
-        } else {
+        if !share.head {
+            lmHead = placeholder
+        } else if tied {
             lmHead = tokenEmbedding
+        } else {
+            lmHead = try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load("lm_head.weight", [c.vocabSize, p])
         }
         // A pipeline stage loads only its own layers; the others stay empty placeholders.
         residentLayers = loadLayers ? try (0..<c.numLayers).map { j in
-            layerRange?.contains(j) == false ? LayerWeights() : try w.layer(Self.layerSpecs(c, prefix: prefix, layer: j), index: j)
+            !share.holds(layer: j) ? LayerWeights() : try w.layer(Self.layerSpecs(c, prefix: prefix, layer: j), index: j)
         } : []
         guard let act = Activation(huggingFace: c.activation) else {
             throw StrataError.invalidFile(path: checkpoint.directory, detail: "activation_function '\(c.activation)' is not supported")

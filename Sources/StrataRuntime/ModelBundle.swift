@@ -17,15 +17,15 @@ public final class ModelBundle: Sendable {
     public let chatTemplate: ChatTemplate?
     let tokenizerConfig: TokenizerConfig
 
-    /// `layerRange`: load only those decoder layers (a pipeline stage's share).
+    /// `share`: load only a pipeline stage's part of the model.
     public convenience init(directory: String, backend: any Backend, compression: Compression = .none,
-                            layerRange: Range<Int>? = nil) throws {
+                            share: ModelShare = .whole) throws {
         guard GGUFFile.isModel(directory) else { throw StrataError.fileNotFound(path: directory) }
         if let map = compression.weights {
             try map.validate(layers: try ModelConfig(directory: directory).numLayers, path: "precision map")
         }
         try self.init(directory: directory, model: try ModelLoader.load(directory: directory, backend: backend, compression: compression,
-                                                                         layerRange: layerRange))
+                                                                         share: share))
     }
 
     /// A bundle around an already loaded model (e.g. one whose layers an offloading engine places).

@@ -34,7 +34,7 @@ struct ClusterRunCommand: ParsableCommand {
     @Option(help: "Prefill micro-batch rows (default: the plan's eta, else the batch size).") var eta: Int?
     @Option(help: "Decode micro-batch rows (default: the plan's xi, else the batch size).") var xi: Int?
     @Option(help: "Memory budget per rank, e.g. 2GiB,1GiB (default: the plan's device capacities).") var stageMem: String?
-    @Option(help: "Positions per sequence the memory check plans the KV cache for (default: the model's maximum).")
+    @Option(help: "Positions per sequence the memory check plans the KV cache for (default: the plan's prompt + gen length, else the model's maximum).")
     var context: Int?
 
     @Option(help: "JSONL input, one {\"prompt\": ...} or {\"messages\": [...]} object per line (read by rank 0).") var input: String
@@ -124,7 +124,8 @@ struct ClusterRunCommand: ParsableCommand {
         if stagePlan.budgets.contains(where: { $0 != nil }) {
             let memory = try MemoryModel(directory: backend.model, weightFormat: try backend.weightFormatOption(),
                                          precision: stagePlan.precision, threads: backend.threads)
-            try stagePlan.checkMemory(memory, batch: batchSize, capacity: min(context ?? config.maxPositions, config.maxPositions))
+            let planned = stagePlan.promptLength.map { $0 + maxNewTokens }
+            try stagePlan.checkMemory(memory, batch: batchSize, capacity: min(context ?? planned ?? config.maxPositions, config.maxPositions))
         }
         let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
         try sampling.validate()
@@ -144,7 +145,7 @@ struct ClusterRunCommand: ParsableCommand {
         var compression = try backend.compression()
         compression.weights = plan.precision
         let bundle = try ModelBundle(directory: backend.model, backend: try backend.makeBackend(), compression: compression,
-                                     layerRange: plan.layout.stages[rank])
+                                     share: plan.share(rank: rank))
         let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: sampling)
         try transport.barrier()
         stage.origin = Clock.now()

@@ -56,7 +56,7 @@ import Testing
             DispatchQueue.global().async(group: group) {
                 do {
                     let bundle = try ModelBundle(directory: dir, backend: CPUBackend(threads: 1), compression: compression,
-                                                 layerRange: stageRange)
+                                                 share: ModelShare(layers: stageRange, embedding: r == 0, head: r == 0))
                     let stage = try PipelineStage(transport: t, bundle: bundle, layout: layout, sampling: sampling)
                     stage.logitsObserver = { rows, _, logits in
                         let vocab = logits.count / rows.count

@@ -25,6 +25,7 @@ public struct ClusterPlan: Sendable {
     public var qualityPenalty: Double
     public var solveSeconds: Double
     public var globalBatch: Int
+    public var promptLength: Int
     public var genLength: Int
 
     public var throughput: Double { Double(globalBatch * genLength) / simulatedSeconds }
@@ -43,7 +44,8 @@ public struct ClusterPlan: Sendable {
             "model_seconds": .number(modelSeconds), "simulated_seconds": .number(simulatedSeconds),
             "prefill_seconds": .number(simulatedPrefillSeconds), "decode_seconds": .number(simulatedSeconds - simulatedPrefillSeconds),
             "quality_penalty": .number(qualityPenalty),
-            "global_batch": .number(Double(globalBatch)), "gen_length": .number(Double(genLength)),
+            "global_batch": .number(Double(globalBatch)), "prompt_length": .number(Double(promptLength)),
+            "gen_length": .number(Double(genLength)),
             "precision_map": precisionMap.json,
             "stages": .array(stages.map { s in
                 .object([

@@ -270,7 +270,8 @@ public struct ClusterPlanner: Sendable {
         }
         let seconds = modelSeconds(stages: stages.map { ($0.device, $0.bits) }, eta: eta, xi: xi)
         return ClusterPlan(method: method.rawValue, stages: stages, eta: eta, xi: xi, modelSeconds: seconds, simulatedSeconds: seconds, simulatedPrefillSeconds: 0,
-                           qualityPenalty: quality, solveSeconds: 0, globalBatch: spec.globalBatch, genLength: spec.genLength)
+                           qualityPenalty: quality, solveSeconds: 0, globalBatch: spec.globalBatch, promptLength: spec.promptLength,
+                           genLength: spec.genLength)
     }
 
     /// Why no method can place the model: total memory against the smallest need.

@@ -20,6 +20,10 @@ public struct MemoryModel: Sendable {
     let compressedLayout: LayerLayout
     /// Embeddings, final norm and LM head, always on the device.
     public let nonLayerBytes: Int
+    /// What a pipeline's first stage holds besides layers: token and position embeddings, OPT's
+    /// project_in and project_out, the final norm and an untied LM head (a tied one is the
+    /// embedding table it already holds).
+    public let firstStageBytes: Int
 
     /// From a checkpoint or offload store's metadata (nothing is read but headers).
     public init(directory: String, weightFormat: CPUBackend.WeightFormat = .asStored, precision: PrecisionMap? = nil,
@@ -86,10 +90,14 @@ public struct MemoryModel: Sendable {
             let q = QuantizedCheckpoint.names(spec.name)
             return [spec.name, q.data, q.steps, q.mins]
         } })
-        nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { total, t in
-            let dtype = weightFormat.heldType(stored: t.value.dtype, shape: t.value.shape)
-            return total + t.value.shape.reduce(1, *) * dtype.byteSize
+        func held(_ t: (shape: [Int], dtype: DType)) -> Int {
+            t.shape.reduce(1, *) * weightFormat.heldType(stored: t.dtype, shape: t.shape).byteSize
         }
+        nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { $0 + held($1.value) }
+        func sum(_ names: [String]) -> Int { names.compactMap { tensors[$0] }.reduce(0) { $0 + held($1) } }
+        let p = description.prefix
+        firstStageBytes = sum([p + "embed_tokens.weight", p + "embed_positions.weight", p + "project_in.weight", p + "project_out.weight",
+                               p + "final_layer_norm.weight", p + "final_layer_norm.bias", p + "norm.weight", "lm_head.weight"])
     }
 
     /// Where each layer's bytes go under `policy`.

@@ -1,0 +1,215 @@
+import StrataCore
+import Testing
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#endif
+import Foundation
+
+/// `strata cluster run` under a real `mpirun` (2 and 3 ranks on this machine): outputs equal
+/// `strata generate`'s with the same precision map, plans from `strata cluster plan`, and the
+/// errors and faults a user meets.
+@Suite(.serialized) struct ClusterRunTests {
+    static let mpirun: String? = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    static let prompts = ["Hello there", "The license grants", "a", "Permission is hereby granted, free of charge, to any person",
+                          "THE SOFTWARE IS PROVIDED", "Copyright", "Redistribution and use in source and binary forms"]
+
+    static func input(_ name: String, count: Int = prompts.count) throws -> String {
+        let dir = Fixtures.scratch(name)
+        let lines = (0..<count).map { i in JSONValue.object(["prompt": .string(prompts[i % prompts.count] + (i >= prompts.count ? " \(i)" : ""))]).serialized() }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
+        return dir
+    }
+
+    static func launch(ranks: Int, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let mpirun = try #require(mpirun, "mpirun not found: scripts/setup.sh installs openmpi-bin")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: mpirun)
+        process.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "\(ranks)", CommandLineTests.binary] + arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    /// index -> (token ids, text, finish reason) of an output file.
+    static func outputs(_ path: String) throws -> [Int: [String]] {
+        var rows: [Int: [String]] = [:]
+        for line in try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n") {
+            let v = try JSONValue.parse(Data(line.utf8), path: path)
+            let index = try #require(v["index"]?.int)
+            #expect(rows[index] == nil, "index \(index) written twice")
+            rows[index] = [v["token_ids"]!.serialized(), v["text"]!.serialized(), v["finish_reason"]!.serialized()]
+        }
+        return rows
+    }
+
+    struct Case: Sendable, CustomTestStringConvertible {
+        var model: String
+        var stages: String
+        var eta: Int
+        var xi: Int
+        var batch: Int
+        var bits: String?
+        var sampling: [String] = []
+        var testDescription: String { "\(model) --stages \(stages) eta \(eta) xi \(xi) batch \(batch) \(bits ?? "f32") \(sampling)" }
+    }
+
+    static let cases: [Case] = [
+        Case(model: "opt-tiny", stages: "1,1", eta: 2, xi: 3, batch: 5),
+        Case(model: "llama-gqa", stages: "1,1", eta: 4, xi: 1, batch: 4),
+        Case(model: "opt-licenses", stages: "2,1,1", eta: 2, xi: 3, batch: 7, bits: #"{"bits": {"0": 4, "1": 16, "2": 8, "3": 3}}"#),
+        Case(model: "opt-licenses", stages: "1,2,1", eta: 3, xi: 2, batch: 3, bits: #"{"bits": [8, 4, 16, 16]}"#,
+             sampling: ["--temperature", "0.8", "--top-k", "20", "--seed", "7"]),
+    ]
+
+    @Test(arguments: cases) func outputsEqualGenerate(_ c: Case) throws {
+        let dir = try Self.input("cluster-eq")
+        var common = ["--model", Fixtures.model(c.model), "--input", dir + "/in.jsonl", "--batch-size", "\(c.batch)",
+                      "--max-new-tokens", "6", "--threads", "1", "--backend", "cpu", "--quiet"] + c.sampling
+        if let bits = c.bits {
+            try bits.write(toFile: dir + "/bits.json", atomically: true, encoding: .utf8)
+            common += ["--precision", dir + "/bits.json"]
+        }
+        let single = try CommandLineTests.run(["generate", "--output", dir + "/generate.jsonl"] + common)
+        #expect(single.status == 0, "\(single.stderr)")
+        let ranks = c.stages.split(separator: ",").count
+        let piped = try Self.launch(ranks: ranks, ["cluster", "run", "--stages", c.stages, "--eta", "\(c.eta)", "--xi", "\(c.xi)",
+                                                   "--output", dir + "/cluster.jsonl", "--timeline", dir + "/run.svg"] + common)
+        #expect(piped.status == 0, "\(piped.stderr)")
+        let expected = try Self.outputs(dir + "/generate.jsonl")
+        #expect(expected.count == Self.prompts.count)
+        let got = try Self.outputs(dir + "/cluster.jsonl")
+        #expect(got == expected)
+        // The measured timeline has one row per rank and spans on it.
+        let svg = try String(contentsOfFile: dir + "/run.svg", encoding: .utf8)
+        #expect(svg.components(separatedBy: "<rect").count - 1 >= ranks * 2)
+        #expect((0..<ranks).allSatisfy { svg.contains("rank \($0) L") })
+    }
+
+    /// A spec naming the model directory, planned by `strata cluster plan --json`, run as planned:
+    /// the same outputs as `generate` with the plan's precision map, for LLM-PQ and a baseline.
+    @Test func runsThePlannersPlan() throws {
+        let dir = try Self.input("cluster-plan")
+        let model = Fixtures.model("opt-licenses")
+        try """
+            model: \(model)
+            workload: {global_batch: 4, prompt_len: 16, gen_len: 6}
+            devices:
+              - {type: t4, count: 1, memory: 1082MiB}
+              - {type: v100-32g, count: 1, memory: 1082MiB}
+            theta: 1
+            bits: [4, 8, 16]
+            """.write(toFile: dir + "/spec.yaml", atomically: true, encoding: .utf8)
+        let planned = try CommandLineTests.run(["cluster", "plan", dir + "/spec.yaml", "--json"])
+        #expect(planned.status == 0, "\(planned.stderr)")
+        try planned.stdout.write(toFile: dir + "/plan.json", atomically: true, encoding: .utf8)
+        let plan = try JSONValue.parse(Data(planned.stdout.utf8), path: "plan")
+        for method in ["llm-pq", "uniform"] {
+            let chosen = try #require(plan["methods"]?[method])
+            guard chosen["infeasible"] == nil else { continue }
+            let ranks = try #require(chosen["stages"]?.array).count
+            try chosen["precision_map"]!.serialized().write(toFile: dir + "/\(method).bits.json", atomically: true, encoding: .utf8)
+            let common = ["--model", model, "--input", dir + "/in.jsonl", "--batch-size", "4", "--max-new-tokens", "6", "--threads", "1",
+                          "--backend", "cpu", "--quiet"]
+            let single = try CommandLineTests.run(["generate", "--output", dir + "/\(method).generate.jsonl",
+                                                   "--precision", dir + "/\(method).bits.json"] + common)
+            #expect(single.status == 0, "\(single.stderr)")
+            let run = try Self.launch(ranks: ranks, ["cluster", "run", "--plan", dir + "/plan.json", "--method", method,
+                                                     "--output", dir + "/\(method).cluster.jsonl"] + common)
+            #expect(run.status == 0, "\(method): \(run.stderr)")
+            let got = try Self.outputs(dir + "/\(method).cluster.jsonl"), want = try Self.outputs(dir + "/\(method).generate.jsonl")
+            #expect(got == want, "\(method)")
+        }
+    }
+
+    @Test func wrongPlansAndWorldsAreRefusedNamingTheField() throws {
+        let dir = try Self.input("cluster-bad")
+        let common = ["--model", Fixtures.model("opt-licenses"), "--input", dir + "/in.jsonl", "--output", dir + "/out.jsonl",
+                      "--threads", "1", "--backend", "cpu", "--quiet"]
+        let plans: [(String, String)] = [
+            (#"{"methods": {"llm-pq": {"eta": "two", "xi": 1, "stages": [{"layers": [0, 4]}]}}}"#, "methods.llm-pq.eta"),
+            (#"{"methods": {"llm-pq": {"eta": 2, "xi": 1, "stages": [{"layers": [0, 2]}, {"layers": [2, 4], "bits": [4]}]}}}"#,
+             "methods.llm-pq.stages[1].bits"),
+            (#"{"methods": {"llm-pq": {"eta": 2, "xi": 1, "stages": [{"layers": [0, 3]}, {"layers": [3, 5]}]}}}"#, "model has 4"),
+            (#"{"methods": {"pipeedge": {"eta": 2, "xi": 1, "stages": []}}}"#, "has no 'llm-pq'"),
+        ]
+        for (i, (text, fragment)) in plans.enumerated() {
+            try text.write(toFile: dir + "/plan\(i).json", atomically: true, encoding: .utf8)
+            let r = try Self.launch(ranks: 2, ["cluster", "run", "--plan", dir + "/plan\(i).json"] + common)
+            #expect(r.status != 0)
+            #expect(r.stderr.contains(fragment), "plan \(i): \(r.stderr)")
+        }
+        let mismatch = try Self.launch(ranks: 2, ["cluster", "run", "--stages", "1,1,2"] + common)
+        #expect(mismatch.status != 0)
+        #expect(mismatch.stderr.contains("3 stage(s) but mpirun started 2 rank(s)"), "\(mismatch.stderr)")
+        let short = try Self.launch(ranks: 2, ["cluster", "run", "--stages", "3,1", "--stage-mem", "1GiB,64KiB", "--batch-size", "8"] + common)
+        #expect(short.status != 0)
+        #expect(short.stderr.contains("rank 1 (stage 1, layers 3-3) needs") && short.stderr.contains("short by"), "\(short.stderr)")
+        let written = (try? String(contentsOfFile: dir + "/out.jsonl", encoding: .utf8)) ?? ""
+        #expect(written.isEmpty, "refused jobs wrote output")
+    }
+
+    /// Killing a rank mid-job stops the others within seconds with an error naming the rank;
+    /// the lines already written stay, and the same command then resumes to the full output.
+    @Test func aKilledRankStopsTheJobAndARerunResumes() throws {
+        let mpirun = try #require(Self.mpirun, "mpirun not found")
+        let total = 40
+        let dir = try Self.input("cluster-kill", count: total)
+        let out = dir + "/out.jsonl"
+        let arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "2", CommandLineTests.binary, "cluster", "run",
+                         "--model", Fixtures.model("opt-licenses"), "--stages", "2,2", "--input", dir + "/in.jsonl", "--output", out,
+                         "--batch-size", "1", "--max-new-tokens", "48", "--threads", "1", "--backend", "cpu", "--quiet"]
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: mpirun)
+        process.arguments = arguments
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // Wait for the first lines, then kill rank 1 (found by its MPI rank and this job's output path).
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, ((try? String(contentsOfFile: out, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2 {
+            usleep(20_000)
+        }
+        let victim = try #require(Self.rankProcess(rank: 1, marker: out), "rank 1's process not found")
+        let killed = Date()
+        kill(victim, SIGKILL)
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let stopSeconds = Date().timeIntervalSince(killed)
+        let message = String(decoding: stderr, as: UTF8.self)
+        #expect(process.terminationStatus != 0)
+        #expect(stopSeconds < 10, "the job took \(stopSeconds) s to stop")
+        #expect(message.contains("rank 1"), "\(message)")
+        let partial = try Self.outputs(out)
+        #expect(partial.count >= 2 && partial.count < total, "\(partial.count) lines after the kill")
+
+        let rerun = try Self.launch(ranks: 2, Array(arguments.dropFirst(5)))
+        #expect(rerun.status == 0, "\(rerun.stderr)")
+        let full = try Self.outputs(out)
+        #expect(full.count == total)
+        #expect(partial.allSatisfy { full[$0.key] == $0.value })
+    }
+
+    /// The pid of this job's rank `rank` (its environment names the rank, its arguments the output).
+    static func rankProcess(rank: Int, marker: String) -> pid_t? {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let pid = pid_t(entry) else { continue }
+            guard let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+                  let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { continue }
+            let arguments = String(decoding: cmdline, as: UTF8.self)
+            let variables = String(decoding: environ, as: UTF8.self).split(separator: "\0")
+            if arguments.contains(marker), arguments.hasPrefix(CommandLineTests.binary),
+               variables.contains("OMPI_COMM_WORLD_RANK=\(rank)") {
+                return pid
+            }
+        }
+        return nil
+    }
+}
