@@ -62,17 +62,25 @@ public struct ClusterPlanner: Sendable {
                     best = p
                 }
             }
-            // Then each (order, eta) program, cut off at the best objective so far: the program's
+            // Then the (order, eta) programs, cut off at the best objective so far: the program's
             // objective never exceeds the plan's (it leaves out the prefill hops, a constant), so
-            // a program that cannot beat the cutoff holds no better plan. CBC runs one model at a
-            // time anyway (its global state), so sequential order costs nothing.
+            // a program that cannot beat the cutoff holds no better plan. They go in the order of
+            // their linear relaxations' optima (a lower bound on each): the likeliest program
+            // first sets a tight cutoff early, and a program whose bound already reaches the
+            // cutoff is skipped unsolved. (CBC runs one model at a time anyway: global state.)
+            var candidates: [(eta: Int, order: [Int], bound: Double, exact: Bool)] = []
             for eta in prefillMicroBatches {
                 for order in orders {
-                    let cutoff = best.map { objective($0) * (1 + 1e-9) }
-                    if let p = try solve(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta,
-                                         timeWeight: Self.millisecondsPerSecond, method: method, cutoff: cutoff),
-                       best.map({ objective(p) < objective($0) }) ?? true { best = p }
+                    let p = program(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta, timeWeight: Self.millisecondsPerSecond)
+                    if let bound = try p.lp.relaxationMinimum() { candidates.append((eta, order, bound, p.exact)) }
                 }
+            }
+            for c in candidates.sorted(by: { $0.bound < $1.bound }) {
+                let cutoff = best.map { objective($0) * (1 + 1e-9) }
+                if c.exact, let cutoff, c.bound >= cutoff { continue }
+                if let p = try solve(order: c.order, eta: c.eta, xi: xi, bits: spec.bits, theta: spec.theta,
+                                     timeWeight: Self.millisecondsPerSecond, method: method, cutoff: cutoff),
+                   best.map({ objective(p) < objective($0) }) ?? true { best = p }
             }
         case .pipeedge:
             // Uniform bits (the highest that fits), the partition that minimises time.
@@ -128,9 +136,20 @@ public struct ClusterPlanner: Sendable {
         return prefill + (n - 1) * round
     }
 
-    /// The program for one device order and micro-batch pair. Returns nil when nothing fits.
-    func solve(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double, method: Method,
-               cutoff: Double? = nil) throws -> ClusterPlan? {
+    /// One (device order, micro-batch pair) program and what reading its solution needs.
+    struct Program {
+        let lp: LinearProgram
+        /// Per (stage, bits): a count variable (aggregated form) or L binaries (full form).
+        let counts: [[LinearProgram.Variable]]
+        let binaries: [[[LinearProgram.Variable]]]
+        let useBinary: Bool
+        let uniformOmega: Bool
+        /// Whether the program's optimum bounds the plan's objective from below (the exact
+        /// forms); the mean-omega heuristic's does not.
+        var exact: Bool { uniformOmega || useBinary }
+    }
+
+    func program(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double) -> Program {
         let L = spec.model.layers, N = order.count
         let uniformOmega = Set(cost.omega.map { $0 }).count == 1
         let bitIndex = bits.map { spec.bits.firstIndex(of: $0)! }
@@ -206,7 +225,25 @@ public struct ClusterPlanner: Sendable {
             lp.constrain(counts.flatMap { $0.map { ($0, 1.0) } }, .equal, Double(L))
             lp.constrain(counts[0].map { ($0, 1.0) }, .greaterOrEqual, 1)
             lp.constrain(counts[N - 1].map { ($0, 1.0) }, .greaterOrEqual, 1)
+            // Symmetry: two adjacent stages on devices of one type (neither the first, which
+            // also runs the head) can trade their layers without changing any time, memory or
+            // link; keeping the earlier one at least as long removes the mirror images that
+            // branch-and-bound would otherwise explore twice.
+            for j in 1..<max(1, N - 1) where cost.devices[order[j]].type == cost.devices[order[j + 1]].type {
+                lp.constrain(counts[j].map { ($0, 1.0) } + counts[j + 1].map { ($0, -1.0) }, .greaterOrEqual, 0)
+            }
         }
+        return Program(lp: lp, counts: counts, binaries: binaries, useBinary: useBinary, uniformOmega: uniformOmega)
+    }
+
+    /// The program for one device order and micro-batch pair, solved. Returns nil when nothing
+    /// fits (or nothing beats `cutoff`).
+    func solve(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double, method: Method,
+               cutoff: Double? = nil) throws -> ClusterPlan? {
+        let program = program(order: order, eta: eta, xi: xi, bits: bits, theta: theta, timeWeight: timeWeight)
+        let (lp, counts, binaries, useBinary, uniformOmega) = (program.lp, program.counts, program.binaries, program.useBinary,
+                                                               program.uniformOmega)
+        let L = spec.model.layers, N = order.count
         // The heuristic form prices quality at the mean omega, which can exceed the plan's own
         // penalty after bits go to the layers that need them: no cutoff there.
         let safeCutoff = uniformOmega || useBinary ? cutoff : nil
