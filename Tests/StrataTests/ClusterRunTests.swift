@@ -196,6 +196,80 @@ import Foundation
         #expect(partial.allSatisfy { full[$0.key] == $0.value })
     }
 
+    /// Two "hosts" on this machine: network namespaces joined by veth pairs on a bridge, one
+    /// rank in each, launched by mpirun through a remote agent as it launches over ssh; the
+    /// activations must cross the namespaces' interfaces, and outputs equal `generate`'s.
+    @Test func ranksOnTwoHostsTalkOverTheNetwork() throws {
+        let mpirun = try #require(Self.mpirun, "mpirun not found")
+        let dir = try Self.input("cluster-netns")
+        let octet = Int.random(in: 20...250)
+        let net = "10.213.\(octet)", bridge = "sbr\(octet)", ns = ["sn\(octet)a", "sn\(octet)b"], veth = ["sv\(octet)a", "sv\(octet)b"]
+        var setup = "set -e; ip link add \(bridge) type bridge; ip addr add \(net).1/24 dev \(bridge); ip link set \(bridge) up\n"
+        for (i, name) in ns.enumerated() {
+            setup += "ip netns add \(name); ip link add \(veth[i]) type veth peer name eth0 netns \(name)\n"
+            setup += "ip link set \(veth[i]) master \(bridge) up; ip -n \(name) link set lo up; ip -n \(name) link set eth0 up\n"
+            setup += "ip -n \(name) addr add \(net).\(i + 2)/24 dev eth0\n"
+        }
+        let teardown = "ip netns del \(ns[0]); ip netns del \(ns[1]); ip link del \(bridge)"
+        defer { _ = try? Self.shell(teardown) }
+        let made = try Self.shell(setup)
+        try #require(made.status == 0, "could not make network namespaces (root and iproute2 needed): \(made.output)")
+        // mpirun starts its daemon on a remote host with "AGENT [options] HOST COMMAND"; this
+        // agent runs COMMAND inside the namespace that owns HOST's address.
+        let agent = dir + "/agent.sh"
+        try """
+            #!/bin/sh
+            while [ "${1#-}" != "$1" ]; do shift; done
+            host=$1; shift
+            case "$host" in
+              \(net).2) ns=\(ns[0]) ;;
+              \(net).3) ns=\(ns[1]) ;;
+              *) echo "agent: unknown host $host" >&2; exit 1 ;;
+            esac
+            exec ip netns exec "$ns" /bin/sh -c "$*"
+            """.write(toFile: agent, atomically: true, encoding: .utf8)
+        _ = try Self.shell("chmod +x \(agent)")
+        try "\(net).2 slots=1\n\(net).3 slots=1\n".write(toFile: dir + "/hosts", atomically: true, encoding: .utf8)
+
+        let common = ["--model", Fixtures.model("opt-licenses"), "--input", dir + "/in.jsonl", "--batch-size", "4", "--max-new-tokens", "6",
+                      "--threads", "1", "--backend", "cpu", "--quiet"]
+        let single = try CommandLineTests.run(["generate", "--output", dir + "/generate.jsonl"] + common)
+        #expect(single.status == 0, "\(single.stderr)")
+        let before = try Self.interfaceBytes(veth[0])
+        let launched = try Self.shell(([mpirun, "--allow-run-as-root", "-np", "2", "--hostfile", dir + "/hosts", "--mca", "plm_rsh_agent", agent,
+                                        "--mca", "oob_tcp_if_include", "\(net).0/24", "--mca", "btl", "tcp,self",
+                                        "--mca", "btl_tcp_if_include", "\(net).0/24", CommandLineTests.binary, "cluster", "run",
+                                        "--stages", "2,2", "--output", dir + "/cluster.jsonl"] + common).map { "'\($0)'" }.joined(separator: " "))
+        #expect(launched.status == 0, "\(launched.output)")
+        let crossed = try Self.interfaceBytes(veth[0]) - before
+        // Rank 0's hidden states for every prompt token went to rank 1 over the veth: at least
+        // rows x prompt tokens x hidden (256) x 4 bytes, the shortest prompt being 1 token.
+        #expect(crossed >= 4 * 256 * 4, "only \(crossed) bytes crossed \(veth[0])")
+        let got = try Self.outputs(dir + "/cluster.jsonl"), want = try Self.outputs(dir + "/generate.jsonl")
+        #expect(got.count == Self.prompts.count)
+        #expect(got == want)
+    }
+
+    static func shell(_ script: String) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script + " 2>&1"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Bytes an interface has sent and received.
+    static func interfaceBytes(_ name: String) throws -> Int {
+        try ["tx_bytes", "rx_bytes"].reduce(0) { total, counter in
+            let text = try String(contentsOfFile: "/sys/class/net/\(name)/statistics/\(counter)", encoding: .utf8)
+            return total + (Int(text.filter(\.isNumber)) ?? 0)
+        }
+    }
+
     /// The pid of this job's rank `rank` (its environment names the rank, its arguments the output).
     static func rankProcess(rank: Int, marker: String) -> pid_t? {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
