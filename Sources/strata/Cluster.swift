@@ -10,7 +10,7 @@ import Foundation
 struct Cluster: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Plan LLM inference on a heterogeneous GPU cluster (LLM-PQ) and run plans over MPI.",
-        subcommands: [ClusterPlanCommand.self, ClusterRunCommand.self])
+        subcommands: [ClusterPlanCommand.self, ClusterRunCommand.self, ClusterCalibrateCommand.self])
 }
 
 /// `strata cluster plan SPEC.yaml`: LLM-PQ's plan and the PipeEdge, Uniform and AdaBits

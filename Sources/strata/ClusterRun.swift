@@ -47,6 +47,7 @@ struct ClusterRunCommand: ParsableCommand {
     @Option(help: "Seed for sampling; the same seed gives the same output.") var seed: UInt64 = 0
     @Option(name: .customLong("stop"), help: "Stop string (repeatable).") var stops: [String] = []
     @Flag(help: "Start a fresh output file instead of resuming.") var overwrite = false
+    @Flag(help: "Generate --max-new-tokens for every prompt, past EOS (benchmarks).") var ignoreEos = false
     @Option(help: "Write the measured per-stage timeline as SVG (rank 0).") var timeline: String?
     @Flag(help: "Print one JSON object with the measured throughput and per-stage busy time (rank 0).") var json = false
 
@@ -146,7 +147,8 @@ struct ClusterRunCommand: ParsableCommand {
         compression.weights = plan.precision
         let bundle = try ModelBundle(directory: backend.model, backend: try backend.makeBackend(), compression: compression,
                                      share: plan.share(rank: rank))
-        let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: sampling)
+        let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: sampling,
+                                      ignoreEOS: ignoreEos)
         try transport.barrier()
         stage.origin = Clock.now()
         guard rank == 0, let out else {
@@ -187,6 +189,58 @@ struct ClusterRunCommand: ParsableCommand {
                 "prefill_seconds": .number(t.prefillSeconds), "decode_seconds": .number(t.decodeSeconds),
                 "stage_busy_seconds": .array(busy.map { .number($0) }),
             ]).serialized())
+        }
+    }
+}
+
+/// `strata cluster calibrate`: this machine's layer and head latencies, for a spec's `calibration:`.
+struct ClusterCalibrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "calibrate",
+        abstract: "Measure one decoder layer's prefill and decode latency (per bit width and micro-batch size) and the LM head's, as a cluster spec's calibration file.",
+        discussion: """
+        LLM-PQ plans with profiled layer latencies. Run this on each kind of device (with the thread
+        count its rank will use), merge the files' samples if there are several kinds, and name the
+        file in the spec (`calibration: FILE`) with device `type` equal to --device.
+        """)
+
+    @OptionGroup var backend: BackendOptions
+    @Option(help: "The device type these samples are for (the spec's devices[].type).") var device: String
+    @Option(help: "Bit widths to measure, e.g. 16,8,4.") var bits = "16,8,4"
+    @Option(help: "Micro-batch sizes to measure, e.g. 1,2,4,8.") var batchSizes = "1,2,4,8"
+    @Option(help: "Prompt tokens per sequence (the spec's workload prompt_len).") var promptLen = 64
+    @Option(help: "New tokens per sequence (the spec's workload gen_len).") var genLen = 16
+    @Option(help: "Timed runs per point; the median is kept.") var repeats = 5
+    @Option(help: "Write the calibration JSON here (else stdout).") var output: String?
+
+    func run() throws {
+        try reportingErrors {
+            if backend.precision != nil || backend.compressWeight || backend.compressCache {
+                throw StrataError.invalidRequest("cluster calibrate measures every width in --bits; drop --precision/--compress-*")
+            }
+            func list(_ text: String, _ option: String) throws -> [Int] {
+                let values = text.split(separator: ",").compactMap { Int($0.filter { $0 != " " }) }
+                guard !values.isEmpty, values.count == text.split(separator: ",").count, values.allSatisfy({ $0 > 0 }) else {
+                    throw StrataError.invalidRequest("\(option): '\(text)' is not a comma-separated list of positive integers")
+                }
+                return values
+            }
+            let widths = try list(bits, "--bits")
+            if let bad = widths.first(where: { !PrecisionMap.allowedBits.contains($0) }) {
+                throw StrataError.invalidRequest("--bits: \(bad) is not one of \(PrecisionMap.allowedBits.map(String.init).joined(separator: ", "))")
+            }
+            guard promptLen > 0, genLen > 0, repeats > 0 else { throw StrataError.invalidRequest("--prompt-len, --gen-len and --repeats must be positive") }
+            var probe = LayerLatencyProbe(directory: backend.model, device: device.lowercased(), bits: widths,
+                                          batchSizes: try list(batchSizes, "--batch-sizes"), promptLength: promptLen, genLength: genLen)
+            probe.repeats = repeats
+            let line = ProgressLine()
+            let result = try probe.run(backend: try backend.makeBackend()) { Console.note("calibrating \($0)") }
+            line.finish()
+            let text = result.serialized() + "\n"
+            guard let output else { print(text, terminator: ""); return }
+            do { try Data(text.utf8).write(to: URL(fileURLWithPath: output)) } catch {
+                throw StrataError.ioFailure(path: output, detail: "\(error)")
+            }
         }
     }
 }

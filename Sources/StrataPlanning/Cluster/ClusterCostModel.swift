@@ -60,9 +60,10 @@ public struct ClusterCostModel: Sendable {
         return params * Double(bits) / 8 + (bits < 16 ? params / 64 * 4 : 0)
     }
 
-    /// KV cache of one layer for the whole global batch over s + n tokens (fp16 keys and values).
+    /// KV cache of one layer for the whole global batch over s + n tokens (keys and values, at
+    /// the spec's `kv_cache_dtype`).
     public var layerCacheBytes: Double {
-        Double(spec.globalBatch) * Double(spec.model.kvWidth) * Double(spec.promptLength + spec.genLength) * 2 * 2
+        Double(spec.globalBatch) * Double(spec.model.kvWidth) * Double(spec.promptLength + spec.genLength) * 2 * spec.kvCacheBytes
     }
 
     public func layerBytes(bits: Int) -> Double { layerWeightBytes(bits: bits) + layerCacheBytes }
@@ -108,6 +109,7 @@ public struct ClusterCostModel: Sendable {
     /// stage also holds the embeddings, LM head and sampling, so a slow first device slows
     /// every token. Only the last position's logits are needed in both phases.
     public func headLatency(device: Int, prefill: Bool, batch: Int) -> Double {
+        if let fitted = calibration.headLatency(device: devices[device].type, batch: batch) { return fitted }
         let p = devices[device].profile, m = spec.model
         let params = Double(m.vocab * m.hidden)
         return Self.linearRoofline(p, parameters: params, batch: Double(batch), tokens: 1, bytes: 2 * params, prefill: prefill)

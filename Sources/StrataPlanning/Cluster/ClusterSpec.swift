@@ -25,6 +25,7 @@ import Foundation
 ///     calibration: latencies.json                  # measured layer latencies (LatencyCalibration)
 ///     kernels: strata                              # or llm-pq, or {8: 1.5, 4: 6} (KernelSet)
 ///     time_limit: 10                               # seconds per MILP
+///     kv_cache_dtype: f16                          # f32 for ranks on Strata's CPU backend
 public struct ClusterSpec: Sendable {
     public struct DeviceGroup: Sendable {
         public var type: String
@@ -47,6 +48,8 @@ public struct ClusterSpec: Sendable {
     public var omegaPath: String?
     public var calibrationPath: String?
     public var kernels: KernelSet
+    /// Bytes per KV-cache value on the devices: 2 (fp16, LLM-PQ's GPUs) or 4 (Strata's CPU backend).
+    public var kvCacheBytes: Double = 2
     public var timeLimit: Double
 
     /// Device memory as LLM-PQ's evaluation counts it (GiB), used when a spec gives none.
@@ -142,6 +145,11 @@ public struct ClusterSpec: Sendable {
         calibrationPath = map["calibration"] as? String
         kernels = try KernelSet.parse(map["kernels"], path: path)
         timeLimit = try map["time_limit"].map { try positive($0, "time_limit") } ?? 10
+        switch map["kv_cache_dtype"] as? String {
+        case nil, "f16", "fp16": kvCacheBytes = 2
+        case "f32", "fp32": kvCacheBytes = 4
+        default: throw bad("field 'kv_cache_dtype' must be f16 or f32")
+        }
     }
 
     /// Bandwidth (bytes/s) and latency (s) of the link between two device types.
