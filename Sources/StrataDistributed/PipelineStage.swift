@@ -9,11 +9,15 @@ public struct PipelineLayout: Sendable, Equatable {
     public var stages: [Range<Int>]
     public var prefillMicroBatch: Int
     public var decodeMicroBatch: Int
+    /// Rows every batch is filled to (with copies of its first request, whose results are
+    /// dropped) when a stage runs under an offloading policy: its engine's block.
+    public var blockRows: Int?
 
-    public init(stages: [Range<Int>], prefillMicroBatch: Int, decodeMicroBatch: Int) {
+    public init(stages: [Range<Int>], prefillMicroBatch: Int, decodeMicroBatch: Int, blockRows: Int? = nil) {
         self.stages = stages
         self.prefillMicroBatch = prefillMicroBatch
         self.decodeMicroBatch = decodeMicroBatch
+        self.blockRows = blockRows
     }
 
     /// Checks the layout against the model and the world; errors name the field at fault.
@@ -52,6 +56,9 @@ public final class PipelineStage {
     public let layout: PipelineLayout
     public let sampling: SamplingParameters
     public let ignoreEOS: Bool
+    /// Runs this stage's layers under an offloading policy (FlexGen's block schedule over the
+    /// stage's layers; its KV cache placed by the policy); nil keeps them resident.
+    public let engine: OffloadEngine?
     public var layers: Range<Int> { layout.stages[rank] }
     public var rank: Int { transport.rank }
     var isFirst: Bool { rank == 0 }
@@ -67,8 +74,17 @@ public final class PipelineStage {
     public var logitsObserver: ((_ rows: Range<Int>, _ prefill: Bool, _ logits: [Float]) -> Void)?
 
     public init(transport: any PipelineTransport, bundle: ModelBundle, layout: PipelineLayout, sampling: SamplingParameters,
-                ignoreEOS: Bool = false) throws {
+                ignoreEOS: Bool = false, engine: OffloadEngine? = nil) throws {
         try layout.validate(layers: bundle.model.config.numLayers, worldSize: transport.size, origin: "pipeline layout")
+        if let engine {
+            let gbs = engine.policy.gpuBatchSize
+            guard engine.share.layers == layout.stages[transport.rank], layout.blockRows == engine.policy.blockSize,
+                  layout.prefillMicroBatch % gbs == 0, layout.decodeMicroBatch % gbs == 0 else {
+                throw StrataError.invalidRequest(
+                    "rank \(transport.rank)'s policy (block \(engine.policy.blockSize), gpu batch \(gbs)) does not fit the pipeline: the batch must be its block and eta (\(layout.prefillMicroBatch)) and xi (\(layout.decodeMicroBatch)) whole gpu batches")
+            }
+        }
+        self.engine = engine
         guard bundle.model.compression.cache == nil else {
             throw StrataError.invalidRequest("a pipeline keeps each stage's KV cache in f32 (--compress-cache is not supported by cluster run)")
         }
@@ -88,6 +104,14 @@ public final class PipelineStage {
     public func generate(_ requests: [GenerationRequest], timing: inout GenerationTiming) throws -> [GenerationResult] {
         precondition(isFirst, "only rank 0 drives batches")
         guard !requests.isEmpty else { return [] }
+        let real = requests.count
+        var requests = requests
+        if let block = layout.blockRows {
+            guard real <= block else { throw StrataError.invalidRequest("a batch of \(real) rows exceeds the policy's block of \(block)") }
+            // Fill rows (copies of the first request) complete the block; rows never influence
+            // each other, and their results are dropped.
+            while requests.count < block { requests.append(requests[0]) }
+        }
         let batch = requests.count
         let maxPositions = model.config.maxPositions
         let promptLength = requests.map(\.promptIds.count).max()!
@@ -95,11 +119,11 @@ public final class PipelineStage {
         let header = BatchHeader(promptLength: promptLength, capacity: promptLength + max(steps, 1),
                                  padding: requests.map { promptLength - $0.promptIds.count })
         try pass(.batchStart(header))
-        begin(header)
+        try begin(header)
         defer { end() }
         var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
         var clock = Clock()
-        timing.promptTokens += requests.reduce(0) { $0 + $1.promptIds.count }
+        timing.promptTokens += requests.prefix(real).reduce(0) { $0 + $1.promptIds.count }
 
         let pad = Int32(bundle.padTokenId)
         var prefillLeft = 0
@@ -155,7 +179,7 @@ public final class PipelineStage {
         // No pass is in flight now: a decode micro-batch goes only with unfinished rows, which
         // only its own answer can finish, so the next batch's ring starts clean.
         timing.decodeSeconds += clock.lap()
-        let results = rows.results
+        let results = Array(rows.results.prefix(real))
         timing.newTokens += results.reduce(0) { $0 + $1.tokenIds.count }
         try pass(.batchEnd)
         return results
@@ -199,7 +223,7 @@ public final class PipelineStage {
             switch message {
             case .batchStart(let h):
                 try pass(message)
-                begin(h)
+                try begin(h)
             case .work(let w):
                 try compute(w, tokens: nil)
             case .batchEnd:
@@ -218,8 +242,15 @@ public final class PipelineStage {
 
     // MARK: The work of one pass
 
-    private func begin(_ h: BatchHeader) {
+    private func begin(_ h: BatchHeader) throws {
         header = h
+        if let engine {
+            guard h.rows == engine.policy.blockSize else {
+                throw StrataError.ioFailure(path: "rank \(rank)", detail: "a batch of \(h.rows) rows for a policy block of \(engine.policy.blockSize)")
+            }
+            try engine.beginBlock(capacity: h.capacity)
+            return
+        }
         let c = model.config
         let shape = [h.rows, c.numKVHeads, h.capacity, c.headDim]
         keys = layers.map { _ in model.backend.cacheTensor(shape: shape, compression: nil) }
@@ -227,6 +258,7 @@ public final class PipelineStage {
     }
 
     private func end() {
+        if header != nil { engine?.endBlock() }
         header = nil
         keys = []; values = []
     }
@@ -256,11 +288,17 @@ public final class PipelineStage {
         let started = Clock.now()
         let step = ForwardStep(tokens: tokens ?? [Int32](repeating: 0, count: rows.count * work.length), batch: rows.count,
                                length: work.length, pastLength: work.pastLength, padding: Array(header.padding[rows]))
-        var hidden = tokens != nil ? model.embed(step)
-            : model.backend.upload(floats: work.hidden, shape: [rows.count * work.length, work.columns])
-        for (i, j) in layers.enumerated() {
-            let cache = LayerCache(key: cacheView(keys[i], rows), value: cacheView(values[i], rows))
-            hidden = model.layer(j, hidden, weights: model.residentLayers[j], cache: cache, step: step)
+        let input = tokens != nil ? nil : model.backend.upload(floats: work.hidden, shape: [rows.count * work.length, work.columns])
+        var hidden: Tensor
+        if let engine {
+            let gbs = engine.policy.gpuBatchSize
+            hidden = try engine.forwardStage(step, batches: (rows.lowerBound / gbs)..<(rows.upperBound / gbs), input: input)
+        } else {
+            hidden = input ?? model.embed(step)
+            for (i, j) in layers.enumerated() {
+                let cache = LayerCache(key: cacheView(keys[i], rows), value: cacheView(values[i], rows))
+                hidden = model.layer(j, hidden, weights: model.residentLayers[j], cache: cache, step: step)
+            }
         }
         var out = work
         out.columns = hidden.columns

@@ -102,8 +102,9 @@ public struct StagePlan: Sendable {
     /// Refuses a plan a stage cannot hold, before anything is loaded: each stage's decoder
     /// layers at their bits, its KV cache for `batch` rows of `capacity` positions, and the
     /// embeddings and head on rank 0, against its budget.
-    public func checkMemory(_ memory: MemoryModel, batch: Int, capacity: Int) throws {
-        for (rank, layers) in layout.stages.enumerated() {
+    /// Ranks in `offloading` run under a policy: their engine checks its own tiers instead.
+    public func checkMemory(_ memory: MemoryModel, batch: Int, capacity: Int, offloading: Set<Int> = []) throws {
+        for (rank, layers) in layout.stages.enumerated() where !offloading.contains(rank) {
             guard rank < budgets.count, let budget = budgets[rank] else { continue }
             let share = share(rank: rank)
             let need = memory.layerBytes(layers) + memory.cacheBytes(rows: batch, capacity: capacity, layers: layers.count)

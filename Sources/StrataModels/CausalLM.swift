@@ -47,8 +47,9 @@ extension CausalLM {
 }
 
 /// Which parts of a model a process holds: all of it, or a pipeline stage's share (its decoder
-/// layers, the embeddings on the first stage, the final norm and LM head on the last). Parts a
-/// share leaves out are 1-element placeholders; using them is a programming error.
+/// layers, with or without the embeddings and the final norm and LM head: `cluster run` gives
+/// both to rank 0). Parts a share leaves out are 1-element placeholders; using them is a
+/// programming error.
 public struct ModelShare: Sendable, Equatable {
     public var layers: Range<Int>?
     public var embedding: Bool

@@ -3,8 +3,8 @@ import StrataFormats
 
 /// What each row of a batch being generated has produced so far, and whether (and why) it has
 /// stopped: EOS, a stop string, or its token budget (never past the model's positions). The
-/// resident generator and a pipeline's last stage both sample through this, so a pipeline
-/// stops rows exactly where `generate` does.
+/// resident generator and a pipeline's rank 0 both sample through this, so a pipeline stops
+/// rows exactly where `generate` does.
 public struct BatchRows: Sendable {
     public let budgets: [Int]
     public private(set) var generated: [[Int]]

@@ -34,6 +34,11 @@ struct ClusterRunCommand: ParsableCommand {
     @Option(help: "Prefill micro-batch rows (default: the plan's eta, else the batch size).") var eta: Int?
     @Option(help: "Decode micro-batch rows (default: the plan's xi, else the batch size).") var xi: Int?
     @Option(help: "Memory budget per rank, e.g. 2GiB,1GiB (default: the plan's device capacities).") var stageMem: String?
+    @Option(name: .customLong("stage-policy"), help: ArgumentHelp(
+        "RANK=POLICY.json: rank RANK runs its layers under that offloading policy (repeatable; the others stay resident).",
+        discussion: "The batch must be the policy's block (gpu_batch_size x num_gpu_batches) and eta and xi whole gpu batches."))
+    var stagePolicies: [String] = []
+    @Option(help: "Directory for the disk tier of --stage-policy ranks (each rank uses DIR/rank-R).") var offloadDir: String?
     @Option(help: "Positions per sequence the memory check plans the KV cache for (default: the plan's prompt + gen length, else the model's maximum).")
     var context: Int?
 
@@ -89,6 +94,9 @@ struct ClusterRunCommand: ParsableCommand {
 
     private func prepare(worldSize: Int) throws -> (StagePlan, SamplingParameters, Int, Int) {
         guard (plan == nil) != (stages == nil) else { throw StrataError.invalidRequest("give exactly one of --plan or --stages") }
+        if backend.compressCache {
+            throw StrataError.invalidRequest("cluster run keeps each stage's KV cache in f32; --compress-cache is not supported")
+        }
         let config = try ModelConfig(directory: backend.model)
         var stagePlan: StagePlan
         if let plan {
@@ -126,11 +134,39 @@ struct ClusterRunCommand: ParsableCommand {
             let memory = try MemoryModel(directory: backend.model, weightFormat: try backend.weightFormatOption(),
                                          precision: stagePlan.precision, threads: backend.threads)
             let planned = stagePlan.promptLength.map { $0 + maxNewTokens }
-            try stagePlan.checkMemory(memory, batch: batchSize, capacity: min(context ?? planned ?? config.maxPositions, config.maxPositions))
+            try stagePlan.checkMemory(memory, batch: batchSize, capacity: min(context ?? planned ?? config.maxPositions, config.maxPositions),
+                                      offloading: Set(try policies(worldSize: worldSize).keys))
         }
         let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
         try sampling.validate()
+        for (rank, policy) in try policies(worldSize: worldSize) {
+            let gbs = policy.gpuBatchSize
+            guard policy.blockSize == batchSize else {
+                throw StrataError.invalidRequest("--stage-policy \(rank)=...: its block is \(policy.blockSize) rows (gpu_batch_size \(gbs) x num_gpu_batches \(policy.numGPUBatches)); the batch size is \(batchSize): make them equal")
+            }
+            guard stagePlan.layout.prefillMicroBatch % gbs == 0, stagePlan.layout.decodeMicroBatch % gbs == 0 else {
+                throw StrataError.invalidRequest("--stage-policy \(rank)=...: eta \(stagePlan.layout.prefillMicroBatch) and xi \(stagePlan.layout.decodeMicroBatch) must be whole gpu batches of \(gbs) rows")
+            }
+            stagePlan.layout.blockRows = batchSize
+        }
         return (stagePlan, sampling, batchSize, maxNewTokens)
+    }
+
+    /// `--stage-policy RANK=FILE` options, each policy loaded and checked.
+    private func policies(worldSize: Int) throws -> [Int: Policy] {
+        var result: [Int: Policy] = [:]
+        for option in stagePolicies {
+            let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let rank = Int(parts[0]), (0..<worldSize).contains(rank) else {
+                throw StrataError.invalidRequest("--stage-policy '\(option)': give RANK=POLICY.json with RANK in 0..<\(worldSize)")
+            }
+            guard result[rank] == nil else { throw StrataError.invalidRequest("--stage-policy names rank \(rank) twice") }
+            let policy = try Policy.load(path: parts[1])
+            try policy.validate()
+            if policy.compressCache { throw StrataError.invalidRequest("\(parts[1]): compress_cache is not supported by cluster run") }
+            result[rank] = policy
+        }
+        return result
     }
 
     private func execute(_ transport: any PipelineTransport, plan: StagePlan, sampling: SamplingParameters, batchSize: Int,
@@ -145,10 +181,27 @@ struct ClusterRunCommand: ParsableCommand {
         }
         var compression = try backend.compression()
         compression.weights = plan.precision
-        let bundle = try ModelBundle(directory: backend.model, backend: try backend.makeBackend(), compression: compression,
+        let bundle: ModelBundle
+        var engine: OffloadEngine?
+        if let policy = try policies(worldSize: transport.size)[rank] {
+            let config = try ModelConfig(directory: backend.model)
+            let positions = min(context ?? config.maxPositions, config.maxPositions)
+            var policy = policy
+            if policy.compressWeight && plan.precision != nil { policy.compressWeight = false }   // the plan's bits rule
+            // The rank's budget (plan or --stage-mem) bounds its device tier; the engine refuses
+            // a policy that cannot fit it before loading, naming the tier and the shortfall.
+            let budget = rank < plan.budgets.count ? plan.budgets[rank] : nil
+            engine = try OffloadEngine(directory: backend.model, policy: policy, budgets: TierBudgets(device: budget),
+                                       offloadDirectory: offloadDir.map { FileSystem.join($0, "rank-\(rank)") }, threads: backend.threads,
+                                       weightFormat: try backend.weightFormatOption(), precision: plan.precision,
+                                       promptLength: positions, capacity: positions, share: plan.share(rank: rank))
+            bundle = try ModelBundle(directory: backend.model, model: engine!.model)
+        } else {
+            bundle = try ModelBundle(directory: backend.model, backend: try backend.makeBackend(), compression: compression,
                                      share: plan.share(rank: rank))
+        }
         let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: sampling,
-                                      ignoreEOS: ignoreEos)
+                                      ignoreEOS: ignoreEos, engine: engine)
         try transport.barrier()
         stage.origin = Clock.now()
         guard rank == 0, let out else {

@@ -91,6 +91,36 @@ import Foundation
         #expect((0..<ranks).allSatisfy { svg.contains("rank \($0) L") })
     }
 
+    /// Rank 1 under an offloading policy of its own (weights over device, host and disk; cache
+    /// and activations partly off the device): the same outputs as `generate`.
+    @Test func aRankUnderItsOwnOffloadingPolicy() throws {
+        let dir = try Self.input("cluster-policy", count: 6)
+        try #"{"gpu_batch_size": 2, "num_gpu_batches": 3, "percent": [30, 30, 50, 25, 50, 50], "overlap": true}"#
+            .write(toFile: dir + "/policy.json", atomically: true, encoding: .utf8)
+        let common = ["--model", Fixtures.model("opt-licenses"), "--input", dir + "/in.jsonl", "--batch-size", "6", "--max-new-tokens", "6",
+                      "--threads", "1", "--backend", "cpu", "--quiet"]
+        let single = try CommandLineTests.run(["generate", "--output", dir + "/generate.jsonl"] + common)
+        #expect(single.status == 0, "\(single.stderr)")
+        let run = try Self.launch(ranks: 2, ["cluster", "run", "--stages", "2,2", "--eta", "2", "--xi", "6",
+                                             "--stage-policy", "1=\(dir)/policy.json", "--offload-dir", dir + "/offload",
+                                             "--output", dir + "/cluster.jsonl"] + common)
+        #expect(run.status == 0, "\(run.stderr)")
+        let got = try Self.outputs(dir + "/cluster.jsonl"), want = try Self.outputs(dir + "/generate.jsonl")
+        #expect(got.count == 6)
+        #expect(got == want)
+        // Its disk tier was used: weight images for its layers only (2 and 3), in its own directory.
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/offload/rank-1/weights")) ?? []
+        #expect(!files.isEmpty && files.allSatisfy { $0.hasPrefix("L2-") || $0.hasPrefix("L3-") }, "\(files)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/offload/rank-0"))
+
+        // A policy whose block is not the batch is refused before loading, naming the rank.
+        let wrong = try Self.launch(ranks: 2, ["cluster", "run", "--stages", "2,2", "--stage-policy", "1=\(dir)/policy.json",
+                                               "--offload-dir", dir + "/offload", "--output", dir + "/wrong.jsonl"]
+                                    + common.map { $0 == "6" ? "4" : $0 })
+        #expect(wrong.status != 0)
+        #expect(wrong.stderr.contains("--stage-policy 1=...: its block is 6 rows"), "\(wrong.stderr)")
+    }
+
     /// A spec naming the model directory, planned by `strata cluster plan --json`, run as planned:
     /// the same outputs as `generate` with the plan's precision map, for LLM-PQ and a baseline.
     @Test func runsThePlannersPlan() throws {

@@ -17,7 +17,13 @@ import Testing
         var eta: Int
         var xi: Int
         var bits: [Int: Int]?
-        var testDescription: String { "\(model) stages \(stages) eta \(eta) xi \(xi) bits \(bits.map { "\($0.sorted { $0.key < $1.key })" } ?? "f32")" }
+        /// Rank -> FlexGen percentages (weights, cache, activations on device / host; the rest on
+        /// disk), gpu batch size and number of gpu batches: that rank runs under an offloading policy.
+        var policies: [Int: ([Double], Int, Int)] = [:]
+        var testDescription: String {
+            "\(model) stages \(stages) eta \(eta) xi \(xi) bits \(bits.map { "\($0.sorted { $0.key < $1.key })" } ?? "f32")"
+                + (policies.isEmpty ? "" : " policies \(policies.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" })")
+        }
     }
 
     static let cases: [Case] = [
@@ -25,6 +31,11 @@ import Testing
         Case(model: "llama-gqa", stages: [1, 1], eta: 2, xi: 5, bits: nil),
         Case(model: "opt-licenses", stages: [2, 1, 1], eta: 2, xi: 3, bits: [0: 4, 1: 16, 2: 8, 3: 3]),
         Case(model: "llama3-tied", stages: [2], eta: 4, xi: 1, bits: [0: 8, 1: 4]),
+        // Ranks under offloading policies of their own: weights split over device, host and
+        // disk, KV cache and activations partly on host and disk, blocks of 2 gpu batches of 3.
+        Case(model: "opt-licenses", stages: [1, 3], eta: 3, xi: 6, bits: [1: 4], policies: [1: ([20, 40, 50, 30, 60, 20], 3, 2)]),
+        Case(model: "llama-gqa", stages: [1, 1], eta: 6, xi: 3, bits: nil,
+             policies: [0: ([100, 0, 100, 0, 100, 0], 3, 2), 1: ([0, 50, 0, 100, 30, 30], 3, 2)]),
     ]
 
     static let prompts = ["Hello there", "The license grants", "a", "Permission is hereby granted, free of charge, to any person",
@@ -34,7 +45,9 @@ import Testing
         let dir = Fixtures.model(c.model)
         let compression = Compression(weights: c.bits.map { PrecisionMap(bits: $0) })
         let resident = try ModelBundle(directory: dir, backend: CPUBackend(threads: 1), compression: compression)
-        let requests = try Self.prompts.enumerated().map { i, p in
+        // A policy's block is the batch: 6 rows (the 5 prompts and one more).
+        let prompts = c.policies.isEmpty ? Self.prompts : Self.prompts + ["Redistribution and use"]
+        let requests = try prompts.enumerated().map { i, p in
             GenerationRequest(promptIds: try resident.encodePrompt(p), maxNewTokens: 3 + i, stopStrings: [], sampleIndex: UInt64(i))
         }
         let sampling = SamplingParameters()
@@ -45,7 +58,9 @@ import Testing
         var stages: [Range<Int>] = []
         var next = 0
         for n in c.stages { stages.append(next..<(next + n)); next += n }
-        let layout = PipelineLayout(stages: stages, prefillMicroBatch: c.eta, decodeMicroBatch: c.xi)
+        let layout = PipelineLayout(stages: stages, prefillMicroBatch: c.eta, decodeMicroBatch: c.xi,
+                                    blockRows: c.policies.isEmpty ? nil : requests.count)
+        let offload = Fixtures.scratch("pipeline-offload")
         let transports = LocalTransport.world(size: c.stages.count)
         let observed = Mutex<[Int: [[Float]]]>([:])   // row -> logits per step
         let outcome = Mutex<Result<[GenerationResult], any Error>?>(nil)
@@ -55,9 +70,18 @@ import Testing
             let t = transport
             DispatchQueue.global().async(group: group) {
                 do {
-                    let bundle = try ModelBundle(directory: dir, backend: CPUBackend(threads: 1), compression: compression,
-                                                 share: ModelShare(layers: stageRange, embedding: r == 0, head: r == 0))
-                    let stage = try PipelineStage(transport: t, bundle: bundle, layout: layout, sampling: sampling)
+                    let share = ModelShare(layers: stageRange, embedding: r == 0, head: r == 0)
+                    var engine: OffloadEngine?
+                    let bundle: ModelBundle
+                    if let (percent, gbs, nb) = c.policies[r] {
+                        engine = try OffloadEngine(directory: dir, policy: Policy(percent: percent, gpuBatchSize: gbs, numGPUBatches: nb),
+                                                   budgets: TierBudgets(), offloadDirectory: offload + "/rank-\(r)", threads: 1,
+                                                   precision: compression.weights, promptLength: 64, capacity: 64, share: share)
+                        bundle = try ModelBundle(directory: dir, model: engine!.model)
+                    } else {
+                        bundle = try ModelBundle(directory: dir, backend: CPUBackend(threads: 1), compression: compression, share: share)
+                    }
+                    let stage = try PipelineStage(transport: t, bundle: bundle, layout: layout, sampling: sampling, engine: engine)
                     stage.logitsObserver = { rows, _, logits in
                         let vocab = logits.count / rows.count
                         observed.withLock { seen in

@@ -225,11 +225,12 @@ public struct ClusterPlanner: Sendable {
             lp.constrain(counts.flatMap { $0.map { ($0, 1.0) } }, .equal, Double(L))
             lp.constrain(counts[0].map { ($0, 1.0) }, .greaterOrEqual, 1)
             lp.constrain(counts[N - 1].map { ($0, 1.0) }, .greaterOrEqual, 1)
-            // Symmetry: two adjacent stages on devices of one type (neither the first, which
-            // also runs the head) can trade their layers without changing any time, memory or
-            // link; keeping the earlier one at least as long removes the mirror images that
-            // branch-and-bound would otherwise explore twice.
-            for j in 1..<max(1, N - 1) where cost.devices[order[j]].type == cost.devices[order[j + 1]].type {
+            // Symmetry: two adjacent stages on devices of one type can trade their layers
+            // without changing any time, memory or link; keeping the earlier one at least as
+            // long removes the mirror images branch-and-bound would otherwise explore twice.
+            // Not the first stage (it also runs the head) nor the last (it must keep a layer,
+            // so a mirror image with an empty last stage would not be feasible).
+            for j in 1..<max(1, N - 2) where cost.devices[order[j]].type == cost.devices[order[j + 1]].type {
                 lp.constrain(counts[j].map { ($0, 1.0) } + counts[j + 1].map { ($0, -1.0) }, .greaterOrEqual, 0)
             }
         }

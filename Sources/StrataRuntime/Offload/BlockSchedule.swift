@@ -46,7 +46,9 @@ extension OffloadEngine {
         }
         let c = model.config, gbs = policy.gpuBatchSize
         let scheme = model.compression.cache
-        let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: gbs, split: policy.cache)
+        // A pipeline stage keeps cache for its own layers only (units counted from its first).
+        let layers = stageLayers
+        let apportion = RowApportion(units: layers.count * policy.numGPUBatches, rowsPerUnit: gbs, split: policy.cache)
         caches = []
         self.capacity = capacity
         stagedCacheRows = MemoryModel.stagedRows(apportion, policy: policy)
@@ -59,8 +61,8 @@ extension OffloadEngine {
             : []
         for j in 0..<c.numLayers {
             var units: [CacheUnit] = []
-            for k in 0..<policy.numGPUBatches {
-                let rows = apportion.parts(j * policy.numGPUBatches + k, rows: gbs)
+            for k in 0..<policy.numGPUBatches where layers.contains(j) {
+                let rows = apportion.parts((j - layers.lowerBound) * policy.numGPUBatches + k, rows: gbs)
                 func shape(_ r: Range<Int>) -> [Int] { [r.count, c.numKVHeads, capacity, c.headDim] }
                 let device: (key: Tensor, value: Tensor)? = rows.device.isEmpty ? nil
                     : (compute.cacheTensor(shape: shape(rows.device), compression: scheme), compute.cacheTensor(shape: shape(rows.device), compression: scheme))
@@ -212,6 +214,7 @@ extension OffloadEngine {
     /// and activations load and the previous batch's are stored. Returns logits [block, vocab]
     /// of each row's last position, or of every position with `allRows` (perplexity).
     public func forward(_ step: ForwardStep, allRows: Bool = false) throws -> [Float] {
+        precondition(share == .whole, "a pipeline stage's engine runs forwardStage")
         let gbs = policy.gpuBatchSize, nb = policy.numGPUBatches, layers = model.config.numLayers
         precondition(step.batch == gbs * nb, "step batch \(step.batch) is not the block size \(gbs * nb)")
         let steps = (0..<nb).map { k in
@@ -247,5 +250,52 @@ extension OffloadEngine {
         }
         for s in stores { try s.wait() }
         return logits
+    }
+
+    /// A pipeline stage's pass: gpu batches `batches` of the block (one micro-batch: `step`
+    /// holds exactly their rows) through this engine's layers, in the same zig-zag order with
+    /// the same prefetching as `forward`. The stage's first layer takes `input` (hidden states
+    /// from the previous stage), or embeds `step`'s tokens when the stage starts the model.
+    /// Returns the last layer's hidden states, [rows * length, hidden].
+    public func forwardStage(_ step: ForwardStep, batches: Range<Int>, input: Tensor?) throws -> Tensor {
+        let gbs = policy.gpuBatchSize, layers = stageLayers
+        precondition(step.batch == batches.count * gbs && batches.upperBound <= policy.numGPUBatches,
+                     "micro-batch of \(step.batch) rows is not gpu batches \(batches) of \(gbs)")
+        let ks = Array(batches)
+        let steps = ks.indices.map { i in
+            ForwardStep(tokens: Array(step.tokens[(i * gbs * step.length)..<((i + 1) * gbs * step.length)]), batch: gbs,
+                        length: step.length, pastLength: step.pastLength, padding: Array(step.padding[(i * gbs)..<((i + 1) * gbs)]))
+        }
+        var activations = [Pending<StoredActivation>?](repeating: nil, count: ks.count)
+        var outputs = [Tensor?](repeating: nil, count: ks.count)
+        var stores: [Pending<Void>] = []
+        var nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(layers.lowerBound) }
+        for j in layers {
+            let weights = try nextWeights.wait()
+            if j + 1 < layers.upperBound { nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(j + 1) } }
+            var nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, ks[0]) }
+            for (i, k) in ks.enumerated() {
+                let cache = try nextCache.wait()
+                if i + 1 < ks.count { nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, ks[i + 1]) } }
+                let x: Tensor
+                if j == layers.lowerBound {
+                    let rows = (i * gbs * step.length)..<((i + 1) * gbs * step.length)
+                    x = try input.map { compute.rowView($0, rows) } ?? (j == 0 ? model.embed(steps[i])
+                        : { throw StrataError.invalidRequest("stage starting at layer \(j) needs input hidden states") }())
+                } else {
+                    let stored = try activations[i]!.wait()
+                    x = try Pending(on: activationQueue) { [self] in try loadActivation(k, stored) }.wait()
+                }
+                let output = model.layer(j, x, weights: weights, cache: cache.layerCache, step: steps[i])
+                stores.append(Pending(on: cacheQueue) { [self] in try storeCache(j, k, cache) })
+                if j + 1 < layers.upperBound {
+                    activations[i] = Pending(on: activationQueue) { [self] in try storeActivation(k, output) }
+                } else {
+                    outputs[i] = output
+                }
+            }
+        }
+        for s in stores { try s.wait() }
+        return outputs.count == 1 ? outputs[0]! : compute.concatRows(outputs.map { $0! })
     }
 }

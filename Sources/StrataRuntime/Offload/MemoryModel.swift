@@ -100,9 +100,12 @@ public struct MemoryModel: Sendable {
                                p + "final_layer_norm.weight", p + "final_layer_norm.bias", p + "norm.weight", "lm_head.weight"])
     }
 
-    /// Where each layer's bytes go under `policy`.
-    func placements(_ policy: Policy) -> [LayerPlacement] {
-        layers(compressed: policy.compressWeight).images.map { LayerPlacement(tensors: $0, split: policy.weights) }
+    /// Where each layer's bytes go under `policy`; with `stage`, layers outside it hold nothing
+    /// (a pipeline stage places only its own).
+    func placements(_ policy: Policy, stage: Range<Int>? = nil) -> [LayerPlacement] {
+        layers(compressed: policy.compressWeight).images.enumerated().map { j, images in
+            LayerPlacement(tensors: stage?.contains(j) == false ? [] : images, split: policy.weights)
+        }
     }
 
     /// Decoder-layer weight bytes as held (compressed or not).
@@ -173,8 +176,11 @@ public struct MemoryModel: Sendable {
     // MARK: Exact need of one policy (the engine's admission check)
 
     /// Peak bytes `policy` needs on each tier, to the byte as the engine will allocate them.
-    public func plan(_ policy: Policy, promptLength: Int, capacity: Int) -> MemoryPlan {
-        MemoryPlan(model: self, policy: policy, placements: placements(policy), promptLength: promptLength, capacity: capacity)
+    /// With `share` (a pipeline stage): its layers only, and the embeddings and head only when
+    /// the share holds them.
+    public func plan(_ policy: Policy, promptLength: Int, capacity: Int, share: ModelShare = .whole) -> MemoryPlan {
+        MemoryPlan(model: self, policy: policy, placements: placements(policy, stage: share.layers), share: share,
+                   promptLength: promptLength, capacity: capacity)
     }
 
     // MARK: Linear bounds for the search
@@ -270,19 +276,22 @@ public struct MemoryPlan: Sendable {
         }
     }
 
-    init(model m: MemoryModel, policy: Policy, placements: [LayerPlacement], promptLength: Int, capacity: Int) {
+    init(model m: MemoryModel, policy: Policy, placements: [LayerPlacement], share: ModelShare = .whole, promptLength: Int,
+         capacity: Int) {
         let c = m.config
         let buffers = MemoryModel.buffers(overlap: policy.overlap)
-        device.weights = placements.reduce(0) { $0 + $1.device } + m.nonLayerBytes
+        let layerCount = share.layers?.count ?? c.numLayers
+        let nonLayer = share == .whole ? m.nonLayerBytes : share.embedding || share.head ? m.firstStageBytes : 0
+        device.weights = placements.reduce(0) { $0 + $1.device } + nonLayer
             + buffers * (placements.map(\.stagingBytes).max() ?? 0)
         host.weights = placements.reduce(0) { $0 + $1.host }
         disk.weights = placements.reduce(0) { $0 + $1.disk }
 
         // KV cache: rows of every (layer, gpu batch) unit, plus the staged copies in flight.
         let rowBytes = m.cacheRowBytes(compressed: policy.compressCache, capacity: capacity)
-        let apportion = RowApportion(units: c.numLayers * policy.numGPUBatches, rowsPerUnit: policy.gpuBatchSize, split: policy.cache)
+        let apportion = RowApportion(units: layerCount * policy.numGPUBatches, rowsPerUnit: policy.gpuBatchSize, split: policy.cache)
         let deviceRows = apportion.device.reduce(0, +), hostRows = apportion.host.reduce(0, +)
-        let diskRows = c.numLayers * policy.blockSize - deviceRows - hostRows
+        let diskRows = layerCount * policy.blockSize - deviceRows - hostRows
         device.cache = deviceRows * rowBytes
             + m.cacheStagingBytes(MemoryModel.stagedRows(apportion, policy: policy), compressed: policy.compressCache, capacity: capacity,
                                   buffers: buffers)

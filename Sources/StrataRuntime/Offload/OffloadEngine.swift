@@ -55,6 +55,9 @@ public final class OffloadEngine: @unchecked Sendable {
     var stagedCacheRows = (host: 0, disk: 0)
     /// The positions per sequence the memory plan was made for.
     public let plannedCapacity: Int
+    /// What of the model this engine runs: all of it, or a pipeline stage's layers (`forwardStage`).
+    public let share: ModelShare
+    var stageLayers: Range<Int> { share.layers ?? 0..<model.config.numLayers }
 
     public struct Placement: Sendable {
         public var weights: [Tier: Int] = [:]
@@ -69,9 +72,10 @@ public final class OffloadEngine: @unchecked Sendable {
     /// and the shortfall) before any weight is loaded, then places the layers.
     public init(directory: String, policy: Policy, budgets: TierBudgets, offloadDirectory: String?, threads: Int,
                 weightFormat: CPUBackend.WeightFormat = .asStored, precision: PrecisionMap? = nil,
-                promptLength: Int, capacity: Int) throws {
+                promptLength: Int, capacity: Int, share: ModelShare = .whole) throws {
         try policy.validate()
         self.policy = policy
+        self.share = share
         let device = MemoryAccount(name: "device", budget: budgets.device)
         let host = MemoryAccount(name: "host", budget: budgets.host)
         let disk = MemoryAccount(name: "disk", budget: budgets.disk)
@@ -93,7 +97,7 @@ public final class OffloadEngine: @unchecked Sendable {
 
         // Plan from metadata only, with the memory model the policy search uses.
         let memory = try MemoryModel(directory: directory, weightFormat: weightFormat, precision: precision, threads: threads)
-        let plans = memory.placements(policy)
+        let plans = memory.placements(policy, stage: share.layers)
         placements = plans
         maxStagingBytes = plans.map(\.stagingBytes).max() ?? 0
         let isStore = source is OffloadStore
@@ -103,9 +107,9 @@ public final class OffloadEngine: @unchecked Sendable {
         }
         self.offloadDirectory = offloadDirectory
         plannedCapacity = capacity
-        try memory.plan(policy, promptLength: promptLength, capacity: capacity).check(budgets)
+        try memory.plan(policy, promptLength: promptLength, capacity: capacity, share: share).check(budgets)
 
-        model = try ModelLoader.load(directory: directory, backend: compute, compression: compression, loadLayers: false)
+        model = try ModelLoader.load(directory: directory, backend: compute, compression: compression, loadLayers: false, share: share)
         if policy.overlap {
             weightQueue = DispatchQueue(label: "strata.weights")
             cacheQueue = DispatchQueue(label: "strata.cache")
