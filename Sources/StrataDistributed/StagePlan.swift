@@ -72,7 +72,9 @@ public struct StagePlan: Sendable {
             guard let layers = stage["layers"]?.array, layers.count == 2, let lo = layers[0].int, let hi = layers[1].int else {
                 throw fail("\(name).layers", "must be [first, end) as two integers")
             }
-            guard lo >= 0, hi > lo else { throw fail("\(name).layers", "is [\(lo), \(hi)), an empty or negative range") }
+            guard lo >= 0, hi >= lo else { throw fail("\(name).layers", "is [\(lo), \(hi)), a negative range") }
+            // A device the planner leaves without layers gets no rank.
+            if hi == lo { continue }
             ranges.append(lo..<hi)
             if let list = stage["bits"] {
                 guard let values = list.array, values.count == hi - lo else {

@@ -57,10 +57,6 @@ public final class LinearProgram {
         return try cbcLock.withLock { _ in try solveLocked(timeLimit: timeLimit, cutoff: cutoff) }
     }
 
-    /// The optimum of the linear relaxation (integrality dropped), a lower bound on the MILP's;
-    /// nil when even the relaxation is infeasible. CLP only: fast, and safe on any thread.
-    public func relaxationMinimum() throws -> Double? { try solveLinear()?.objective }
-
     /// CLP on the column-major matrix; rows become lower/upper bounds.
     private func solveLinear() throws -> Solution? {
         guard let model = Clp_newModel() else { throw StrataError.invalidRequest("CLP could not create a model") }

@@ -62,25 +62,17 @@ public struct ClusterPlanner: Sendable {
                     best = p
                 }
             }
-            // Then the (order, eta) programs, cut off at the best objective so far: the program's
+            // Then each (order, eta) program, cut off at the best objective so far: the program's
             // objective never exceeds the plan's (it leaves out the prefill hops, a constant), so
-            // a program that cannot beat the cutoff holds no better plan. They go in the order of
-            // their linear relaxations' optima (a lower bound on each): the likeliest program
-            // first sets a tight cutoff early, and a program whose bound already reaches the
-            // cutoff is skipped unsolved. (CBC runs one model at a time anyway: global state.)
-            var candidates: [(eta: Int, order: [Int], bound: Double, exact: Bool)] = []
+            // a program that cannot beat the cutoff holds no better plan. CBC runs one model at a
+            // time anyway (its global state), so sequential order costs nothing.
             for eta in prefillMicroBatches {
                 for order in orders {
-                    let p = program(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta, timeWeight: Self.millisecondsPerSecond)
-                    if let bound = try p.lp.relaxationMinimum() { candidates.append((eta, order, bound, p.exact)) }
+                    let cutoff = best.map { objective($0) * (1 + 1e-9) }
+                    if let p = try solve(order: order, eta: eta, xi: xi, bits: spec.bits, theta: spec.theta,
+                                         timeWeight: Self.millisecondsPerSecond, method: method, cutoff: cutoff),
+                       best.map({ objective(p) < objective($0) }) ?? true { best = p }
                 }
-            }
-            for c in candidates.sorted(by: { $0.bound < $1.bound }) {
-                let cutoff = best.map { objective($0) * (1 + 1e-9) }
-                if c.exact, let cutoff, c.bound >= cutoff { continue }
-                if let p = try solve(order: c.order, eta: c.eta, xi: xi, bits: spec.bits, theta: spec.theta,
-                                     timeWeight: Self.millisecondsPerSecond, method: method, cutoff: cutoff),
-                   best.map({ objective(p) < objective($0) }) ?? true { best = p }
             }
         case .pipeedge:
             // Uniform bits (the highest that fits), the partition that minimises time.
@@ -144,9 +136,6 @@ public struct ClusterPlanner: Sendable {
         let binaries: [[[LinearProgram.Variable]]]
         let useBinary: Bool
         let uniformOmega: Bool
-        /// Whether the program's optimum bounds the plan's objective from below (the exact
-        /// forms); the mean-omega heuristic's does not.
-        var exact: Bool { uniformOmega || useBinary }
     }
 
     func program(order: [Int], eta: Int, xi: Int, bits: [Int], theta: Double, timeWeight: Double) -> Program {
@@ -228,10 +217,18 @@ public struct ClusterPlanner: Sendable {
             // Symmetry: two adjacent stages on devices of one type can trade their layers
             // without changing any time, memory or link; keeping the earlier one at least as
             // long removes the mirror images branch-and-bound would otherwise explore twice.
-            // Not the first stage (it also runs the head) nor the last (it must keep a layer,
-            // so a mirror image with an empty last stage would not be feasible).
-            for j in 1..<max(1, N - 2) where cost.devices[order[j]].type == cost.devices[order[j + 1]].type {
-                lp.constrain(counts[j].map { ($0, 1.0) } + counts[j + 1].map { ($0, -1.0) }, .greaterOrEqual, 0)
+            // Not the first stage (it also runs the head). Before the last stage, whose count
+            // must stay >= 1, the mirror of "earlier stage empty" is infeasible, so there the
+            // cut is switched off by a binary that may be 1 only when the earlier stage is empty.
+            for j in 1..<max(1, N - 1) where cost.devices[order[j]].type == cost.devices[order[j + 1]].type {
+                let earlier = counts[j].map { ($0, 1.0) }, later = counts[j + 1].map { ($0, -1.0) }
+                if j + 1 < N - 1 {
+                    lp.constrain(earlier + later, .greaterOrEqual, 0)
+                } else {
+                    let empty = lp.variable("empty\(j)", upper: 1, integer: true)
+                    lp.constrain(earlier + [(empty, Double(L))], .lessOrEqual, Double(L))
+                    lp.constrain(earlier + later + [(empty, Double(L))], .greaterOrEqual, 0)
+                }
             }
         }
         return Program(lp: lp, counts: counts, binaries: binaries, useBinary: useBinary, uniformOmega: uniformOmega)
