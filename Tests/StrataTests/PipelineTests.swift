@@ -146,3 +146,24 @@ import Testing
         return out
     }
 }
+
+/// Reading `strata cluster plan --json` output into what `cluster run` executes.
+@Suite struct StagePlanTests {
+    @Test func readsAMethodsStagesBitsAndBudgets() throws {
+        let path = Fixtures.scratch("stage-plan") + "/plan.json"
+        try #"{"methods": {"llm-pq": {"eta": 2, "xi": 4, "global_batch": 8, "prompt_length": 32, "gen_length": 16, "stages": [{"layers": [0, 3], "bits": [16, 8, 4], "memory_capacity_bytes": 1048576}, {"layers": [3, 3], "bits": []}, {"layers": [3, 5], "bits": [16, 16]}]}, "uniform": {"infeasible": true}}}"#
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let plan = try StagePlan.load(path: path, method: "llm-pq")
+        // The device left without layers gets no rank.
+        #expect(plan.layout.stages == [0..<3, 3..<5])
+        #expect(plan.layout.prefillMicroBatch == 2 && plan.layout.decodeMicroBatch == 4)
+        #expect(plan.precision?.bits == [0: 16, 1: 8, 2: 4, 3: 16, 4: 16])
+        #expect(plan.budgets == [1_048_576, nil])
+        #expect(plan.globalBatch == 8 && plan.promptLength == 32 && plan.genLength == 16)
+        #expect(plan.share(rank: 0) == ModelShare(layers: 0..<3, embedding: true, head: true))
+        #expect(plan.share(rank: 1) == ModelShare(layers: 3..<5, embedding: false, head: false))
+        expectError(["'methods.uniform.infeasible'"]) { _ = try StagePlan.load(path: path, method: "uniform") }
+        #expect(try StagePlan.stages("2, 1,3") == [0..<2, 2..<3, 3..<6])
+        expectError(["--stages", "'0'"]) { _ = try StagePlan.stages("2,0") }
+    }
+}
