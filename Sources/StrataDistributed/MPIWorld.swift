@@ -19,6 +19,8 @@ public final class MPIWorld: PipelineTransport, @unchecked Sendable {
     private let byte: MPI_Datatype
     /// Sends still in flight, with the bytes they read (kept alive until they complete).
     private var pending: [(request: MPI_Request, bytes: UnsafeMutableRawBufferPointer)] = []
+    /// Receives posted ahead (`prefetch`), per (source, tag), with the buffer they fill.
+    private var posted: [Int: (request: MPI_Request, buffer: UnsafeMutableRawBufferPointer)] = [:]
 
     struct Functions {
         let initThread: strata_mpi_init_thread
@@ -27,6 +29,7 @@ public final class MPIWorld: PipelineTransport, @unchecked Sendable {
         let commRank: strata_mpi_comm_rank
         let commSize: strata_mpi_comm_size
         let isend: strata_mpi_isend
+        let irecv: strata_mpi_irecv
         let recv: strata_mpi_recv
         let iprobe: strata_mpi_iprobe
         let getCount: strata_mpi_get_count
@@ -65,6 +68,7 @@ public final class MPIWorld: PipelineTransport, @unchecked Sendable {
             commRank: try symbol("MPI_Comm_rank", strata_mpi_comm_rank.self),
             commSize: try symbol("MPI_Comm_size", strata_mpi_comm_size.self),
             isend: try symbol("MPI_Isend", strata_mpi_isend.self),
+            irecv: try symbol("MPI_Irecv", strata_mpi_irecv.self),
             recv: try symbol("MPI_Recv", strata_mpi_recv.self),
             iprobe: try symbol("MPI_Iprobe", strata_mpi_iprobe.self),
             getCount: try symbol("MPI_Get_count", strata_mpi_get_count.self),
@@ -125,7 +129,41 @@ public final class MPIWorld: PipelineTransport, @unchecked Sendable {
         pending = kept
     }
 
+    /// Posts the receive of the next message from `source` on `tag` (at most `capacity` bytes)
+    /// now, so its transfer proceeds while this rank computes; `receive` then completes it.
+    public func prefetch(from source: Int, tag: Int, capacity: Int) throws {
+        let key = source << 8 | tag
+        guard posted[key] == nil else { return }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(capacity, 1), alignment: 64)
+        var request: MPI_Request?
+        do {
+            try check(fn.irecv(buffer.baseAddress, Int32(capacity), byte, Int32(source), Int32(tag), comm, &request),
+                      "posting a receive from rank \(source)")
+        } catch {
+            buffer.deallocate()
+            throw error
+        }
+        posted[key] = (request!, buffer)
+    }
+
     public func receive(from source: Int, tag: Int) throws -> [UInt8] {
+        if let (request, buffer) = posted.removeValue(forKey: source << 8 | tag) {
+            defer { buffer.deallocate() }
+            var status = MPI_Status()
+            var done: Int32 = 0
+            var current: MPI_Request? = request
+            var idle = 0
+            while true {
+                try check(fn.test(&current, &done, &status), "waiting for rank \(source)")
+                if done != 0 { break }
+                try reapSends()
+                idle += 1
+                if idle > 64 { usleep(idle > 1000 ? 200 : 20) }
+            }
+            var count: Int32 = 0
+            try check(fn.getCount(&status, byte, &count), "sizing a message from rank \(source)")
+            return Array(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<Int(count)]))
+        }
         var status = MPI_Status()
         var flag: Int32 = 0
         var idle = 0

@@ -224,7 +224,10 @@ public final class PipelineStage {
             case .batchStart(let h):
                 try pass(message)
                 try begin(h)
+                try prefetchChain()
             case .work(let w):
+                // The next message (another pass, or the batch's end) may arrive during this one.
+                try prefetchChain()
                 try compute(w, tokens: nil)
             case .batchEnd:
                 try pass(message)
@@ -241,6 +244,19 @@ public final class PipelineStage {
     }
 
     // MARK: The work of one pass
+
+    /// The largest pass message of the current batch: a prefill micro-batch's hidden states
+    /// (or a decode one's, if larger), and the encoding's fixed fields.
+    private var largestWork: Int {
+        guard let header else { return 0 }
+        let rows = min(header.rows, max(layout.prefillMicroBatch, layout.decodeMicroBatch))
+        return 128 + 4 * model.config.hiddenSize * max(min(header.rows, layout.prefillMicroBatch) * header.promptLength, rows)
+    }
+
+    /// Posts the receive of the next chain message, so its transfer overlaps this rank's compute.
+    private func prefetchChain() throws {
+        try transport.prefetch(from: rank - 1, tag: PipelineMessage.chainTag, capacity: largestWork)
+    }
 
     private func begin(_ h: BatchHeader) throws {
         header = h

@@ -14,6 +14,9 @@ public protocol PipelineTransport: AnyObject {
     func send(_ bytes: [UInt8], to destination: Int, tag: Int) throws
     /// Waits for the next message from `source` on `tag`.
     func receive(from source: Int, tag: Int) throws -> [UInt8]
+    /// Lets the next message from `source` on `tag` (at most `capacity` bytes) start arriving
+    /// while this rank computes; the following `receive` returns it.
+    func prefetch(from source: Int, tag: Int, capacity: Int) throws
     /// Waits until every send has left.
     func flush() throws
     func barrier() throws
@@ -61,6 +64,9 @@ public final class LocalTransport: PipelineTransport, @unchecked Sendable {
     }
 
     public func flush() throws {}
+
+    /// In-process messages are already in memory.
+    public func prefetch(from source: Int, tag: Int, capacity: Int) throws {}
 
     public func barrier() throws {
         let generation = hub.barrierCount.withLock { state -> Int in
