@@ -19,9 +19,10 @@ struct ClusterRunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run", abstract: "Run a cluster plan as a pipeline over MPI ranks (launch with mpirun, one rank per stage).",
         discussion: """
-        Rank r loads only stage r's decoder layers at the plan's bits. Prefill runs in micro-batches of
-        the plan's eta rows, decode in micro-batches of xi rows; hidden states travel rank to rank and
-        the last rank's sampled tokens return to rank 0. Rank 0 reads the input and writes the output
+        Rank r loads only stage r's decoder layers at the plan's bits (rank 0 also the embeddings and
+        the LM head). Prefill runs in micro-batches of the plan's eta rows, decode in micro-batches of
+        xi rows; hidden states travel rank to rank, and the last rank's final states return to rank 0,
+        which samples the next tokens. Rank 0 reads the input and writes the output
         (the lines `strata generate --input` writes, appended batch by batch; rerunning resumes).
         Without mpirun it runs as a one-rank pipeline.
         """)
