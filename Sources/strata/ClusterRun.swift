@@ -72,6 +72,8 @@ struct ClusterRunCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let rank = transport.rank
+        // Rank 0 speaks for the job (progress, notes); the others print only their errors.
+        if rank > 0 { Console.quietFlag.store(true, ordering: .relaxed) }
         // Checks every rank makes alike (plan, world size, memory): each refuses on its own, rank
         // 0 says why, and no rank is left waiting.
         let prepared: (StagePlan, SamplingParameters, Int, Int)
