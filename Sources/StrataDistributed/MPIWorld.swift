@@ -147,41 +147,36 @@ public final class MPIWorld: PipelineTransport, @unchecked Sendable {
     }
 
     public func receive(from source: Int, tag: Int) throws -> [UInt8] {
+        var status = MPI_Status()
+        var count: Int32 = 0
         if let (request, buffer) = posted.removeValue(forKey: source << 8 | tag) {
             defer { buffer.deallocate() }
-            var status = MPI_Status()
-            var done: Int32 = 0
             var current: MPI_Request? = request
-            var idle = 0
-            while true {
-                try check(fn.test(&current, &done, &status), "waiting for rank \(source)")
-                if done != 0 { break }
-                try reapSends()
-                idle += 1
-                if idle > 64 { usleep(idle > 1000 ? 200 : 20) }
-            }
-            var count: Int32 = 0
+            try poll { done in try check(fn.test(&current, &done, &status), "waiting for rank \(source)") }
             try check(fn.getCount(&status, byte, &count), "sizing a message from rank \(source)")
             return Array(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<Int(count)]))
         }
-        var status = MPI_Status()
-        var flag: Int32 = 0
-        var idle = 0
-        while true {
-            try check(fn.iprobe(Int32(source), Int32(tag), comm, &flag, &status), "waiting for rank \(source)")
-            if flag != 0 { break }
-            try reapSends()
-            // Spin briefly (a decode step's message is usually close), then back off to 200 µs.
-            idle += 1
-            if idle > 64 { usleep(idle > 1000 ? 200 : 20) }
-        }
-        var count: Int32 = 0
+        try poll { found in try check(fn.iprobe(Int32(source), Int32(tag), comm, &found, &status), "waiting for rank \(source)") }
         try check(fn.getCount(&status, byte, &count), "sizing a message from rank \(source)")
         var bytes = [UInt8](repeating: 0, count: Int(count))
         try bytes.withUnsafeMutableBytes { buffer in
             try check(fn.recv(buffer.baseAddress, count, byte, Int32(source), Int32(tag), comm, nil), "receiving from rank \(source)")
         }
         return bytes
+    }
+
+    /// Calls `test` until it sets its flag, completing finished sends meanwhile: it spins
+    /// briefly (a decode step's message is usually close), then backs off to 200 µs sleeps.
+    private func poll(_ test: (inout Int32) throws -> Void) throws {
+        var flag: Int32 = 0
+        var idle = 0
+        while true {
+            try test(&flag)
+            if flag != 0 { return }
+            try reapSends()
+            idle += 1
+            if idle > 64 { usleep(idle > 1000 ? 200 : 20) }
+        }
     }
 
     public func flush() throws {

@@ -113,15 +113,13 @@ public final class PipelineStage {
             while requests.count < block { requests.append(requests[0]) }
         }
         let batch = requests.count
-        let maxPositions = model.config.maxPositions
         let promptLength = requests.map(\.promptIds.count).max()!
-        let steps = requests.map { max(0, min($0.maxNewTokens, maxPositions - $0.promptIds.count)) }.max()!
-        let header = BatchHeader(promptLength: promptLength, capacity: promptLength + max(steps, 1),
+        var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
+        let header = BatchHeader(promptLength: promptLength, capacity: promptLength + max(rows.budgets.max()!, 1),
                                  padding: requests.map { promptLength - $0.promptIds.count })
         try pass(.batchStart(header))
         try begin(header)
         defer { end() }
-        var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
         var clock = Clock()
         timing.promptTokens += requests.prefix(real).reduce(0) { $0 + $1.promptIds.count }
 

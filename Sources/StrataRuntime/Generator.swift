@@ -88,20 +88,18 @@ public final class Generator: Sendable {
                      timing: inout GenerationTiming) throws -> [GenerationResult] {
         let model = bundle.model
         let batch = requests.count
-        let maxPositions = model.config.maxPositions
         let promptLength = requests.map(\.promptIds.count).max()!
-        // A row never generates past the model's positions.
-        let steps = requests.map { max(0, min($0.maxNewTokens, maxPositions - $0.promptIds.count)) }.max()!
+        // The rows' budgets never reach past the model's positions.
+        var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
         let padding = requests.map { promptLength - $0.promptIds.count }
         var tokens = [Int32](repeating: Int32(bundle.padTokenId), count: batch * promptLength)
         for (b, r) in requests.enumerated() {
             for (t, id) in r.promptIds.enumerated() { tokens[b * promptLength + padding[b] + t] = Int32(id) }
         }
-        let capacity = promptLength + max(steps, 1)
+        let capacity = promptLength + max(rows.budgets.max()!, 1)
         let cache = engine == nil ? model.makeCache(batch: batch, capacity: capacity) : model.makeCache(batch: 0, capacity: 0)
         try engine?.beginBlock(capacity: capacity)
         defer { engine?.endBlock() }
-        var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
 
         var step = ForwardStep(tokens: tokens, batch: batch, length: promptLength, pastLength: 0, padding: padding)
         var clock = Clock()

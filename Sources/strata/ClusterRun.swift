@@ -47,11 +47,7 @@ struct ClusterRunCommand: ParsableCommand {
     @Option(help: "JSONL output (written by rank 0).") var output: String
     @Option(help: "Tokens to generate per prompt (default: the plan's gen length, else 32).") var maxNewTokens: Int?
     @Option(help: "Prompts per batch (default: the plan's global batch, else 8).") var batchSize: Int?
-    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
-    @Option(help: "Nucleus sampling mass (1 disables).") var topP: Float = 1
-    @Option(help: "Keep only the k most likely tokens (0 disables).") var topK: Int = 0
-    @Option(help: "Seed for sampling; the same seed gives the same output.") var seed: UInt64 = 0
-    @Option(name: .customLong("stop"), help: "Stop string (repeatable).") var stops: [String] = []
+    @OptionGroup var samplingOptions: SamplingOptions
     @Flag(help: "Start a fresh output file instead of resuming.") var overwrite = false
     @Flag(help: "Generate --max-new-tokens for every prompt, past EOS (benchmarks).") var ignoreEos = false
     @Option(help: "Write the measured per-stage timeline as SVG (rank 0).") var timeline: String?
@@ -76,7 +72,7 @@ struct ClusterRunCommand: ParsableCommand {
         if rank > 0 { Console.quietFlag.store(true, ordering: .relaxed) }
         // Checks every rank makes alike (plan, world size, memory): each refuses on its own, rank
         // 0 says why, and no rank is left waiting.
-        let prepared: (StagePlan, SamplingParameters, Int, Int)
+        let prepared: Prepared
         do {
             prepared = try prepare(worldSize: transport.size)
         } catch let error as StrataError {
@@ -85,7 +81,7 @@ struct ClusterRunCommand: ParsableCommand {
             throw ExitCode(1)
         }
         do {
-            try execute(transport, plan: prepared.0, sampling: prepared.1, batchSize: prepared.2, maxNewTokens: prepared.3)
+            try execute(transport, prepared)
             world?.finalize()
         } catch {
             // Anything else stops the whole job: the other ranks would wait for this one forever.
@@ -95,7 +91,17 @@ struct ClusterRunCommand: ParsableCommand {
         }
     }
 
-    private func prepare(worldSize: Int) throws -> (StagePlan, SamplingParameters, Int, Int) {
+    /// What every rank settles before loading: the plan as it will run, the sampling, the batch
+    /// shape, and each `--stage-policy` loaded once.
+    struct Prepared {
+        var plan: StagePlan
+        var sampling: SamplingParameters
+        var batchSize: Int
+        var maxNewTokens: Int
+        var policies: [Int: Policy]
+    }
+
+    private func prepare(worldSize: Int) throws -> Prepared {
         guard (plan == nil) != (stages == nil) else { throw StrataError.invalidRequest("give exactly one of --plan or --stages") }
         if backend.compressCache {
             throw StrataError.invalidRequest("cluster run keeps each stage's KV cache in f32; --compress-cache is not supported")
@@ -133,16 +139,16 @@ struct ClusterRunCommand: ParsableCommand {
             }
             stagePlan.budgets = try parts.map { try ByteSize.parse($0, option: "--stage-mem") }
         }
+        let policies = try policies(worldSize: worldSize)
         if stagePlan.budgets.contains(where: { $0 != nil }) {
             let memory = try MemoryModel(directory: backend.model, weightFormat: try backend.weightFormatOption(),
                                          precision: stagePlan.precision, threads: backend.threads)
             let planned = stagePlan.promptLength.map { $0 + maxNewTokens }
             try stagePlan.checkMemory(memory, batch: batchSize, capacity: min(context ?? planned ?? config.maxPositions, config.maxPositions),
-                                      offloading: Set(try policies(worldSize: worldSize).keys))
+                                      offloading: Set(policies.keys))
         }
-        let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
-        try sampling.validate()
-        for (rank, policy) in try policies(worldSize: worldSize) {
+        let sampling = try samplingOptions.parameters()
+        for (rank, policy) in policies {
             let gbs = policy.gpuBatchSize
             guard policy.blockSize == batchSize else {
                 throw StrataError.invalidRequest("--stage-policy \(rank)=...: its block is \(policy.blockSize) rows (gpu_batch_size \(gbs) x num_gpu_batches \(policy.numGPUBatches)); the batch size is \(batchSize): make them equal")
@@ -152,7 +158,7 @@ struct ClusterRunCommand: ParsableCommand {
             }
             stagePlan.layout.blockRows = batchSize
         }
-        return (stagePlan, sampling, batchSize, maxNewTokens)
+        return Prepared(plan: stagePlan, sampling: sampling, batchSize: batchSize, maxNewTokens: maxNewTokens, policies: policies)
     }
 
     /// `--stage-policy RANK=FILE` options, each policy loaded and checked.
@@ -172,11 +178,10 @@ struct ClusterRunCommand: ParsableCommand {
         return result
     }
 
-    private func execute(_ transport: any PipelineTransport, plan: StagePlan, sampling: SamplingParameters, batchSize: Int,
-                         maxNewTokens: Int) throws {
-        let rank = transport.rank
-        let job = BatchJob(inputPath: input, outputPath: output, batchSize: batchSize, maxNewTokens: maxNewTokens,
-                           stopStrings: stops, sampling: sampling, overwrite: overwrite)
+    private func execute(_ transport: any PipelineTransport, _ prepared: Prepared) throws {
+        let rank = transport.rank, plan = prepared.plan
+        let job = BatchJob(inputPath: input, outputPath: output, batchSize: prepared.batchSize, maxNewTokens: prepared.maxNewTokens,
+                           stopStrings: samplingOptions.stops, sampling: prepared.sampling, overwrite: overwrite)
         // Rank 0 fails on an unwritable output before any rank loads the model.
         let out = rank == 0 ? try job.prepareOutput() : nil
         if let out, out.discardedBytes > 0 {
@@ -186,7 +191,7 @@ struct ClusterRunCommand: ParsableCommand {
         compression.weights = plan.precision
         let bundle: ModelBundle
         var engine: OffloadEngine?
-        if let policy = try policies(worldSize: transport.size)[rank] {
+        if let policy = prepared.policies[rank] {
             let config = try ModelConfig(directory: backend.model)
             let positions = min(context ?? config.maxPositions, config.maxPositions)
             var policy = policy
@@ -203,7 +208,7 @@ struct ClusterRunCommand: ParsableCommand {
             bundle = try ModelBundle(directory: backend.model, backend: try backend.makeBackend(), compression: compression,
                                      share: plan.share(rank: rank))
         }
-        let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: sampling,
+        let stage = try PipelineStage(transport: transport, bundle: bundle, layout: plan.layout, sampling: prepared.sampling,
                                       ignoreEOS: ignoreEos, engine: engine)
         try transport.barrier()
         stage.origin = Clock.now()

@@ -25,11 +25,7 @@ struct Generate: ParsableCommand {
     @Option(help: "JSONL output (required with --input).") var output: String?
     @Option(help: "Tokens to generate per prompt.") var maxNewTokens: Int = 32
     @Option(help: "Prompts per batch.") var batchSize: Int = 8
-    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
-    @Option(help: "Nucleus sampling mass (1 disables).") var topP: Float = 1
-    @Option(help: "Keep only the k most likely tokens (0 disables).") var topK: Int = 0
-    @Option(help: "Seed for sampling; the same seed gives the same output.") var seed: UInt64 = 0
-    @Option(name: .customLong("stop"), help: "Stop string (repeatable).") var stops: [String] = []
+    @OptionGroup var samplingOptions: SamplingOptions
     @Flag(help: "Start a fresh output file instead of resuming.") var overwrite = false
 
     func validate() throws {
@@ -48,8 +44,8 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
-            try sampling.validate()
+            let sampling = try samplingOptions.parameters()
+            let stops = samplingOptions.stops
             if let prompt {
                 let generator = try makeGenerator()
                 let ids: [Int]
@@ -94,6 +90,22 @@ struct Generate: ParsableCommand {
                 (prefill \(t.prefillSeconds > 0 ? (Double(t.promptTokens) / t.prefillSeconds).formatted(1) : "-") tokens/s)
                 """)
         }
+    }
+}
+
+/// Sampling and stopping options `generate` and `cluster run` share.
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
+    @Option(help: "Nucleus sampling mass (1 disables).") var topP: Float = 1
+    @Option(help: "Keep only the k most likely tokens (0 disables).") var topK: Int = 0
+    @Option(help: "Seed for sampling; the same seed gives the same output.") var seed: UInt64 = 0
+    @Option(name: .customLong("stop"), help: "Stop string (repeatable).") var stops: [String] = []
+
+    /// The sampler's parameters, checked.
+    func parameters() throws -> SamplingParameters {
+        let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        try sampling.validate()
+        return sampling
     }
 }
 

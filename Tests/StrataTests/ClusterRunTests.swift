@@ -23,17 +23,8 @@ import Foundation
 
     static func launch(ranks: Int, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         let mpirun = try #require(mpirun, "mpirun not found: scripts/setup.sh installs openmpi-bin")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: mpirun)
-        process.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "\(ranks)", CommandLineTests.binary] + arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        return try CommandLineTests.run(["--allow-run-as-root", "--oversubscribe", "-np", "\(ranks)", CommandLineTests.binary] + arguments,
+                                        executable: mpirun)
     }
 
     /// index -> (token ids, text, finish reason) of an output file.
@@ -284,15 +275,8 @@ import Foundation
     }
 
     static func shell(_ script: String) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", script + " 2>&1"]
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        let r = try CommandLineTests.run(["-c", script + " 2>&1"], executable: "/bin/sh")
+        return (r.status, r.stdout)
     }
 
     /// Bytes an interface has sent and received.

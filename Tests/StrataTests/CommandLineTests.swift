@@ -16,9 +16,11 @@ import Foundation
         return url.path + "/.build/debug/strata"
     }()
 
-    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+    /// Runs `executable` (the strata binary unless told) and collects its exit status and output.
+    static func run(_ arguments: [String], environment: [String: String] = [:], executable: String = binary) throws
+        -> (status: Int32, stdout: String, stderr: String) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe(), err = Pipe()

@@ -215,40 +215,11 @@ extension OffloadEngine {
     /// of each row's last position, or of every position with `allRows` (perplexity).
     public func forward(_ step: ForwardStep, allRows: Bool = false) throws -> [Float] {
         precondition(share == .whole, "a pipeline stage's engine runs forwardStage")
-        let gbs = policy.gpuBatchSize, nb = policy.numGPUBatches, layers = model.config.numLayers
-        precondition(step.batch == gbs * nb, "step batch \(step.batch) is not the block size \(gbs * nb)")
-        let steps = (0..<nb).map { k in
-            ForwardStep(tokens: Array(step.tokens[(k * gbs * step.length)..<((k + 1) * gbs * step.length)]), batch: gbs,
-                        length: step.length, pastLength: step.pastLength, padding: Array(step.padding[(k * gbs)..<((k + 1) * gbs)]))
-        }
-        var activations = [Pending<StoredActivation>?](repeating: nil, count: nb)
+        precondition(step.batch == policy.blockSize, "step batch \(step.batch) is not the block size \(policy.blockSize)")
         var logits = [Float]()
-        var stores: [Pending<Void>] = []
-        var nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(0) }
-        for j in 0..<layers {
-            let weights = try nextWeights.wait()
-            if j + 1 < layers { nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(j + 1) } }
-            var nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, 0) }
-            for k in 0..<nb {
-                let cache = try nextCache.wait()
-                if k + 1 < nb { nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, k + 1) } }
-                let input: Tensor
-                if j == 0 {
-                    input = model.embed(steps[k])
-                } else {
-                    let stored = try activations[k]!.wait()
-                    input = try Pending(on: activationQueue) { [self] in try loadActivation(k, stored) }.wait()
-                }
-                let output = model.layer(j, input, weights: weights, cache: cache.layerCache, step: steps[k])
-                stores.append(Pending(on: cacheQueue) { [self] in try storeCache(j, k, cache) })
-                if j + 1 < layers {
-                    activations[k] = Pending(on: activationQueue) { [self] in try storeActivation(k, output) }
-                } else {
-                    logits += compute.download(model.head(output, rows: allRows ? Array(0..<output.rows) : steps[k].lastRows))
-                }
-            }
+        try zigZag(step, batches: 0..<policy.numGPUBatches, input: nil) { batchStep, output in
+            logits += compute.download(model.head(output, rows: allRows ? Array(0..<output.rows) : batchStep.lastRows))
         }
-        for s in stores { try s.wait() }
         return logits
     }
 
@@ -258,16 +229,27 @@ extension OffloadEngine {
     /// from the previous stage), or embeds `step`'s tokens when the stage starts the model.
     /// Returns the last layer's hidden states, [rows * length, hidden].
     public func forwardStage(_ step: ForwardStep, batches: Range<Int>, input: Tensor?) throws -> Tensor {
+        precondition(step.batch == batches.count * policy.gpuBatchSize && batches.upperBound <= policy.numGPUBatches,
+                     "micro-batch of \(step.batch) rows is not gpu batches \(batches) of \(policy.gpuBatchSize)")
+        var outputs: [Tensor] = []
+        try zigZag(step, batches: batches, input: input) { _, output in outputs.append(output) }
+        return outputs.count == 1 ? outputs[0] : compute.concatRows(outputs)
+    }
+
+    /// FlexGen's zig-zag over this engine's layers and gpu batches `batches` (`step` holds
+    /// exactly their rows): for each layer, for each gpu batch, compute while the next layer's
+    /// weights and the next batch's cache and activations load and the previous batch's are
+    /// stored. The first layer takes `input`, or embeds when it is the model's first; each gpu
+    /// batch's last-layer output goes to `last`, in batch order, as soon as it is computed.
+    private func zigZag(_ step: ForwardStep, batches: Range<Int>, input: Tensor?,
+                        last: (_ batchStep: ForwardStep, _ output: Tensor) throws -> Void) throws {
         let gbs = policy.gpuBatchSize, layers = stageLayers
-        precondition(step.batch == batches.count * gbs && batches.upperBound <= policy.numGPUBatches,
-                     "micro-batch of \(step.batch) rows is not gpu batches \(batches) of \(gbs)")
         let ks = Array(batches)
         let steps = ks.indices.map { i in
             ForwardStep(tokens: Array(step.tokens[(i * gbs * step.length)..<((i + 1) * gbs * step.length)]), batch: gbs,
                         length: step.length, pastLength: step.pastLength, padding: Array(step.padding[(i * gbs)..<((i + 1) * gbs)]))
         }
         var activations = [Pending<StoredActivation>?](repeating: nil, count: ks.count)
-        var outputs = [Tensor?](repeating: nil, count: ks.count)
         var stores: [Pending<Void>] = []
         var nextWeights = Pending(on: weightQueue) { [self] in try loadLayer(layers.lowerBound) }
         for j in layers {
@@ -278,10 +260,11 @@ extension OffloadEngine {
                 let cache = try nextCache.wait()
                 if i + 1 < ks.count { nextCache = Pending(on: cacheQueue) { [self] in try loadCache(j, ks[i + 1]) } }
                 let x: Tensor
-                if j == layers.lowerBound {
-                    let rows = (i * gbs * step.length)..<((i + 1) * gbs * step.length)
-                    x = try input.map { compute.rowView($0, rows) } ?? (j == 0 ? model.embed(steps[i])
-                        : { throw StrataError.invalidRequest("stage starting at layer \(j) needs input hidden states") }())
+                if j == layers.lowerBound, let input {
+                    x = compute.rowView(input, (i * gbs * step.length)..<((i + 1) * gbs * step.length))
+                } else if j == layers.lowerBound {
+                    guard j == 0 else { throw StrataError.invalidRequest("stage starting at layer \(j) needs input hidden states") }
+                    x = model.embed(steps[i])
                 } else {
                     let stored = try activations[i]!.wait()
                     x = try Pending(on: activationQueue) { [self] in try loadActivation(k, stored) }.wait()
@@ -291,11 +274,10 @@ extension OffloadEngine {
                 if j + 1 < layers.upperBound {
                     activations[i] = Pending(on: activationQueue) { [self] in try storeActivation(k, output) }
                 } else {
-                    outputs[i] = output
+                    try last(steps[i], output)
                 }
             }
         }
         for s in stores { try s.wait() }
-        return outputs.count == 1 ? outputs[0]! : compute.concatRows(outputs.map { $0! })
     }
 }
