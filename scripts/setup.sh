@@ -3,13 +3,16 @@
 # iproute2 for the two-host pipeline test) when missing.
 set -euo pipefail
 need=()
-dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
-dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-dpkg -s coinor-libcbc-dev >/dev/null 2>&1 || need+=(coinor-libcbc-dev)
-dpkg -s libdnnl-dev >/dev/null 2>&1 || need+=(libdnnl-dev)
-dpkg -s libopenmpi-dev >/dev/null 2>&1 || need+=(libopenmpi-dev)
-dpkg -s openmpi-bin >/dev/null 2>&1 || need+=(openmpi-bin)
-dpkg -s iproute2 >/dev/null 2>&1 || need+=(iproute2)
+# Installed means "install ok installed": `dpkg -s` also succeeds for a removed package whose
+# configuration files remain, which would then never be installed again.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+installed libopenblas-dev || need+=(libopenblas-dev)
+installed pkg-config || need+=(pkg-config)
+installed coinor-libcbc-dev || need+=(coinor-libcbc-dev)
+installed libdnnl-dev || need+=(libdnnl-dev)
+installed libopenmpi-dev || need+=(libopenmpi-dev)
+installed openmpi-bin || need+=(openmpi-bin)
+installed iproute2 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
