@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Kernels are compiled for Haswell (AVX2 + FMA + F16C): without these flags SIMD fused
@@ -25,6 +25,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        // The HTTP server (`strata serve`). Default traits off: they pull swift-configuration,
+        // which the server does not use.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(
@@ -64,18 +68,23 @@ let package = Package(
         // Layer 7: pipeline stages over MPI ranks executing a cluster plan.
         .target(name: "StrataDistributed", dependencies: ["StrataCore", "StrataBackend", "StrataModels", "StrataRuntime", "StrataPlanning", "CMPI"],
                 swiftSettings: kernelSettings),
+        // Layer 7: the OpenAI-compatible server and its continuous-batching scheduler.
+        .target(name: "StrataServe", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "StrataRuntime",
+                                                    .product(name: "Hummingbird", package: "hummingbird"),
+                                                    .product(name: "Prometheus", package: "swift-prometheus")],
+                swiftSettings: kernelSettings),
         // Layer 8: the command line. Thin: parse, call the layers below, print.
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataDistributed", "StrataPlanning", "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
+                "StrataServe", "StrataDistributed", "StrataPlanning", "StrataRuntime", "StrataFormats", "StrataBackend", "StrataCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags
         ),
         .testTarget(
             name: "StrataTests",
-            dependencies: ["StrataRuntime", "StrataPlanning", "StrataDistributed"],
+            dependencies: ["StrataRuntime", "StrataPlanning", "StrataDistributed", "StrataServe"],
             swiftSettings: cpuFlags
         ),
     ],

@@ -81,4 +81,12 @@ public protocol Backend: AnyObject, Sendable {
     func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor
     /// The parts stacked by rows (same column count) into a new tensor.
     func concatRows(_ parts: [Tensor]) -> Tensor
+
+    // KV-cache slots (continuous batching, pipeline micro-batches)
+    /// Sequences `rows` of a cache tensor [batch, kvHeads, capacity, headDim] (either kind) as a
+    /// cache tensor of their own sharing its memory.
+    func cacheRows(_ cache: Tensor, _ rows: Range<Int>) -> Tensor
+    /// Copies positions `positions` of sequence `row` of `cache` to positions starting at `to` of
+    /// sequence `toRow`, every head; the ranges may overlap (a sequence shifted in place).
+    func moveCachePositions(_ cache: Tensor, row: Int, positions: Range<Int>, toRow: Int, to: Int)
 }

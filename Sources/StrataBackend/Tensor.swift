@@ -58,6 +58,19 @@ public struct QuantizedLayout: Sendable {
         minsOffset = stepsOffset + ((geometry.groupCount * 2 + 63) & ~63)
         byteCount = minsOffset + geometry.groupCount * 2
     }
+
+    /// The layout of groups `groups` of this one, read from a buffer that starts at the first of
+    /// their codes (a view of some rows of a cache tensor): steps and minimums sit at the same
+    /// places as before, now counted from the view's start.
+    func slice(groups: Range<Int>, shape: [Int]) -> QuantizedLayout {
+        let start = groups.lowerBound * scheme.bytesPerGroup
+        return QuantizedLayout(scheme: scheme, geometry: scheme.geometry(shape), stepsOffset: stepsOffset + groups.lowerBound * 2 - start,
+                               minsOffset: minsOffset + groups.lowerBound * 2 - start, byteCount: minsOffset + groups.upperBound * 2 - start)
+    }
+
+    private init(scheme: QuantizationScheme, geometry: GroupGeometry, stepsOffset: Int, minsOffset: Int, byteCount: Int) {
+        self.scheme = scheme; self.geometry = geometry; self.stepsOffset = stepsOffset; self.minsOffset = minsOffset; self.byteCount = byteCount
+    }
 }
 
 /// A bf16 weight [n, k] laid out as the k x n matrix in the panels oneDNN's AMX and

@@ -152,3 +152,7 @@ public struct JSONFields: Sendable {
         .invalidFile(path: path, detail: "field '\(key)' must be \(expected)")
     }
 }
+
+extension JSONValue: ExpressibleByStringLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+}

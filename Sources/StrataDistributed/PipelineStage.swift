@@ -283,11 +283,7 @@ public final class PipelineStage {
     }
 
     /// Rows `rows` of cache tensor `t` ([batch, kvHeads, capacity, headDim]) as a tensor of their own.
-    private func cacheView(_ t: Tensor, _ rows: Range<Int>) -> Tensor {
-        let per = t.shape[1] * t.shape[2]
-        let view = model.backend.rowView(t, (rows.lowerBound * per)..<(rows.upperBound * per))
-        return Tensor(shape: [rows.count] + t.shape.dropFirst(), dtype: t.dtype, buffer: view.buffer)
-    }
+    private func cacheView(_ t: Tensor, _ rows: Range<Int>) -> Tensor { model.backend.cacheRows(t, rows) }
 
     /// Runs this stage's layers for one pass (rank 0 embeds `tokens` first) and hands the result
     /// on: the hidden states down the chain, or from the last stage the last positions' back to

@@ -50,7 +50,7 @@ public struct BatchRows: Sendable {
         generated[b].append(token)
         if !ignoreEOS && eosTokenIds.contains(token) {
             finished[b] = true; reasons[b] = .stop
-        } else if let cut = stopMatch(generated[b], stopStrings[b]) {
+        } else if !stopStrings[b].isEmpty, let cut = StopStrings.match(tokenizer.decode(generated[b]), stopStrings[b]) {
             texts[b] = cut
             finished[b] = true; reasons[b] = .stop
         } else if generated[b].count >= budgets[b] {
@@ -63,17 +63,5 @@ public struct BatchRows: Sendable {
         (0..<budgets.count).map { b in
             GenerationResult(tokenIds: generated[b], text: texts[b] ?? tokenizer.decode(generated[b]), finishReason: reasons[b])
         }
-    }
-
-    /// The text up to the first stop string, if the decoded continuation contains one.
-    private func stopMatch(_ ids: [Int], _ stops: [String]) -> String? {
-        guard !stops.isEmpty else { return nil }
-        let text = tokenizer.decode(ids)
-        var earliest: String.Index?
-        for s in stops where !s.isEmpty {
-            if let r = text.firstRange(of: s), earliest == nil || r.lowerBound < earliest! { earliest = r.lowerBound }
-        }
-        guard let cut = earliest else { return nil }
-        return String(text[..<cut])
     }
 }

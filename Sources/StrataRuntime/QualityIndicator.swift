@@ -183,4 +183,8 @@ final class RecordingBackend: Backend, @unchecked Sendable {
     func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor { inner.gatherRows(x, indices) }
     func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { inner.rowView(x, range) }
     func concatRows(_ parts: [Tensor]) -> Tensor { inner.concatRows(parts) }
+    func cacheRows(_ cache: Tensor, _ rows: Range<Int>) -> Tensor { inner.cacheRows(cache, rows) }
+    func moveCachePositions(_ cache: Tensor, row: Int, positions: Range<Int>, toRow: Int, to: Int) {
+        inner.moveCachePositions(cache, row: row, positions: positions, toRow: toRow, to: to)
+    }
 }

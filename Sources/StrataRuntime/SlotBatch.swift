@@ -1,0 +1,135 @@
+import StrataBackend
+import StrataCore
+import StrataFormats
+import StrataModels
+
+/// A resident model's KV cache as `slots` sequence slots on one shared timeline, so sequences
+/// can join and leave a running batch between decode steps (continuous batching).
+///
+/// Every occupied slot ends at the timeline's current `length`; slot s holds its sequence at
+/// positions `padding[s] ..< length` and the positions before are masked as left padding. A
+/// decode step is then one left-padded `ForwardStep` over slots `0 ..< occupied`: newcomers are
+/// prefilled straight into the next free slots at positions ending at `length`, a leaving slot
+/// is filled by the last occupied one (so occupied slots stay a prefix and decode GEMMs have
+/// only live rows), and when the timeline reaches the cache's end every sequence shifts left by
+/// the smallest padding. `capacity` leaves `context / 4` positions of slack beyond the longest
+/// sequence, so those shifts happen at most once per `context / 4` steps.
+public final class SlotBatch: @unchecked Sendable {
+    public let model: any CausalLM
+    public let slots: Int
+    /// Most positions one sequence may occupy (prompt + generated tokens).
+    public let context: Int
+    public let capacity: Int
+    private let keys: [Tensor]
+    private let values: [Tensor]
+    public private(set) var length = 0
+    public private(set) var padding: [Int]
+    public private(set) var occupied = 0
+
+    public init(model: any CausalLM, slots: Int, context: Int) {
+        precondition(slots > 0 && context > 1)
+        self.model = model
+        self.slots = slots
+        self.context = context
+        capacity = context + max(1, context / 4)
+        let c = model.config
+        let shape = [slots, c.numKVHeads, capacity, c.headDim]
+        keys = (0..<c.numLayers).map { _ in model.backend.cacheTensor(shape: shape, compression: model.compression.cache) }
+        values = (0..<c.numLayers).map { _ in model.backend.cacheTensor(shape: shape, compression: model.compression.cache) }
+        padding = [Int](repeating: 0, count: slots)
+    }
+
+    /// Bytes of KV cache a batch of `slots` sequences of `context` positions holds.
+    public static func cacheBytes(config: ModelConfig, compression: QuantizationScheme?, slots: Int, context: Int) -> Int {
+        MemoryModel.cacheBytes(rows: slots, kvHeads: config.numKVHeads, capacity: context + max(1, context / 4),
+                               headDim: config.headDim, scheme: compression) * 2 * config.numLayers
+    }
+
+    public var freeSlots: Int { slots - occupied }
+
+    /// Prefills `prompts` into the next free slots (returned in order) and returns their logits:
+    /// for prompt i, its last position's, or every position's when `allPositions[i]`
+    /// ([positions, vocab] each).
+    public func admit(_ prompts: [[Int]], allPositions: [Bool], padToken: Int32) -> (slots: [Int], logits: [[Float]]) {
+        precondition(!prompts.isEmpty && prompts.count <= freeSlots && prompts.allSatisfy { !$0.isEmpty && $0.count < context })
+        let promptLength = prompts.map(\.count).max()!
+        if length + 1 > capacity { compact() }
+        if length < promptLength { shiftAll(by: promptLength - length) }
+        let first = occupied, k = prompts.count
+        var tokens = [Int32](repeating: padToken, count: k * promptLength)
+        for (i, p) in prompts.enumerated() {
+            let lead = promptLength - p.count
+            for (t, id) in p.enumerated() { tokens[i * promptLength + lead + t] = Int32(id) }
+            padding[first + i] = length - p.count
+        }
+        let step = ForwardStep(tokens: tokens, batch: k, length: promptLength, pastLength: length - promptLength,
+                               padding: Array(padding[first..<(first + k)]))
+        var rows: [Int] = []
+        var spans: [Range<Int>] = []
+        for (i, p) in prompts.enumerated() {
+            let end = (i + 1) * promptLength
+            let span = allPositions[i] ? (end - p.count)..<end : (end - 1)..<end
+            spans.append(rows.count..<(rows.count + span.count))
+            rows += span
+        }
+        let logits = run(step, slots: first..<(first + k), logitRows: rows)
+        occupied += k
+        let vocab = logits.count / rows.count
+        return (Array(first..<(first + k)), spans.map { Array(logits[($0.lowerBound * vocab)..<($0.upperBound * vocab)]) })
+    }
+
+    /// One decode step: `tokens[s]` is occupied slot s's next input. Returns [occupied, vocab] logits.
+    public func decode(_ tokens: [Int32]) -> [Float] {
+        precondition(tokens.count == occupied && occupied > 0)
+        if length + 1 > capacity { compact() }
+        let step = ForwardStep(tokens: tokens, batch: occupied, length: 1, pastLength: length, padding: Array(padding[0..<occupied]))
+        let logits = run(step, slots: 0..<occupied, logitRows: step.lastRows)
+        length += 1
+        return logits
+    }
+
+    /// Empties slot `s`. The last occupied slot moves into it; returns that slot's old index
+    /// (callers renumber), or nil when `s` was the last.
+    @discardableResult
+    public func release(_ s: Int) -> Int? {
+        precondition(s < occupied)
+        occupied -= 1
+        if occupied == 0 { length = 0 }
+        guard s != occupied else { return nil }
+        let last = occupied
+        for t in keys + values { model.backend.moveCachePositions(t, row: last, positions: padding[last]..<length, toRow: s, to: padding[last]) }
+        padding[s] = padding[last]
+        return last
+    }
+
+    /// Layers over slots `range` of the cache, then the head for `logitRows`.
+    private func run(_ step: ForwardStep, slots range: Range<Int>, logitRows: [Int]) -> [Float] {
+        let backend = model.backend
+        var hidden = model.embed(step)
+        for j in 0..<model.config.numLayers {
+            let cache = LayerCache(key: backend.cacheRows(keys[j], range), value: backend.cacheRows(values[j], range))
+            hidden = model.layer(j, hidden, weights: model.residentLayers[j], cache: cache, step: step)
+        }
+        return backend.download(model.head(hidden, rows: logitRows))
+    }
+
+    /// Moves every sequence `shift` positions later (a newcomer's prompt is longer than the timeline).
+    private func shiftAll(by shift: Int) {
+        for s in 0..<occupied {
+            for t in keys + values { model.backend.moveCachePositions(t, row: s, positions: padding[s]..<length, toRow: s, to: padding[s] + shift) }
+            padding[s] += shift
+        }
+        length += shift
+    }
+
+    /// Moves every sequence earlier by the smallest padding; the longest sequence then starts at 0.
+    private func compact() {
+        let shift = occupied == 0 ? length : padding[0..<occupied].min()!
+        guard shift > 0 else { return }
+        for s in 0..<occupied {
+            for t in keys + values { model.backend.moveCachePositions(t, row: s, positions: padding[s]..<length, toRow: s, to: padding[s] - shift) }
+            padding[s] -= shift
+        }
+        length -= shift
+    }
+}
