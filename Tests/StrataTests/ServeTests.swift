@@ -1,0 +1,116 @@
+import Foundation
+import StrataBackend
+import StrataCore
+import StrataModels
+import StrataRuntime
+@testable import StrataServe
+import Synchronization
+import Testing
+
+/// The continuous-batching scheduler: sequences that join and leave a running batch get
+/// exactly the tokens they get alone.
+@Suite struct ServeTests {
+    /// Runs sequences through a scheduler and returns each one's gathered output.
+    static func serve(_ engine: any BatchEngine, bundle: ModelBundle, _ sequences: [(ids: [Int], parameters: SequenceParameters)],
+                      maxPrefillTokens: Int = 1) async throws -> [SequenceOutput] {
+        let scheduler = Scheduler(engine: engine, bundle: bundle, maxPrefillTokens: maxPrefillTokens, metrics: ServerMetrics())
+        scheduler.start()
+        defer { scheduler.shutdown() }
+        let service = OpenAIService(scheduler: scheduler, modelName: "test")
+        return try await service.collect(sequences)
+    }
+
+    static func greedy(_ maxTokens: Int) -> SequenceParameters { SequenceParameters(maxTokens: maxTokens) }
+
+    /// Two slots, eight sequences, one newcomer per step boundary: sequences join mid-run,
+    /// the last slot moves into a freed one, the timeline shifts right for long prompts and
+    /// compacts when it reaches the cache's end. Tokens must equal transformers' one-by-one
+    /// greedy output.
+    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"])
+    func continuousBatchingMatchesTransformers(model name: String) async throws {
+        let reference = try Fixtures.reference(name)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2))
+        let longest = reference.promptIds.map(\.count).max()! + reference.maxNewTokens
+        let engine = SlotBatch(model: bundle.model, slots: 2, context: longest)
+        let order = [0, 1, 2, 3, 3, 2, 1, 0]
+        let outputs = try await Self.serve(engine, bundle: bundle, order.map { (reference.promptIds[$0], Self.greedy(reference.maxNewTokens)) })
+        for (k, i) in order.enumerated() {
+            #expect(outputs[k].tokens == reference.singleGreedy[i], "sequence \(k) (prompt \(i)) of \(name)")
+        }
+        #expect(engine.occupied == 0)
+    }
+
+    /// A 4-bit KV cache moves between slots and positions as packed groups: the scheduler's
+    /// output equals the plain generator's with the same compressed cache.
+    @Test func compressedCacheSlotsMatchTheGenerator() async throws {
+        let name = "llama-gqa"
+        let reference = try Fixtures.reference(name)
+        let scheme = try QuantizationScheme(bits: 4, groupSize: 8)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2), compression: Compression(cache: scheme))
+        var timing = GenerationTiming()
+        let alone = try reference.promptIds.map {
+            try Generator(bundle: bundle).generate([GenerationRequest(promptIds: $0, maxNewTokens: 16)], sampling: SamplingParameters(),
+                                                   ignoreEOS: true, timing: &timing)[0].tokenIds
+        }
+        var parameters = Self.greedy(16)
+        parameters.ignoreEOS = true
+        let engine = SlotBatch(model: bundle.model, slots: 3, context: 40)
+        let order = [2, 0, 1, 3, 2, 0]
+        let outputs = try await Self.serve(engine, bundle: bundle, order.map { (reference.promptIds[$0], parameters) })
+        for (k, i) in order.enumerated() { #expect(outputs[k].tokens == alone[i], "sequence \(k) (prompt \(i))") }
+    }
+
+    /// Under an offloading policy (weights and cache split over device, host and disk) sequences
+    /// run in the policy's blocks and still get transformers' tokens.
+    @Test func blockEngineUnderAPolicyMatchesTransformers() async throws {
+        let name = "opt-tiny"
+        let reference = try Fixtures.reference(name)
+        let policy = Policy(gpuBatchSize: 2, numGPUBatches: 1, weights: TierSplit(device: 30, host: 40),
+                            cache: TierSplit(device: 50, host: 50), activations: TierSplit(device: 100, host: 0))
+        let offload = try OffloadEngine(directory: Fixtures.model(name), policy: policy, budgets: TierBudgets(),
+                                        offloadDirectory: Fixtures.scratch("serve-offload"), threads: 2, promptLength: 32, capacity: 64)
+        let bundle = try ModelBundle(directory: Fixtures.model(name), model: offload.model)
+        let order = [0, 1, 2, 3, 1]
+        let outputs = try await Self.serve(BlockEngine(engine: offload, context: 64), bundle: bundle,
+                                           order.map { (reference.promptIds[$0], Self.greedy(reference.maxNewTokens)) }, maxPrefillTokens: 512)
+        for (k, i) in order.enumerated() { #expect(outputs[k].tokens == reference.singleGreedy[i], "sequence \(k) (prompt \(i))") }
+    }
+
+    /// Per-sequence stopping: stop token ids, min_tokens holding EOS back, a stop string cut
+    /// from the text, max_tokens 0 with echo (prompt logprobs only).
+    @Test func perSequenceStopping() async throws {
+        let bundle = try ModelBundle(directory: Fixtures.model("opt-licenses"), backend: CPUBackend(threads: 2))
+        let ids = bundle.tokenizer.encode("The license")
+        let engine = SlotBatch(model: bundle.model, slots: 4, context: 64)
+        let free = try await Self.serve(engine, bundle: bundle, [(ids, Self.greedy(12))])[0]
+        #expect(free.tokens.count == 12 && free.finish == .length)
+
+        var byToken = Self.greedy(12)
+        byToken.stopTokenIds = [free.tokens[3]]
+        var minimum = Self.greedy(12)
+        minimum.minTokens = 5
+        minimum.stopTokenIds = [free.tokens[2]]
+        let text = bundle.tokenizer.decode(free.tokens)
+        let stop = String(text.split(separator: " ")[2])
+        var byString = Self.greedy(12)
+        byString.stopStrings = [stop]
+        var echo = Self.greedy(0)
+        echo.promptLogprobs = true
+        echo.logprobs = 2
+        let out = try await Self.serve(engine, bundle: bundle, [(ids, byToken), (ids, minimum), (ids, byString), (ids, echo)], maxPrefillTokens: 64)
+        #expect(out[0].tokens == Array(free.tokens.prefix(4)) && out[0].finish == .stop)
+        // min_tokens masks the stop id for the first five tokens, so the output departs from
+        // the free run where the stop token would have been.
+        #expect(out[1].tokens.count >= 5 && !out[1].tokens.prefix(5).contains(free.tokens[2]))
+        #expect(out[2].finish == .stop && out[2].stoppedText.map { !$0.contains(stop) && text.hasPrefix($0) } == true)
+        #expect(out[3].tokens.isEmpty && out[3].promptLogprobs.count == ids.count && out[3].promptLogprobs[0] == nil)
+        #expect(out[3].promptLogprobs.dropFirst().allSatisfy { ($0?.top.count ?? 0) == 2 && $0!.logprob <= 0 })
+    }
+
+    @Test func streamedTextHoldsBackPossibleStopStrings() {
+        #expect(StopStrings.safePrefix("hello wor", ["world"]) == 6)
+        #expect(StopStrings.safePrefix("hello", ["xyz"]) == 5)
+        #expect(StopStrings.safePrefix("abc\u{FFFD}", []) == 3)
+        #expect(StopStrings.match("one. two. three", [". t", "three"]) == "one")
+    }
+}
