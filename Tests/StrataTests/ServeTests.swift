@@ -107,6 +107,91 @@ import Testing
         #expect(out[3].promptLogprobs.dropFirst().allSatisfy { ($0?.top.count ?? 0) == 2 && $0!.logprob <= 0 })
     }
 
+    static func service(_ name: String, slots: Int = 4, context: Int = 64) throws -> OpenAIService {
+        let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2))
+        let scheduler = Scheduler(engine: SlotBatch(model: bundle.model, slots: slots, context: context), bundle: bundle,
+                                  maxPrefillTokens: 512, metrics: ServerMetrics())
+        scheduler.start()
+        return OpenAIService(scheduler: scheduler, modelName: name)
+    }
+
+    static func body(_ text: String) throws -> JSONValue { try JSONValue.parse(Data(text.utf8), path: "test body") }
+
+    /// `echo: true, logprobs: 2` (as lm-evaluation-harness and HELM score text): every prompt
+    /// token's logprob equals transformers' log_softmax within 1e-4, the first is null, and
+    /// each position's top alternatives hold transformers' most likely token.
+    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"])
+    func echoLogprobsMatchTransformers(model name: String) async throws {
+        let reference = try JSONValue.load(path: Fixtures.model(name) + "/echo_logprobs.json")
+        let service = try Self.service(name)
+        defer { service.scheduler.shutdown() }
+        let prompts = reference["prompt_ids"]!.array!
+        let prompt = JSONValue.array(prompts).serialized()
+        for maxTokens in [0, 1] {
+            let response = try await service.completions(try Self.body(
+                #"{"prompt": \#(prompt), "echo": true, "max_tokens": \#(maxTokens), "logprobs": 2, "temperature": 0}"#))
+            let choices = response["choices"]!.array!
+            #expect(choices.count == prompts.count)
+            for (i, choice) in choices.enumerated() {
+                let expected = reference["token_logprobs"]!.array![i].array!
+                let top2 = reference["top2_ids"]!.array![i].array!
+                let logprobs = choice["logprobs"]!
+                let got = logprobs["token_logprobs"]!.array!
+                #expect(got.count == expected.count + maxTokens)
+                #expect(got[0].isNull)
+                for t in 1..<expected.count {
+                    let error = abs(got[t].double! - expected[t].double!)
+                    #expect(error <= 1e-4, "\(name) prompt \(i) token \(t): |strata - transformers| = \(error)")
+                    let best = service.tokenText(top2[t].array![0].int!)
+                    #expect(logprobs["top_logprobs"]!.array![t][best] != nil, "\(name) prompt \(i) token \(t): top alternatives miss \(best)")
+                }
+            }
+        }
+    }
+
+    /// Bad requests get OpenAI error objects with the right status, naming the field; the
+    /// service keeps answering good requests afterwards.
+    @Test func badRequestsNameTheField() async throws {
+        let service = try Self.service("opt-tiny", context: 32)
+        defer { service.scheduler.shutdown() }
+        let cases: [(String, Int, String?, String)] = [
+            (#"{"prompt": "hi", "model": "gpt-9"}"#, 404, "model", "gpt-9"),
+            (#"{"prompt": "hi", "max_tokens": 40}"#, 400, "max_tokens", "32"),
+            (#"{"prompt": "hi", "temperature": -1}"#, 400, "temperature", "temperature"),
+            (#"{"prompt": "hi", "top_p": 0}"#, 400, "top_p", "top_p"),
+            (#"{"prompt": "hi", "max_tokens": "ten"}"#, 400, "max_tokens", "integer"),
+            (#"{"prompt": [1, 2, 99999]}"#, 400, "prompt", "99999"),
+            (#"{"prompt": []}"#, 400, "prompt", "prompt"),
+            (#"{"max_tokens": 3}"#, 400, "prompt", "required"),
+            (#"{"prompt": "hi", "n": 0}"#, 400, "n", "n"),
+            (#"{"prompt": "hi", "stop": 7}"#, 400, "stop", "stop"),
+            (#"{"prompt": "hi", "max_tokens": 0}"#, 400, "max_tokens", "echo"),
+            (#"{"prompt": "hi", "min_tokens": 9, "max_tokens": 4}"#, 400, "min_tokens", "min_tokens"),
+            (#"[1, 2]"#, 400, nil, "object"),
+        ]
+        for (text, status, param, fragment) in cases {
+            let body = try Self.body(text)
+            do {
+                _ = try await service.completions(body)
+                Issue.record("accepted \(text)")
+            } catch {
+                #expect(error.status == status, "\(text): \(error)")
+                #expect(error.param == param, "\(text): \(error)")
+                #expect(error.message.contains(fragment), "\(text): \(error.message)")
+                #expect(error.body["error"]?["type"]?.string != nil && error.body["error"]?["message"]?.string != nil)
+            }
+        }
+        let wizard = try Self.body(#"{"messages": [{"role": "wizard", "content": "hi"}]}"#)
+        do {
+            _ = try await service.chat(wizard)
+            Issue.record("accepted a wizard")
+        } catch {
+            #expect(error.status == 400 && error.param == "messages" && error.message.contains("wizard"))
+        }
+        let ok = try await service.completions(try Self.body(#"{"prompt": "hi", "max_tokens": 3, "temperature": 0}"#))
+        #expect(ok["usage"]?["completion_tokens"]?.int == 3)
+    }
+
     @Test func streamedTextHoldsBackPossibleStopStrings() {
         #expect(StopStrings.safePrefix("hello wor", ["world"]) == 6)
         #expect(StopStrings.safePrefix("hello", ["xyz"]) == 5)
