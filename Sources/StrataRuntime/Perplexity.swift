@@ -78,15 +78,23 @@ public enum Perplexity {
         return result
     }
 
-    /// Sum of -log p(token[t + 1] | tokens[...t]) over one window.
-    static func score(model: any CausalLM, tokens: [Int]) -> Double {
+    /// log p(continuation | context) under the model, one resident forward pass over both:
+    /// the score lm-evaluation-harness asks a server for (`echo` logprobs summed over the
+    /// continuation), computed without one.
+    public static func loglikelihood(model: any CausalLM, context: [Int], continuation: [Int]) -> Double {
+        precondition(!context.isEmpty && !continuation.isEmpty)
+        return -score(model: model, tokens: context + continuation, from: context.count - 1)
+    }
+
+    /// Sum of -log p(token[t + 1] | tokens[...t]) over one window, for t from `first`.
+    static func score(model: any CausalLM, tokens: [Int], from first: Int = 0) -> Double {
         let step = ForwardStep(tokens: tokens.map(Int32.init), batch: 1, length: tokens.count, pastLength: 0, padding: [0])
         let cache = model.makeCache(batch: 1, capacity: tokens.count)
         var hidden = model.embed(step)
         for j in 0..<model.config.numLayers { hidden = model.layer(j, hidden, cache: cache, step: step) }
         var total = 0.0
         let vocab = model.config.vocabSize
-        for start in stride(from: 0, to: tokens.count - 1, by: headChunk) {
+        for start in stride(from: first, to: tokens.count - 1, by: headChunk) {
             let rows = Array(start..<min(tokens.count - 1, start + headChunk))
             let logits = model.backend.download(model.head(hidden, rows: rows))
             for (i, t) in rows.enumerated() {

@@ -18,7 +18,7 @@ struct Strata: AsyncParsableCommand {
         commandName: "strata",
         abstract: "High-throughput LLM inference for batches of text on small hardware.",
         subcommands: [Generate.self, Bench.self, Tokenize.self, Convert.self, PerplexityCommand.self, Indicator.self,
-                      Plan.self, Profile.self, Cluster.self, Serve.self, RunBatch.self, BenchTokenizer.self, BenchGEMM.self])
+                      Plan.self, Profile.self, Cluster.self, Serve.self, RunBatch.self, Score.self, BenchTokenizer.self, BenchGEMM.self])
 }
 
 /// Options every model-running command shares.
