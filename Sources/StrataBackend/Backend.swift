@@ -86,7 +86,8 @@ public protocol Backend: AnyObject, Sendable {
     /// Sequences `rows` of a cache tensor [batch, kvHeads, capacity, headDim] (either kind) as a
     /// cache tensor of their own sharing its memory.
     func cacheRows(_ cache: Tensor, _ rows: Range<Int>) -> Tensor
-    /// Copies positions `positions` of sequence `row` of `cache` to positions starting at `to` of
-    /// sequence `toRow`, every head; the ranges may overlap (a sequence shifted in place).
-    func moveCachePositions(_ cache: Tensor, row: Int, positions: Range<Int>, toRow: Int, to: Int)
+    /// Copies positions `positions` of sequence `row` of cache tensor `source` to positions
+    /// starting at `to` of sequence `toRow` of `destination` (the same kind of cache tensor, or
+    /// the same tensor: the ranges may then overlap, as when a sequence shifts in place).
+    func copyCachePositions(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int)
 }

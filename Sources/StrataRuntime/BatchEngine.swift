@@ -21,6 +21,16 @@ public protocol BatchEngine: AnyObject, Sendable {
     func release(_ s: Int) -> Int?
 }
 
+/// An engine that can prefill a prompt over several step boundaries (chunked prefill), so a
+/// long prompt never holds the running sequences up for more than one budget's worth.
+public protocol ChunkingEngine: BatchEngine {
+    func beginChunked(_ prompt: [Int], allPositions: Bool) -> ChunkedPrefill
+    func continueChunked(_ prefill: ChunkedPrefill, budget: Int) -> (slot: Int, logits: [Float])?
+    func abandon(_ prefill: ChunkedPrefill)
+}
+
+extension SlotBatch: ChunkingEngine {}
+
 extension SlotBatch: BatchEngine {
     public var activeSlots: Int { occupied }
     public func admit(_ prompts: [[Int]], maxNewTokens: [Int], allPositions: [Bool], padToken: Int32) throws -> (slots: [Int], logits: [[Float]]) {

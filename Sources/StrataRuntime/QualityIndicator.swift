@@ -184,7 +184,7 @@ final class RecordingBackend: Backend, @unchecked Sendable {
     func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { inner.rowView(x, range) }
     func concatRows(_ parts: [Tensor]) -> Tensor { inner.concatRows(parts) }
     func cacheRows(_ cache: Tensor, _ rows: Range<Int>) -> Tensor { inner.cacheRows(cache, rows) }
-    func moveCachePositions(_ cache: Tensor, row: Int, positions: Range<Int>, toRow: Int, to: Int) {
-        inner.moveCachePositions(cache, row: row, positions: positions, toRow: toRow, to: to)
+    func copyCachePositions(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int) {
+        inner.copyCachePositions(source, row: row, positions: positions, to: destination, toRow: toRow, at: to)
     }
 }

@@ -88,34 +88,89 @@ public final class Scheduler: @unchecked Sendable {
         wake.signal()
     }
 
+    /// A long prompt being prefilled a chunk per boundary, and whose it is.
+    private var partial: (ticket: SequenceTicket, prefill: ChunkedPrefill)?
+
     private func run() {
+        let chunking = engine as? any ChunkingEngine
         while true {
-            let (newcomers, stop) = takeNewcomers()
-            if !newcomers.isEmpty { admit(newcomers) }
-            if engine.activeSlots > 0 && rows.contains(where: { $0 != nil }) { step() }
+            var budget = maxPrefillTokens
+            var worked = false
+            if let chunking, let (ticket, prefill) = partial {
+                worked = true
+                if ticket.isCancelled {
+                    chunking.abandon(prefill)
+                    ticket.sink(.finished(.stop, stoppedText: nil))
+                    partial = nil
+                } else {
+                    budget -= continueChunk(chunking, ticket, prefill, budget: budget)
+                }
+            }
+            let (newcomers, long, stop) = takeNewcomers(budget: budget, chunking: chunking != nil)
+            if !newcomers.isEmpty {
+                admit(newcomers)
+                worked = true
+                budget -= newcomers.reduce(0) { $0 + $1.promptIds.count }
+            }
+            if let chunking, let long {
+                let prefill = chunking.beginChunked(long.promptIds, allPositions: long.parameters.promptLogprobs)
+                partial = (long, prefill)
+                if budget > 0 { _ = continueChunk(chunking, long, prefill, budget: budget) }
+                worked = true
+            }
+            if rows.contains(where: { $0 != nil }) {
+                step()
+                worked = true
+            }
             metrics.runningBatch.set(rows.reduce(0) { $0 + ($1 == nil ? 0 : 1) })
-            if engine.activeSlots == 0 && newcomers.isEmpty {
-                if stop && queue.withLock({ $0.waiting.isEmpty }) { return }
+            if !worked {
+                if stop && partial == nil && queue.withLock({ $0.waiting.isEmpty }) { return }
                 wake.wait()
             }
         }
     }
 
-    /// Waiting sequences that fit the free slots and this boundary's prefill budget.
-    private func takeNewcomers() -> ([SequenceTicket], Bool) {
+    /// One chunk of the partial prefill; when it completes, the sequence joins the batch.
+    /// Returns the prompt tokens it consumed.
+    private func continueChunk(_ chunking: any ChunkingEngine, _ ticket: SequenceTicket, _ prefill: ChunkedPrefill, budget: Int) -> Int {
+        let before = prefill.done
+        let started = Clock.now()
+        if let placed = chunking.continueChunked(prefill, budget: budget) {
+            partial = nil
+            while rows.count < engine.activeSlots { rows.append(nil) }
+            if begin(ticket, slot: placed.slot, logits: placed.logits) { leave([placed.slot]) }
+        }
+        metrics.promptTokens.increment(by: prefill.done - before)
+        metrics.recordStep(seconds: Clock.now() - started, tokens: 0)
+        return prefill.done - before
+    }
+
+    /// Waiting sequences that fit the free slots and what is left of this boundary's prefill
+    /// budget (an engine without chunking, a policy's block, takes whatever fits its block), and
+    /// a prompt longer than the whole budget to prefill in chunks when none is in progress.
+    private func takeNewcomers(budget: Int, chunking: Bool) -> (short: [SequenceTicket], long: SequenceTicket?, stopping: Bool) {
         let free = engine.freeSlots
+        let canStartLong = chunking && partial == nil
         return queue.withLock { q in
             var taken: [SequenceTicket] = []
+            var long: SequenceTicket?
             var tokens = 0
-            while let next = q.waiting.first, taken.count < free,
-                  taken.isEmpty || tokens + next.promptIds.count <= maxPrefillTokens {
+            while let next = q.waiting.first, taken.count < free {
+                if next.isCancelled { q.waiting.removeFirst(); next.sink(.finished(.stop, stoppedText: nil)); continue }
+                let count = next.promptIds.count
+                if chunking && count > maxPrefillTokens {
+                    // First come, first served: a long prompt at the head waits for the chunk lane.
+                    if canStartLong && taken.count < free { long = q.waiting.removeFirst() }
+                    break
+                }
+                guard !chunking || tokens + count <= budget else { break }
                 q.waiting.removeFirst()
-                if next.isCancelled { continue }
                 taken.append(next)
-                tokens += next.promptIds.count
+                tokens += count
             }
+            if long != nil && taken.count + 1 > free { q.waiting.insert(long!, at: 0); long = nil }
             metrics.queueDepth.set(q.waiting.count)
-            return (taken, q.stopping)
+            return (taken, long, q.stopping)
         }
     }
 
@@ -130,41 +185,44 @@ public final class Scheduler: @unchecked Sendable {
             return
         }
         metrics.promptTokens.increment(by: tickets.reduce(0) { $0 + $1.promptIds.count })
-        let vocab = engine.model.config.vocabSize
         while rows.count < engine.activeSlots { rows.append(nil) }
         var leaving: [Int] = []
-        for (i, ticket) in tickets.enumerated() {
-            let slot = admitted.slots[i]
-            var state = SequenceState(parameters: ticket.parameters, promptLength: ticket.promptIds.count, context: engine.context,
-                                      eosTokenIds: bundle.eosTokenIds)
-            let logits = admitted.logits[i]
-            if ticket.parameters.promptLogprobs {
-                // Position t's logits score prompt token t + 1; the first token has no logprob.
-                let top = ticket.parameters.logprobs ?? 0
-                var entries: [TokenLogprob?] = [nil]
-                logits.withUnsafeBufferPointer { all in
-                    for t in 1..<ticket.promptIds.count {
-                        entries.append(TokenLogprob.from(UnsafeBufferPointer(rebasing: all[((t - 1) * vocab)..<(t * vocab)]),
-                                                         token: ticket.promptIds[t], top: top))
-                    }
-                }
-                ticket.sink(.prompt(entries))
-            }
-            rows[slot] = (ticket, state)
-            if state.finish == nil && !ticket.isCancelled {
-                let last = logits.count / vocab - 1
-                let (token, logprob) = logits.withUnsafeBufferPointer {
-                    state.accept(UnsafeBufferPointer(rebasing: $0[(last * vocab)..<((last + 1) * vocab)]), tokenizer: bundle.tokenizer)
-                }
-                rows[slot]!.state = state
-                ticket.sink(.token(token, logprob))
-                metrics.generatedTokens.increment(by: 1)
-                metrics.firstToken.record(Clock.now() - ticket.submitted)
-            }
-            if state.finish != nil || ticket.isCancelled { leaving.append(slot) }
+        for (i, ticket) in tickets.enumerated() where begin(ticket, slot: admitted.slots[i], logits: admitted.logits[i]) {
+            leaving.append(admitted.slots[i])
         }
         metrics.recordStep(seconds: Clock.now() - started, tokens: tickets.count)
         leave(leaving)
+    }
+
+    /// A prefilled sequence takes its slot: its prompt logprobs (when asked) and its first
+    /// token from the prompt's last logits. Returns true when it is already done.
+    private func begin(_ ticket: SequenceTicket, slot: Int, logits: [Float]) -> Bool {
+        let vocab = engine.model.config.vocabSize
+        var state = SequenceState(parameters: ticket.parameters, promptLength: ticket.promptIds.count, context: engine.context,
+                                  eosTokenIds: bundle.eosTokenIds)
+        if ticket.parameters.promptLogprobs {
+            // Position t's logits score prompt token t + 1; the first token has no logprob.
+            let top = ticket.parameters.logprobs ?? 0
+            var entries: [TokenLogprob?] = [nil]
+            logits.withUnsafeBufferPointer { all in
+                for t in 1..<ticket.promptIds.count {
+                    entries.append(TokenLogprob.from(UnsafeBufferPointer(rebasing: all[((t - 1) * vocab)..<(t * vocab)]),
+                                                     token: ticket.promptIds[t], top: top))
+                }
+            }
+            ticket.sink(.prompt(entries))
+        }
+        if state.finish == nil && !ticket.isCancelled {
+            let last = logits.count / vocab - 1
+            let (token, logprob) = logits.withUnsafeBufferPointer {
+                state.accept(UnsafeBufferPointer(rebasing: $0[(last * vocab)..<((last + 1) * vocab)]), tokenizer: bundle.tokenizer)
+            }
+            ticket.sink(.token(token, logprob))
+            metrics.generatedTokens.increment(by: 1)
+            metrics.firstToken.record(Clock.now() - ticket.submitted)
+        }
+        rows[slot] = (ticket, state)
+        return state.finish != nil || ticket.isCancelled
     }
 
     private func step() {

@@ -22,18 +22,20 @@ import Testing
 
     static func greedy(_ maxTokens: Int) -> SequenceParameters { SequenceParameters(maxTokens: maxTokens) }
 
-    /// Two slots, eight sequences, one newcomer per step boundary: sequences join mid-run,
-    /// the last slot moves into a freed one, the timeline shifts right for long prompts and
-    /// compacts when it reaches the cache's end. Tokens must equal transformers' one-by-one
-    /// greedy output.
-    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"])
-    func continuousBatchingMatchesTransformers(model name: String) async throws {
+    /// Two slots, eight sequences: sequences join mid-run, the last slot moves into a freed
+    /// one, the timeline shifts right for long prompts and compacts when it reaches the cache's
+    /// end. With a prefill budget of 5 tokens per boundary the longer prompts are prefilled in
+    /// chunks while others decode; with 64 newcomers are prefilled together. Tokens must equal
+    /// transformers' one-by-one greedy output.
+    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"], [5, 64])
+    func continuousBatchingMatchesTransformers(model name: String, prefillBudget: Int) async throws {
         let reference = try Fixtures.reference(name)
         let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2))
         let longest = reference.promptIds.map(\.count).max()! + reference.maxNewTokens
         let engine = SlotBatch(model: bundle.model, slots: 2, context: longest)
         let order = [0, 1, 2, 3, 3, 2, 1, 0]
-        let outputs = try await Self.serve(engine, bundle: bundle, order.map { (reference.promptIds[$0], Self.greedy(reference.maxNewTokens)) })
+        let outputs = try await Self.serve(engine, bundle: bundle, order.map { (reference.promptIds[$0], Self.greedy(reference.maxNewTokens)) },
+                                           maxPrefillTokens: prefillBudget)
         for (k, i) in order.enumerated() {
             #expect(outputs[k].tokens == reference.singleGreedy[i], "sequence \(k) (prompt \(i)) of \(name)")
         }
@@ -107,10 +109,10 @@ import Testing
         #expect(out[3].promptLogprobs.dropFirst().allSatisfy { ($0?.top.count ?? 0) == 2 && $0!.logprob <= 0 })
     }
 
-    static func service(_ name: String, slots: Int = 4, context: Int = 64) throws -> OpenAIService {
+    static func service(_ name: String, slots: Int = 4, context: Int = 64, prefillBudget: Int = 512) throws -> OpenAIService {
         let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2))
         let scheduler = Scheduler(engine: SlotBatch(model: bundle.model, slots: slots, context: context), bundle: bundle,
-                                  maxPrefillTokens: 512, metrics: ServerMetrics())
+                                  maxPrefillTokens: prefillBudget, metrics: ServerMetrics())
         scheduler.start()
         return OpenAIService(scheduler: scheduler, modelName: name)
     }
@@ -119,11 +121,12 @@ import Testing
 
     /// `echo: true, logprobs: 2` (as lm-evaluation-harness and HELM score text): every prompt
     /// token's logprob equals transformers' log_softmax within 1e-4, the first is null, and
-    /// each position's top alternatives hold transformers' most likely token.
-    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"])
-    func echoLogprobsMatchTransformers(model name: String) async throws {
+    /// each position's top alternatives hold transformers' most likely token; also when the
+    /// prompts are prefilled in chunks of 4 tokens.
+    @Test(arguments: ["opt-tiny", "opt-postln-proj", "llama-gqa", "llama3-tied"], [4, 512])
+    func echoLogprobsMatchTransformers(model name: String, prefillBudget: Int) async throws {
         let reference = try JSONValue.load(path: Fixtures.model(name) + "/echo_logprobs.json")
-        let service = try Self.service(name)
+        let service = try Self.service(name, prefillBudget: prefillBudget)
         defer { service.scheduler.shutdown() }
         let prompts = reference["prompt_ids"]!.array!
         let prompt = JSONValue.array(prompts).serialized()
@@ -190,6 +193,28 @@ import Testing
         }
         let ok = try await service.completions(try Self.body(#"{"prompt": "hi", "max_tokens": 3, "temperature": 0}"#))
         #expect(ok["usage"]?["completion_tokens"]?.int == 3)
+    }
+
+    /// A prompt longer than the prefill budget goes in chunks between decode steps: the running
+    /// sequence keeps getting a token per boundary instead of waiting for the whole prefill.
+    @Test func longPromptsDoNotStallRunningSequences() async throws {
+        let reference = try Fixtures.reference("opt-tiny")
+        let bundle = try ModelBundle(directory: Fixtures.model("opt-tiny"), backend: CPUBackend(threads: 2))
+        let scheduler = Scheduler(engine: SlotBatch(model: bundle.model, slots: 2, context: 100), bundle: bundle, maxPrefillTokens: 4,
+                                  metrics: ServerMetrics())
+        scheduler.start()
+        defer { scheduler.shutdown() }
+        let service = OpenAIService(scheduler: scheduler, modelName: "t")
+        let long = Array((reference.promptIds[2] + reference.promptIds[3] + reference.promptIds[0]).prefix(40))
+        var running = Self.greedy(30)
+        running.ignoreEOS = true
+        let (events, _) = service.submit([(reference.promptIds[1], running), (long, Self.greedy(4))])
+        var order: [Int] = []
+        for await (i, event) in events { if case .token = event { order.append(i) } }
+        let beforeLong = order.prefix { $0 == 0 }.count
+        // 40 prompt tokens at 4 per boundary: 10 boundaries, each with a decode step of the running sequence.
+        #expect(beforeLong >= 9, "the running sequence got \(beforeLong) tokens before the long prompt's first")
+        #expect(order.filter { $0 == 0 }.count == 30 && order.filter { $0 == 1 }.count >= 1)
     }
 
     @Test func streamedTextHoldsBackPossibleStopStrings() {

@@ -23,27 +23,32 @@ extension CPUBackend {
         return Tensor(shape: shape, dtype: cache.dtype, buffer: buffer)
     }
 
-    public func moveCachePositions(_ cache: Tensor, row: Int, positions: Range<Int>, toRow: Int, to: Int) {
-        let kvHeads = cache.shape[1], capacity = cache.shape[2], d = cache.shape[3]
-        precondition(row < cache.shape[0] && toRow < cache.shape[0] && positions.upperBound <= capacity && to + positions.count <= capacity,
-                     "moveCachePositions: \(positions) of row \(row) to \(to) of row \(toRow) in \(cache.shape)")
-        guard !positions.isEmpty, row != toRow || positions.lowerBound != to else { return }
-        let base = cache.buffer.pointer
+    public func copyCachePositions(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int) {
+        let kvHeads = source.shape[1], d = source.shape[3]
+        let sourceCapacity = source.shape[2], destinationCapacity = destination.shape[2]
+        precondition(destination.shape[1] == kvHeads && destination.shape[3] == d && (source.quantization == nil) == (destination.quantization == nil)
+                     && source.quantization?.scheme == destination.quantization?.scheme,
+                     "copyCachePositions: \(source.shape) into \(destination.shape) of another kind")
+        precondition(row < source.shape[0] && toRow < destination.shape[0] && positions.upperBound <= sourceCapacity
+                     && to + positions.count <= destinationCapacity,
+                     "copyCachePositions: \(positions) of row \(row) of \(source.shape) to \(to) of row \(toRow) of \(destination.shape)")
+        guard !positions.isEmpty, source.buffer !== destination.buffer || row != toRow || positions.lowerBound != to else { return }
         // memmove per head: a shift within one sequence overlaps itself.
-        func move(_ region: UnsafeMutableRawPointer, unitBytes: Int) {
+        func copy(_ from: UnsafeMutableRawPointer, _ into: UnsafeMutableRawPointer, unitBytes: Int) {
             for h in 0..<kvHeads {
-                let from = ((row * kvHeads + h) * capacity + positions.lowerBound) * unitBytes
-                let dest = ((toRow * kvHeads + h) * capacity + to) * unitBytes
-                memmove(region + dest, region + from, positions.count * unitBytes)
+                let a = ((row * kvHeads + h) * sourceCapacity + positions.lowerBound) * unitBytes
+                let b = ((toRow * kvHeads + h) * destinationCapacity + to) * unitBytes
+                memmove(into + b, from + a, positions.count * unitBytes)
             }
         }
-        if let q = cache.quantization {
+        let from = source.buffer.pointer, into = destination.buffer.pointer
+        if let q = source.quantization, let r = destination.quantization {
             let groups = q.geometry.groupsAlongAxis
-            move(base, unitBytes: groups * q.scheme.bytesPerGroup)
-            move(base + q.stepsOffset, unitBytes: groups * 2)
-            move(base + q.minsOffset, unitBytes: groups * 2)
+            copy(from, into, unitBytes: groups * q.scheme.bytesPerGroup)
+            copy(from + q.stepsOffset, into + r.stepsOffset, unitBytes: groups * 2)
+            copy(from + q.minsOffset, into + r.minsOffset, unitBytes: groups * 2)
         } else {
-            move(base, unitBytes: d * cache.dtype.byteSize)
+            copy(from, into, unitBytes: d * source.dtype.byteSize)
         }
     }
 }
