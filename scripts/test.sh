@@ -15,6 +15,15 @@ fi
 if [ -z "${STRATA_OFFLINE:-}" ]; then ./scripts/fetch_smollm2.sh >/dev/null; fi
 swift build --build-tests -Xswiftc -warnings-as-errors
 swift test --skip-build
+# `strata serve` and `run-batch` against real clients: the openai package and
+# lm-evaluation-harness (pinned, from PyPI; no torch: lm_eval's api extra and the server's
+# remote tokenizer), loopback only. Offline, STRATA_OFFLINE=1 skips them and says so.
+if [ -z "${STRATA_OFFLINE:-}" ]; then
+  python3 -c "import openai, lm_eval" 2>/dev/null || python3 -m pip install -q "openai==3.57.0" "lm_eval[api]==0.4.13"
+  python3 Tests/clients/serve_clients.py .build/debug/strata
+else
+  echo "STRATA_OFFLINE=1: skipping the client tests of strata serve (openai, lm-evaluation-harness)"
+fi
 # Every fuzz harness for a short fixed number of inputs, after replaying the inputs that once
 # crashed it (the long runs and their figures: RELIABILITY.md).
 ./scripts/fuzz.sh --runs 20000 --jobs 2 --seed 1
