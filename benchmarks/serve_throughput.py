@@ -69,7 +69,9 @@ def post(base, body, stream=False):
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for c in chunk["choices"]:
-                if first is None and c["text"]:
+                # logprobs: 0 makes every token a chunk, text or not (a random model's tokens
+                # often decode to nothing), so the first chunk marks the first token.
+                if first is None:
                     first = time.perf_counter() - start
                 text += c["text"]
         return {"choices": [{"text": text}], "usage": usage}, first, time.perf_counter() - start
@@ -93,7 +95,7 @@ def run_serve(args, model, prompts):
                     if not queue:
                         return
                     item = queue.pop(0)
-                body = {"prompt": item["prompt"], "max_tokens": args.gen_len, "temperature": 0, "stream": True,
+                body = {"prompt": item["prompt"], "max_tokens": args.gen_len, "temperature": 0, "stream": True, "logprobs": 0,
                         "stream_options": {"include_usage": True}}
                 response, first, seconds = post(base, body, stream=True)
                 with lock:
@@ -127,7 +129,7 @@ def main():
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16, help="generate's --batch-size and serve's --max-batch")
     ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()

@@ -284,6 +284,24 @@ def test_run_batch(expected_texts):
     print(f"run-batch: killed after {partial} of 49 lines, resumed to 49 distinct custom_ids: ok")
 
 
+def test_policy(expected_texts):
+    """Under an offloading policy (weights and cache split over device and host tiers, 4-bit
+    weights off) requests run in the policy's blocks and give generate's tokens."""
+    path, out = os.path.join(WORK, "policy-in.jsonl"), os.path.join(WORK, "policy-out.jsonl")
+    with open(path, "w") as f:
+        for i, p in enumerate(PROMPTS[:10]):
+            body = {"prompt": p, "max_tokens": 16, "temperature": 0}
+            f.write(json.dumps({"custom_id": f"p{i}", "method": "POST", "url": "/v1/completions", "body": body}) + "\n")
+    subprocess.run([BINARY, "run-batch", "-i", path, "-o", out, "--model", MODEL, "--quiet", "--context", "128",
+                    "--percent", "50", "50", "50", "50", "100", "0", "--gpu-batch-size", "2", "--num-gpu-batches", "2"],
+                   check=True, capture_output=True)
+    for l in map(json.loads, open(out)):
+        i = int(l["custom_id"][1:])
+        text = l["response"]["body"]["choices"][0]["text"]
+        check(text == expected_texts[i], f"under the policy, {l['custom_id']}: {text!r} != {expected_texts[i]!r}")
+    print("run-batch under an offloading policy equals generate: ok")
+
+
 def main():
     expected_ids, expected_texts = generate_alone(PROMPTS, 16)
     server = Server(MODEL, "--max-batch", "16", "--context", "256", "--max-body-bytes", "1000000")
@@ -297,6 +315,7 @@ def main():
         server.stop()
     test_chat(expected_texts)
     test_run_batch(expected_texts)
+    test_policy(expected_texts)
     shutil.rmtree(WORK, ignore_errors=True)
     print("all client checks passed")
 
