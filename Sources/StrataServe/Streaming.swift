@@ -29,6 +29,9 @@ struct TextDelta {
     }
 }
 
+/// One choice's chunk content: its fields besides `index`.
+typealias ChoiceChunk = [String: JSONValue]
+
 extension OpenAIService {
     /// Server-sent event payloads for a streamed completion: one chunk per token of each choice
     /// (text delta, and logprobs when asked), a last chunk per choice with its finish reason,
@@ -36,56 +39,28 @@ extension OpenAIService {
     public func completionStream(_ body: JSONValue) throws(APIError) -> (payloads: AsyncStream<String>, cancel: @Sendable () -> Void) {
         let request = try CompletionRequest(body, bundle: bundle, context: context)
         try checkModel(request.model)
-        let sequences = try completionSequences(request)
-        let (events, cancel) = submit(sequences)
-        let id = "cmpl-\(Self.requestId())", n = request.sampling.n
-        let header: [String: JSONValue] = ["id": .string(id), "object": "text_completion", "created": .number(Double(Int(Date().timeIntervalSince1970))),
-                                           "model": .string(modelName)]
-        let stops = request.sampling.parameters.stopStrings
-        let stream = AsyncStream<String> { continuation in
-            let task = Task {
-                var deltas = [TextDelta](repeating: TextDelta(stops: stops), count: sequences.count)
-                var offsets = [Int](repeating: 0, count: sequences.count)
-                var completionTokens = 0
-                func chunk(_ i: Int, text: String, logprobs: JSONValue = .null, finish: FinishReason? = nil) {
-                    var o = header
-                    o["choices"] = .array([.object(["index": .number(Double(i)), "text": .string(text), "logprobs": logprobs,
-                                                    "finish_reason": finish.map { .string($0.rawValue) } ?? .null])])
-                    continuation.yield(JSONValue.object(o).serialized())
-                }
-                if request.echo {
-                    for i in 0..<sequences.count { chunk(i, text: request.prompts[i / n].text); offsets[i] = request.prompts[i / n].text.count }
-                }
-                for await (i, event) in events {
-                    switch event {
-                    case .prompt: break
-                    case .token(let token, let lp):
-                        completionTokens += 1
-                        let text = deltas[i].add(token, tokenizer: bundle.tokenizer)
-                        var logprobs = JSONValue.null
-                        if request.logprobs != nil {
-                            logprobs = completionLogprobs(tokens: [token], entries: [lp], offset: offsets[i])
-                            offsets[i] += tokenText(token).count
-                        }
-                        if !text.isEmpty || request.logprobs != nil { chunk(i, text: text, logprobs: logprobs) }
-                    case .finished(let reason, let stopped):
-                        chunk(i, text: deltas[i].finish(stoppedText: stopped, tokenizer: bundle.tokenizer), finish: reason)
-                    case .failed(let message):
-                        continuation.yield(APIError(status: 500, message).body.serialized())
-                    }
-                }
-                if request.sampling.includeUsage {
-                    var o = header
-                    o["choices"] = .array([])
-                    o["usage"] = usage(prompt: request.prompts.reduce(0) { $0 + $1.ids.count }, completion: completionTokens)
-                    continuation.yield(JSONValue.object(o).serialized())
-                }
-                continuation.yield("[DONE]")
-                continuation.finish()
-            }
-            continuation.onTermination = { _ in task.cancel(); cancel() }
-        }
-        return (stream, cancel)
+        let n = request.sampling.n
+        let prompts = request.prompts.map(\.text)
+        let wantsLogprobs = request.logprobs != nil
+        // Logprobs' text offsets run on from the echoed prompt, per choice.
+        let offsets = OffsetTable(count: request.prompts.count * n)
+        return stream(try completionSequences(request), object: "text_completion", idPrefix: "cmpl", sampling: request.sampling,
+                      promptTokens: request.prompts.reduce(0) { $0 + $1.ids.count },
+                      opening: { i in
+                          guard request.echo else { return nil }
+                          offsets.set(i, prompts[i / n].count)
+                          return ["text": .string(prompts[i / n]), "logprobs": .null, "finish_reason": .null]
+                      },
+                      token: { i, text, token, lp in
+                          guard !text.isEmpty || wantsLogprobs else { return nil }
+                          var logprobs = JSONValue.null
+                          if wantsLogprobs {
+                              logprobs = self.completionLogprobs(tokens: [token], entries: [lp], offset: offsets.get(i))
+                              offsets.set(i, offsets.get(i) + self.tokenText(token).count)
+                          }
+                          return ["text": .string(text), "logprobs": logprobs, "finish_reason": .null]
+                      },
+                      finish: { _, rest, reason in ["text": .string(rest), "logprobs": .null, "finish_reason": .string(reason.rawValue)] })
     }
 
     /// Server-sent event payloads for a streamed chat completion: the assistant role first, then
@@ -93,41 +68,65 @@ extension OpenAIService {
     public func chatStream(_ body: JSONValue) throws(APIError) -> (payloads: AsyncStream<String>, cancel: @Sendable () -> Void) {
         let request = try ChatRequest(body, bundle: bundle)
         try checkModel(request.model)
-        let sequences = try chatSequences(request)
+        let wantsLogprobs = request.logprobs != nil
+        return stream(try chatSequences(request), object: "chat.completion.chunk", idPrefix: "chatcmpl", sampling: request.sampling,
+                      promptTokens: request.promptIds.count,
+                      opening: { _ in ["delta": .object(["role": "assistant", "content": ""]), "logprobs": .null, "finish_reason": .null] },
+                      token: { _, text, token, lp in
+                          guard !text.isEmpty || wantsLogprobs else { return nil }
+                          let logprobs: JSONValue = wantsLogprobs ? .object(["content": .array(self.chatLogprobs([token], [lp]))]) : .null
+                          return ["delta": .object(["content": .string(text)]), "logprobs": logprobs, "finish_reason": .null]
+                      },
+                      finish: { _, rest, reason in
+                          ["delta": .object(rest.isEmpty ? [:] : ["content": .string(rest)]), "logprobs": .null,
+                           "finish_reason": .string(reason.rawValue)]
+                      })
+    }
+
+    /// The streaming skeleton both endpoints share: submits the sequences, turns their events
+    /// into chunks (`opening` per choice before any token, `token` per token with its safe text
+    /// delta, `finish` with the rest of the text; nil sends nothing), then usage and `[DONE]`.
+    /// A client that goes away cancels the sequences.
+    private func stream(_ sequences: [(ids: [Int], parameters: SequenceParameters)], object: String, idPrefix: String,
+                        sampling: SamplingFields, promptTokens: Int,
+                        opening: @escaping @Sendable (Int) -> ChoiceChunk?,
+                        token: @escaping @Sendable (Int, String, Int, TokenLogprob?) -> ChoiceChunk?,
+                        finish: @escaping @Sendable (Int, String, FinishReason) -> ChoiceChunk)
+        -> (payloads: AsyncStream<String>, cancel: @Sendable () -> Void) {
         let (events, cancel) = submit(sequences)
-        let header: [String: JSONValue] = ["id": .string("chatcmpl-\(Self.requestId())"), "object": "chat.completion.chunk",
+        let header: [String: JSONValue] = ["id": .string("\(idPrefix)-\(Self.requestId())"), "object": .string(object),
                                            "created": .number(Double(Int(Date().timeIntervalSince1970))), "model": .string(modelName)]
-        let stops = request.sampling.parameters.stopStrings
-        let stream = AsyncStream<String> { continuation in
+        let stops = sampling.parameters.stopStrings
+        let includeUsage = sampling.includeUsage
+        let tokenizer = bundle.tokenizer
+        let payloads = AsyncStream<String> { continuation in
             let task = Task {
-                var deltas = [TextDelta](repeating: TextDelta(stops: stops), count: sequences.count)
-                var completionTokens = 0
-                func chunk(_ i: Int, delta: [String: JSONValue], logprobs: JSONValue = .null, finish: FinishReason? = nil) {
+                func send(_ i: Int, _ chunk: ChoiceChunk?) {
+                    guard var chunk else { return }
+                    chunk["index"] = .number(Double(i))
                     var o = header
-                    o["choices"] = .array([.object(["index": .number(Double(i)), "delta": .object(delta), "logprobs": logprobs,
-                                                    "finish_reason": finish.map { .string($0.rawValue) } ?? .null])])
+                    o["choices"] = .array([.object(chunk)])
                     continuation.yield(JSONValue.object(o).serialized())
                 }
-                for i in 0..<sequences.count { chunk(i, delta: ["role": "assistant", "content": ""]) }
+                var deltas = [TextDelta](repeating: TextDelta(stops: stops), count: sequences.count)
+                var completionTokens = 0
+                for i in 0..<sequences.count { send(i, opening(i)) }
                 for await (i, event) in events {
                     switch event {
                     case .prompt: break
-                    case .token(let token, let lp):
+                    case .token(let id, let lp):
                         completionTokens += 1
-                        let text = deltas[i].add(token, tokenizer: bundle.tokenizer)
-                        let logprobs: JSONValue = request.logprobs == nil ? .null : .object(["content": .array(chatLogprobs([token], [lp]))])
-                        if !text.isEmpty || request.logprobs != nil { chunk(i, delta: ["content": .string(text)], logprobs: logprobs) }
+                        send(i, token(i, deltas[i].add(id, tokenizer: tokenizer), id, lp))
                     case .finished(let reason, let stopped):
-                        let rest = deltas[i].finish(stoppedText: stopped, tokenizer: bundle.tokenizer)
-                        chunk(i, delta: rest.isEmpty ? [:] : ["content": .string(rest)], finish: reason)
+                        send(i, finish(i, deltas[i].finish(stoppedText: stopped, tokenizer: tokenizer), reason))
                     case .failed(let message):
                         continuation.yield(APIError(status: 500, message).body.serialized())
                     }
                 }
-                if request.sampling.includeUsage {
+                if includeUsage {
                     var o = header
                     o["choices"] = .array([])
-                    o["usage"] = usage(prompt: request.promptIds.count, completion: completionTokens)
+                    o["usage"] = usage(prompt: promptTokens, completion: completionTokens)
                     continuation.yield(JSONValue.object(o).serialized())
                 }
                 continuation.yield("[DONE]")
@@ -135,6 +134,15 @@ extension OpenAIService {
             }
             continuation.onTermination = { _ in task.cancel(); cancel() }
         }
-        return (stream, cancel)
+        return (payloads, cancel)
     }
+}
+
+/// Per-choice text offsets a streamed completion's logprobs continue from.
+final class OffsetTable: @unchecked Sendable {
+    private let lock = NSLock()
+    private var offsets: [Int]
+    init(count: Int) { offsets = [Int](repeating: 0, count: count) }
+    func get(_ i: Int) -> Int { lock.lock(); defer { lock.unlock() }; return offsets[i] }
+    func set(_ i: Int, _ v: Int) { lock.lock(); defer { lock.unlock() }; offsets[i] = v }
 }
