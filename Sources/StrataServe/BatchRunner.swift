@@ -92,14 +92,19 @@ public struct BatchRunner: Sendable {
         if let problem = line.problem {
             result = .failure(problem)
         } else {
-            do throws(APIError) {
-                switch line.url {
-                case "/v1/completions": result = .success(try await service.completions(line.body))
-                case "/v1/chat/completions": result = .success(try await service.chat(line.body))
-                default: throw APIError(status: 400, "\(inputPath):\(line.number): url '\(line.url)' is not /v1/completions or /v1/chat/completions", param: "url")
+            while true {
+                do throws(APIError) {
+                    switch line.url {
+                    case "/v1/completions": result = .success(try await service.completions(line.body))
+                    case "/v1/chat/completions": result = .success(try await service.chat(line.body))
+                    default: throw APIError(status: 400, "\(inputPath):\(line.number): url '\(line.url)' is not /v1/completions or /v1/chat/completions", param: "url")
+                    }
+                } catch {
+                    result = .failure(error)
+                    // A full queue is not the line's fault: wait for room instead of answering 503.
+                    if error.status == 503 { try await Task.sleep(for: .milliseconds(50)); continue }
                 }
-            } catch {
-                result = .failure(error)
+                break
             }
         }
         let record: JSONValue

@@ -40,8 +40,10 @@ public final class OpenAIService: Sendable {
         (0..<count).map { i in seed.map { $0 &+ UInt64(i) } ?? UInt64.random(in: 0...UInt64.max) }
     }
 
-    /// Submits sequences and returns their events tagged by sequence index; `cancel` withdraws them all.
-    func submit(_ sequences: [(ids: [Int], parameters: SequenceParameters)]) -> (events: AsyncStream<(Int, SequenceEvent)>, cancel: @Sendable () -> Void) {
+    /// Submits sequences and returns their events tagged by sequence index; `cancel` withdraws
+    /// them all. A full queue refuses them (503).
+    func submit(_ sequences: [(ids: [Int], parameters: SequenceParameters)]) throws(APIError)
+        -> (events: AsyncStream<(Int, SequenceEvent)>, cancel: @Sendable () -> Void) {
         let (stream, continuation) = AsyncStream<(Int, SequenceEvent)>.makeStream()
         let remaining = RemainingCount(sequences.count)
         let tickets = sequences.enumerated().map { i, s in
@@ -54,13 +56,15 @@ public final class OpenAIService: Sendable {
             }
         }
         if sequences.isEmpty { continuation.finish() }
-        for t in tickets { scheduler.submit(t) }
+        guard scheduler.submit(tickets) else {
+            throw APIError(status: 503, "the server is at its limit of \(scheduler.maxWaiting) waiting sequences (--max-waiting); retry later")
+        }
         return (stream, { for t in tickets { t.cancel() } })
     }
 
     /// Runs sequences to the end and gathers their outputs.
     func collect(_ sequences: [(ids: [Int], parameters: SequenceParameters)]) async throws(APIError) -> [SequenceOutput] {
-        let (events, cancel) = submit(sequences)
+        let (events, cancel) = try submit(sequences)
         var outputs = [SequenceOutput](repeating: SequenceOutput(), count: sequences.count)
         await withTaskCancellationHandler {
             for await (i, event) in events { outputs[i].apply(event) }

@@ -43,6 +43,8 @@ public final class Scheduler: @unchecked Sendable {
     public let engine: any BatchEngine
     public let bundle: ModelBundle
     public let maxPrefillTokens: Int
+    /// Sequences allowed to wait; beyond, requests are refused (503) instead of queueing without bound.
+    public let maxWaiting: Int
     public let metrics: ServerMetrics
     private let queue = Mutex<(waiting: [SequenceTicket], stopping: Bool)>(([], false))
     private let wake = DispatchSemaphore(value: 0)
@@ -52,10 +54,11 @@ public final class Scheduler: @unchecked Sendable {
     /// Per slot: the ticket and its state (engine thread only).
     private var rows: [(ticket: SequenceTicket, state: SequenceState)?] = []
 
-    public init(engine: any BatchEngine, bundle: ModelBundle, maxPrefillTokens: Int, metrics: ServerMetrics) {
+    public init(engine: any BatchEngine, bundle: ModelBundle, maxPrefillTokens: Int, maxWaiting: Int = 4096, metrics: ServerMetrics) {
         self.engine = engine
         self.bundle = bundle
         self.maxPrefillTokens = maxPrefillTokens
+        self.maxWaiting = maxWaiting
         self.metrics = metrics
     }
 
@@ -79,13 +82,18 @@ public final class Scheduler: @unchecked Sendable {
         thread = nil
     }
 
-    public func submit(_ ticket: SequenceTicket) {
-        let depth = queue.withLock { q in
-            q.waiting.append(ticket)
+    /// Queues all of `tickets` (one request's sequences), or none when that would pass
+    /// `maxWaiting` or the scheduler is stopping; returns whether they were queued.
+    public func submit(_ tickets: [SequenceTicket]) -> Bool {
+        let depth: Int? = queue.withLock { q in
+            guard !q.stopping, q.waiting.count + tickets.count <= maxWaiting else { return nil }
+            q.waiting += tickets
             return q.waiting.count
         }
+        guard let depth else { return false }
         metrics.queueDepth.set(depth)
         wake.signal()
+        return true
     }
 
     /// A long prompt being prefilled a chunk per boundary, and whose it is.

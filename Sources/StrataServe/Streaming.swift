@@ -44,7 +44,7 @@ extension OpenAIService {
         let wantsLogprobs = request.logprobs != nil
         // Logprobs' text offsets run on from the echoed prompt, per choice.
         let offsets = OffsetTable(count: request.prompts.count * n)
-        return stream(try completionSequences(request), object: "text_completion", idPrefix: "cmpl", sampling: request.sampling,
+        return try stream(try completionSequences(request), object: "text_completion", idPrefix: "cmpl", sampling: request.sampling,
                       promptTokens: request.prompts.reduce(0) { $0 + $1.ids.count },
                       opening: { i in
                           guard request.echo else { return nil }
@@ -69,7 +69,7 @@ extension OpenAIService {
         let request = try ChatRequest(body, bundle: bundle)
         try checkModel(request.model)
         let wantsLogprobs = request.logprobs != nil
-        return stream(try chatSequences(request), object: "chat.completion.chunk", idPrefix: "chatcmpl", sampling: request.sampling,
+        return try stream(try chatSequences(request), object: "chat.completion.chunk", idPrefix: "chatcmpl", sampling: request.sampling,
                       promptTokens: request.promptIds.count,
                       opening: { _ in ["delta": .object(["role": "assistant", "content": ""]), "logprobs": .null, "finish_reason": .null] },
                       token: { _, text, token, lp in
@@ -91,9 +91,9 @@ extension OpenAIService {
                         sampling: SamplingFields, promptTokens: Int,
                         opening: @escaping @Sendable (Int) -> ChoiceChunk?,
                         token: @escaping @Sendable (Int, String, Int, TokenLogprob?) -> ChoiceChunk?,
-                        finish: @escaping @Sendable (Int, String, FinishReason) -> ChoiceChunk)
+                        finish: @escaping @Sendable (Int, String, FinishReason) -> ChoiceChunk) throws(APIError)
         -> (payloads: AsyncStream<String>, cancel: @Sendable () -> Void) {
-        let (events, cancel) = submit(sequences)
+        let (events, cancel) = try submit(sequences)
         let header: [String: JSONValue] = ["id": .string("\(idPrefix)-\(Self.requestId())"), "object": .string(object),
                                            "created": .number(Double(Int(Date().timeIntervalSince1970))), "model": .string(modelName)]
         let stops = sampling.parameters.stopStrings

@@ -16,12 +16,15 @@ struct ServingOptions: ParsableArguments {
     var context: Int?
     @Option(help: "Prompt tokens prefilled per step boundary at most (one newcomer always fits), so newcomers never stall running sequences for long.")
     var maxPrefillTokens: Int = 512
+    @Option(help: "Sequences that may wait for a slot; requests beyond are refused with 503.")
+    var maxWaiting: Int = 4096
     @Option(help: "The model name clients send (default: the model directory's last component).")
     var servedModelName: String?
 
     func validate() throws {
         guard maxBatch > 0 else { throw ValidationError("--max-batch must be positive") }
         guard maxPrefillTokens > 0 else { throw ValidationError("--max-prefill-tokens must be positive") }
+        guard maxWaiting > 0 else { throw ValidationError("--max-waiting must be positive") }
         if let context, context < 2 { throw ValidationError("--context must be at least 2") }
     }
 
@@ -38,13 +41,27 @@ struct ServingOptions: ParsableArguments {
         } else {
             bundle = try backend.loadBundle()
             let bytes = SlotBatch.cacheBytes(config: config, compression: bundle.model.compression.cache, slots: maxBatch, context: context)
-            Console.note("KV cache: \(maxBatch) slots x \(context) positions = \((Double(bytes) / 1048576).formatted(1)) MiB")
+            let mib = (Double(bytes) / 1048576).formatted(1)
+            if let available = Self.availableMemory(), bytes > available {
+                throw StrataError.invalidRequest(
+                    "the KV cache for --max-batch \(maxBatch) x --context \(context) needs \(mib) MiB but \((Double(available) / 1048576).formatted(1)) MiB of memory is available; lower one of them, or add --compress-cache")
+            }
+            Console.note("KV cache: \(maxBatch) slots x \(context) positions = \(mib) MiB")
             engine = SlotBatch(model: bundle.model, slots: maxBatch, context: context)
         }
-        let scheduler = Scheduler(engine: engine, bundle: bundle, maxPrefillTokens: maxPrefillTokens, metrics: ServerMetrics())
+        let scheduler = Scheduler(engine: engine, bundle: bundle, maxPrefillTokens: maxPrefillTokens, maxWaiting: maxWaiting,
+                                  metrics: ServerMetrics())
         scheduler.start()
         let name = servedModelName ?? String(backend.model.split(separator: "/").last ?? Substring(backend.model))
         return OpenAIService(scheduler: scheduler, modelName: name)
+    }
+
+    /// MemAvailable from /proc/meminfo, in bytes (nil where there is none).
+    static func availableMemory() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+              let kib = Int(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kib * 1024
     }
 }
 
@@ -64,7 +81,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let service: OpenAIService
-        do { service = try serving.makeService() } catch { Console.error("\(error)"); throw ExitCode.failure }
+        do { service = try serving.makeService() } catch { Console.error("error: \(error)"); throw ExitCode.failure }
         let host = self.host
         try await HTTPServer(service: service, host: host, port: port, maxBodyBytes: maxBodyBytes).run { bound in
             // Unbuffered: a parent process waits for this line on a pipe.
@@ -107,7 +124,7 @@ struct RunBatch: AsyncParsableCommand {
             service.scheduler.shutdown()
             Console.error("done: \(summary.succeeded) answered, \(summary.failed) failed, \(summary.alreadyDone) already in \(output); \((Clock.now() - started).formatted(2)) s")
         } catch {
-            Console.error("\(error)")
+            Console.error("error: \(error)")
             throw ExitCode.failure
         }
     }

@@ -109,10 +109,10 @@ import Testing
         #expect(out[3].promptLogprobs.dropFirst().allSatisfy { ($0?.top.count ?? 0) == 2 && $0!.logprob <= 0 })
     }
 
-    static func service(_ name: String, slots: Int = 4, context: Int = 64, prefillBudget: Int = 512) throws -> OpenAIService {
+    static func service(_ name: String, slots: Int = 4, context: Int = 64, prefillBudget: Int = 512, maxWaiting: Int = 4096) throws -> OpenAIService {
         let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2))
         let scheduler = Scheduler(engine: SlotBatch(model: bundle.model, slots: slots, context: context), bundle: bundle,
-                                  maxPrefillTokens: prefillBudget, metrics: ServerMetrics())
+                                  maxPrefillTokens: prefillBudget, maxWaiting: maxWaiting, metrics: ServerMetrics())
         scheduler.start()
         return OpenAIService(scheduler: scheduler, modelName: name)
     }
@@ -155,7 +155,7 @@ import Testing
     /// Bad requests get OpenAI error objects with the right status, naming the field; the
     /// service keeps answering good requests afterwards.
     @Test func badRequestsNameTheField() async throws {
-        let service = try Self.service("opt-tiny", context: 32)
+        let service = try Self.service("opt-tiny", context: 32, maxWaiting: 4)
         defer { service.scheduler.shutdown() }
         let cases: [(String, Int, String?, String)] = [
             (#"{"prompt": "hi", "model": "gpt-9"}"#, 404, "model", "gpt-9"),
@@ -171,6 +171,7 @@ import Testing
             (#"{"prompt": "hi", "max_tokens": 0}"#, 400, "max_tokens", "echo"),
             (#"{"prompt": "hi", "min_tokens": 9, "max_tokens": 4}"#, 400, "min_tokens", "min_tokens"),
             (#"[1, 2]"#, 400, nil, "object"),
+            (#"{"prompt": "hi", "n": 5}"#, 503, nil, "--max-waiting"),
         ]
         for (text, status, param, fragment) in cases {
             let body = try Self.body(text)
@@ -208,7 +209,7 @@ import Testing
         let long = Array((reference.promptIds[2] + reference.promptIds[3] + reference.promptIds[0]).prefix(40))
         var running = Self.greedy(30)
         running.ignoreEOS = true
-        let (events, _) = service.submit([(reference.promptIds[1], running), (long, Self.greedy(4))])
+        let (events, _) = try service.submit([(reference.promptIds[1], running), (long, Self.greedy(4))])
         var order: [Int] = []
         for await (i, event) in events { if case .token = event { order.append(i) } }
         let beforeLong = order.prefix { $0 == 0 }.count

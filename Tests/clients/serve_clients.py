@@ -85,6 +85,14 @@ def generate_alone(prompts, max_tokens):
     return [r["token_ids"] for r in rows], [r["text"] for r in rows]
 
 
+def test_refusals():
+    """A KV cache that cannot fit in memory is refused at start, naming the options."""
+    run = subprocess.run([BINARY, "serve", "--model", MODEL, "--port", "0", "--max-batch", "1000000", "--context", "256"],
+                         capture_output=True, text=True, timeout=60)
+    check(run.returncode != 0 and "--max-batch" in run.stderr and "MiB" in run.stderr, f"an impossible cache: {run.returncode} {run.stderr}")
+    print("memory refusal at start: ok")
+
+
 def test_openai_client(server, expected_texts):
     import openai
     client = openai.OpenAI(base_url=server.base + "/v1", api_key="none", max_retries=0)
@@ -304,6 +312,7 @@ def test_policy(expected_texts):
 
 def main():
     expected_ids, expected_texts = generate_alone(PROMPTS, 16)
+    test_refusals()
     server = Server(MODEL, "--max-batch", "16", "--context", "256", "--max-body-bytes", "1000000")
     try:
         test_openai_client(server, expected_texts)
