@@ -44,11 +44,14 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "Quantization group size for --compress-weight and --compress-cache.")
     var groupSize = 64
 
-    @Option(help: "Compute backend: auto (CUDA if usable, else CPU, saying why), cpu, or cuda.")
+    @Option(help: "Compute backend: auto (CUDA if usable, else CPU; --verbose says why), cpu, or cuda.")
     var backend = "auto"
 
     @Flag(help: "No progress bars or notes on stderr (errors and results still print).")
     var quiet = false
+
+    @Flag(help: "Say which compute backend runs and why (e.g. why CUDA is not used).")
+    var verbose = false
 
     /// Parsing is where every command that takes these options passes, so `--quiet` is set here.
     func validate() throws {
@@ -64,7 +67,8 @@ struct BackendOptions: ParsableArguments {
             switch CUDALoader.probe() {
             case .unavailable(let reason):
                 if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(reason)") }
-                Console.note("note: CUDA unavailable (\(reason)); running on the CPU backend")
+                // No CUDA on the machine is the ordinary case for --backend auto: say so only when asked.
+                if verbose { Console.note("note: CUDA unavailable (\(reason)); running on the CPU backend") }
             case .available(let devices, _):
                 // The kernels and loader exist; executing on the GPU is not in this build.
                 let why = "\(devices) CUDA device(s) found, but this build has no CUDA execution backend yet"

@@ -1,3 +1,4 @@
+import StrataBackend
 import StrataCore
 import StrataPlanning
 import Testing
@@ -40,6 +41,20 @@ import Foundation
         let lines = (0..<count).map { "{\"prompt\": \"License number \($0)\"}" }.joined(separator: "\n") + "\n"
         try lines.write(toFile: path, atomically: true, encoding: .utf8)
         return path
+    }
+
+    /// `--backend auto` on a machine without CUDA runs on the CPU silently; `--verbose` says why,
+    /// and `--backend cuda` is an error that says why.
+    @Test func cudaFallbackIsQuietUnlessAsked() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary), "no binary at \(Self.binary) (swift build first)")
+        guard case .unavailable = CUDALoader.probe() else { return }   // a CUDA machine has other notes to give
+        let common = ["generate", "--model", Fixtures.model("opt-tiny"), "--prompt", "License", "--max-new-tokens", "1"]
+        let plain = try Self.run(common)
+        #expect(plain.status == 0 && !plain.stderr.contains("CUDA"), "\(plain.stderr)")
+        let verbose = try Self.run(common + ["--verbose"])
+        #expect(verbose.status == 0 && verbose.stderr.contains("CUDA unavailable"), "\(verbose.stderr)")
+        let cuda = try Self.run(common + ["--backend", "cuda"])
+        #expect(cuda.status != 0 && cuda.stderr.contains("--backend cuda"), "\(cuda.stderr)")
     }
 
     @Test func progressInALogIsPlainLinesAndQuietSilencesIt() throws {
