@@ -14,8 +14,10 @@ struct TextDelta {
 
     mutating func add(_ token: Int, tokenizer: Tokenizer) -> String {
         ids.append(token)
-        let text = Array(tokenizer.decode(ids))
-        let safe = StopStrings.safePrefix(String(text), stops)
+        let decoded = tokenizer.decode(ids)
+        let text = Array(decoded)
+        // The token that completes a stop string arrives before the sequence's finish: never send it.
+        let safe = min(StopStrings.safePrefix(decoded, stops), StopStrings.match(decoded, stops)?.count ?? text.count)
         guard safe > sent else { return "" }
         defer { sent = safe }
         return String(text[sent..<safe])

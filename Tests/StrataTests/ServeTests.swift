@@ -196,6 +196,38 @@ import Testing
         #expect(ok["usage"]?["completion_tokens"]?.int == 3)
     }
 
+    /// Streamed chunks of every choice (two prompts, n = 2, echo, logprobs, a stop string) add
+    /// up to the non-streamed answer: same text per choice, the stop string held back, one
+    /// finish reason each, a usage chunk, then [DONE].
+    @Test func streamedChoicesAddUpToTheAnswer() async throws {
+        let service = try Self.service("opt-licenses", slots: 3, context: 64)
+        defer { service.scheduler.shutdown() }
+        let whole = try await service.completions(try Self.body(#"{"prompt": ["The license", "Permission"], "max_tokens": 12, "temperature": 0}"#))
+        let texts = whole["choices"]!.array!.map { $0["text"]!.string! }
+        let stop = String(texts[0].split(separator: " ")[2])
+        let fields = #""max_tokens": 12, "temperature": 0, "n": 2, "echo": true, "logprobs": 1, "stop": "\#(stop)""#
+        let expected = try await service.completions(try Self.body(#"{"prompt": ["The license", "Permission"], \#(fields)}"#))
+        let (payloads, _) = try service.completionStream(try Self.body(
+            #"{"prompt": ["The license", "Permission"], \#(fields), "stream": true, "stream_options": {"include_usage": true}}"#))
+        var streamed = [String](repeating: "", count: 4), finishes = [String?](repeating: nil, count: 4)
+        var all: [String] = []
+        for await p in payloads { all.append(p) }
+        #expect(all.last == "[DONE]")
+        let usage = try JSONValue.parse(Data(all[all.count - 2].utf8), path: "usage chunk")
+        #expect(usage["usage"]?["completion_tokens"]?.int == expected["usage"]?["completion_tokens"]?.int)
+        for p in all.dropLast(2) {
+            let choice = try JSONValue.parse(Data(p.utf8), path: "chunk")["choices"]!.array![0]
+            let i = choice["index"]!.int!
+            streamed[i] += choice["text"]!.string!
+            if let f = choice["finish_reason"]?.string { #expect(finishes[i] == nil); finishes[i] = f }
+        }
+        for (i, choice) in expected["choices"]!.array!.enumerated() {
+            #expect(streamed[i] == choice["text"]!.string!, "choice \(i)")
+            #expect(finishes[i] == choice["finish_reason"]!.string!, "choice \(i)")
+        }
+        #expect(!streamed[0].contains(stop) && finishes[0] == "stop")
+    }
+
     /// A prompt longer than the prefill budget goes in chunks between decode steps: the running
     /// sequence keeps getting a token per boundary instead of waiting for the whole prefill.
     @Test func longPromptsDoNotStallRunningSequences() async throws {
