@@ -51,12 +51,15 @@ let package = Package(
             pkgConfig: "cbc",
             providers: [.apt(["coinor-libcbc-dev"])]
         ),
+        // Integer dot-product kernels (AVX512-VNNI) behind their own target attributes, chosen at
+        // run time; optimized in debug builds too (the tests run them).
+        .target(name: "CStrataKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Layer 1: shapes, dtypes, errors, JSON values. No knowledge of models.
         .target(name: "StrataCore", swiftSettings: kernelSettings),
         // Layer 2: safetensors, Hugging Face configs, tokenizers.
         .target(name: "StrataFormats", dependencies: ["StrataCore"], swiftSettings: kernelSettings),
         // Layer 3: the Backend protocol and the CPU backend (OpenBLAS, oneDNN's bf16 matmuls, SIMD kernels).
-        .target(name: "StrataBackend", dependencies: ["StrataCore", "COpenBLAS", "CDNNL"], swiftSettings: kernelSettings),
+        .target(name: "StrataBackend", dependencies: ["StrataCore", "COpenBLAS", "CDNNL", "CStrataKernels"], swiftSettings: kernelSettings),
         // Layer 4: architectures (OPT, Llama) written once against Backend.
         .target(name: "StrataModels", dependencies: ["StrataCore", "StrataFormats", "StrataBackend"], swiftSettings: kernelSettings),
         // Layer 5: KV cache, sampling, stopping, the batched generator.

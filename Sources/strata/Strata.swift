@@ -50,6 +50,9 @@ struct BackendOptions: ParsableArguments {
     @Flag(help: "No progress bars or notes on stderr (errors and results still print).")
     var quiet = false
 
+    @Flag(help: "Resident models: multiply 4/8-bit weights by int8-quantized activations with the CPU's integer dot products (AVX512-VNNI) for batches of up to 16 rows, as llama.cpp does; results move by ~1e-3 relative, so it is opt-in. A no-op where the CPU lacks VNNI.")
+    var int8Activations = false
+
     @Flag(help: "Say which compute backend runs and why (e.g. why CUDA is not used).")
     var verbose = false
 
@@ -78,7 +81,7 @@ struct BackendOptions: ParsableArguments {
         default:
             throw StrataError.invalidRequest("--backend must be auto, cpu or cuda, not '\(backend)'")
         }
-        return CPUBackend(threads: threads, weightFormat: try weightFormatOption())
+        return CPUBackend(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations)
     }
 
     func weightFormatOption() throws -> CPUBackend.WeightFormat {

@@ -27,6 +27,9 @@ public final class CPUBackend: Backend {
     public let name = "cpu"
     public let threads: Int
     public let weightFormat: WeightFormat
+    /// Small-batch products with 4/8-bit weights quantize their activations to int8 and use the
+    /// CPU's integer dot products (`Int8GEMM`, opt-in: results move by ~1e-3 relative).
+    public let int8Activations: Bool
     /// Every buffer this backend allocates is charged here (the device tier's high-water mark).
     public let account: MemoryAccount?
 
@@ -35,8 +38,10 @@ public final class CPUBackend: Backend {
     /// tiers as images of a fixed size and rebuilds the tensors from them.
     public let packsWeights: Bool
 
-    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil, packsWeights: Bool = true) {
+    public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil, packsWeights: Bool = true,
+                int8Activations: Bool = false) {
         self.threads = max(1, threads)
+        self.int8Activations = int8Activations
         self.weightFormat = weightFormat
         self.packsWeights = packsWeights
         self.account = account
@@ -197,6 +202,10 @@ public final class CPUBackend: Backend {
         }
         let beta: Float = bias == nil ? 0 : 1
         let xp = x.floats, op = out.floats
+        if int8Activations, path == .automatic, m <= Int8GEMM.maxRows, let q = weight.quantization, Int8GEMM.supports(q, k: k) {
+            Int8GEMM.run(m: m, k: k, x: xp, weight: weight, out: op, ldc: n, beta: beta, threads: threads)
+            return out
+        }
         let fused = usesFusedKernel(weight, rows: m, path: path)
         // Output columns are split across workers; each runs a single-threaded kernel on its slab.
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in

@@ -1,0 +1,29 @@
+#ifndef STRATA_INT8_H
+#define STRATA_INT8_H
+#include <stdint.h>
+
+/// Activations quantized for the int8 dot-product kernels: int8 codes q with one scale per
+/// block of 32 values that one weight-code load meets (x ~ scale * q; for 4-bit weights a
+/// block is the 16 values of a group's low nibbles and the 16 of its high nibbles that share
+/// those bytes), and the exact f32 sum of each weight group's values (for the groups' minimums).
+typedef struct {
+    int8_t *codes;     // rows * k
+    float *scales;     // rows * k / 32
+    float *sums;       // rows * k / group_size
+} strata_int8_rows;
+
+/// Whether this CPU runs the AVX512-VNNI kernels (AVX512F, BW, VL and VNNI).
+int strata_int8_supported(void);
+
+/// Quantizes `rows` rows of `k` floats (row stride `ldx`) for weights of `bits` (4 or 8) in
+/// groups of `group_size` (a multiple of 32 dividing k).
+void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int group_size, int bits, strata_int8_rows out);
+
+/// out[r, n] = beta * out[r, n] + sum_k x[r, k] * w[n, k] for weight rows n in [n0, n1) of a
+/// group-quantized weight (groups along k, `bits` 4 or 8, codes then f16 steps and mins as
+/// Strata lays them out: w = min + code * step; 4-bit byte j of a group holds values j and
+/// j + group_size / 2). rows <= 16.
+void strata_int8_gemm(const strata_int8_rows *x, int rows, int k, int group_size, int bits,
+                      const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
+                      int n0, int n1, float *out, int ldc, float beta);
+#endif

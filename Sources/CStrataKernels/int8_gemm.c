@@ -1,0 +1,128 @@
+// Integer dot-product kernels for group-quantized weights (AVX512-VNNI), chosen at run time:
+// the rest of Strata targets Haswell, so these functions carry their own target attributes
+// and run only where strata_int8_supported() says the CPU has the instructions.
+#include "strata_int8.h"
+#include <math.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+int strata_int8_supported(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    // The OS must save the AVX-512 state (XCR0 bits 1, 2, 5, 6, 7).
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    int os = (lo & 0xE6) == 0xE6;
+    return avx512f && avx512bw && avx512vl && vnni && os;
+#else
+    return 0;
+#endif
+}
+
+/// The index within its group of value `i` (0..31) of block `s`: 8-bit blocks are 32
+/// consecutive values; 4-bit blocks take 16 from the low nibbles and 16 from the high ones.
+static inline int block_value(int bits, int half, int s, int i) {
+    if (bits == 8) return 32 * s + i;
+    return i < 16 ? 16 * s + i : half + 16 * s + (i - 16);
+}
+
+void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int group_size, int bits, strata_int8_rows out) {
+    int groups = k / group_size, blocks = group_size / 32, half = group_size / 2;
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (long)r * ldx;
+        for (int g = 0; g < groups; g++) {
+            const float *v = row + g * group_size;
+            int8_t *q = out.codes + (long)r * k + g * group_size;
+            float sum = 0;
+            for (int i = 0; i < group_size; i++) sum += v[i];
+            out.sums[r * groups + g] = sum;
+            for (int s = 0; s < blocks; s++) {
+                float top = 0;
+                for (int i = 0; i < 32; i++) { float a = fabsf(v[block_value(bits, half, s, i)]); if (a > top) top = a; }
+                float inverse = top > 0 ? 127.0f / top : 0;
+                for (int i = 0; i < 32; i++) { int at = block_value(bits, half, s, i); q[at] = (int8_t)lrintf(v[at] * inverse); }
+                out.scales[((long)r * k + g * group_size) / 32 + s] = top / 127.0f;
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define STRATA_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
+
+STRATA_VNNI static inline float f16(uint16_t h) { return _cvtsh_ss(h); }
+
+STRATA_VNNI static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/// 32 weight codes of sub-block s of a group as unsigned bytes in value order, and the 32
+/// matching activation codes (4-bit: the low nibbles are values 16s.., the high ones
+/// half + 16s..; 8-bit: 32 consecutive values).
+STRATA_VNNI static inline __m256i weight_block(const uint8_t *group, int bits, int half, int s) {
+    if (bits == 8) return _mm256_loadu_si256((const __m256i *)(group + 32 * s));
+    __m128i packed = _mm_loadu_si128((const __m128i *)(group + 16 * s));
+    __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i low = _mm_and_si128(packed, mask), high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    (void)half;
+    return _mm256_set_m128i(high, low);
+}
+
+STRATA_VNNI static inline __m256i activation_block(const int8_t *group, int bits, int half, int s) {
+    if (bits == 8) return _mm256_loadu_si256((const __m256i *)(group + 32 * s));
+    __m128i low = _mm_loadu_si128((const __m128i *)(group + 16 * s));
+    __m128i high = _mm_loadu_si128((const __m128i *)(group + half + 16 * s));
+    return _mm256_set_m128i(high, low);
+}
+
+STRATA_VNNI static void gemm_vnni(const strata_int8_rows *x, int rows, int k, int group_size, int bits,
+                                  const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
+                                  int n0, int n1, float *out, int ldc, float beta) {
+    int groups = k / group_size, half = group_size / 2;
+    int bytes_per_group = group_size * bits / 8, blocks = group_size / 32;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wrow = codes + (long)n * groups * bytes_per_group;
+        __m256 acc[16];
+        float offset[16];
+        for (int r = 0; r < rows; r++) { acc[r] = _mm256_setzero_ps(); offset[r] = 0; }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *wg = wrow + g * bytes_per_group;
+            _mm_prefetch((const char *)(wg + 8 * bytes_per_group), _MM_HINT_T0);
+            float step = f16(steps[(long)n * groups + g]), minimum = f16(mins[(long)n * groups + g]);
+            __m256i w[8];
+            for (int s = 0; s < blocks && s < 8; s++) w[s] = weight_block(wg, bits, half, s);
+            for (int r = 0; r < rows; r++) {
+                const int8_t *xg = x->codes + (long)r * k + g * group_size;
+                const float *xs = x->scales + ((long)r * k + g * group_size) / 32;
+                for (int s = 0; s < blocks; s++) {
+                    __m256i wb = s < 8 ? w[s] : weight_block(wg, bits, half, s);
+                    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wb, activation_block(xg, bits, half, s));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(step * xs[s]), acc[r]);
+                }
+                offset[r] += minimum * x->sums[r * groups + g];
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            float v = hsum(acc[r]) + offset[r];
+            float *o = out + (long)r * ldc + n;
+            *o = beta == 0 ? v : beta * *o + v;
+        }
+    }
+}
+#endif
+
+void strata_int8_gemm(const strata_int8_rows *x, int rows, int k, int group_size, int bits,
+                      const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
+                      int n0, int n1, float *out, int ldc, float beta) {
+#if defined(__x86_64__)
+    gemm_vnni(x, rows, k, group_size, bits, codes, steps, mins, n0, n1, out, ldc, beta);
+#endif
+}

@@ -1,0 +1,57 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CStrataKernels
+import StrataCore
+
+/// Small-batch products with 4-bit and 8-bit weights as integer dot products (AVX512-VNNI
+/// `vpdpbusd`, unsigned weight codes times int8 activations), as llama.cpp multiplies its Q4_0
+/// and Q8_0 blocks. The activations are quantized to int8 per block of 32 values (scale = max
+/// |x| / 127; per block, not per weight group, because OPT-style activations carry outlier
+/// features that would coarsen a whole 64-value group), so results move slightly: opt-in (`--int8-activations`), never the
+/// default path the fixtures hold to 1e-4. The kernels are C with their own target
+/// attributes (the rest of the binary targets Haswell) and run only where CPUID says so;
+/// `STRATA_CPU_ISA=baseline` forces the f32 fused path.
+enum Int8GEMM {
+    /// Up to this many rows (decode batches); larger ones go to the f32 paths.
+    static let maxRows = 16
+
+    static let available: Bool = {
+        if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
+        return strata_int8_supported() != 0
+    }()
+
+    static func supports(_ layout: QuantizedLayout, k: Int) -> Bool {
+        available && layout.geometry.inner == 1 && (layout.scheme.bits == 4 || layout.scheme.bits == 8)
+            && layout.scheme.groupSize % 32 == 0 && k % layout.scheme.groupSize == 0
+    }
+
+    /// out = beta * out + x * weight^T over `threads` workers split by output columns.
+    static func run(m: Int, k: Int, x: UnsafePointer<Float>, weight: Tensor, out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float,
+                    threads: Int) {
+        let q = weight.quantization!
+        let groupSize = q.scheme.groupSize, groups = k / groupSize
+        let codes = UnsafeMutablePointer<Int8>.allocate(capacity: m * k)
+        let scales = UnsafeMutablePointer<Float>.allocate(capacity: m * k / 32)
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: m * groups)
+        defer { codes.deallocate(); scales.deallocate(); sums.deallocate() }
+        let rows = strata_int8_rows(codes: codes, scales: scales, sums: sums)
+        strata_int8_quantize_rows(x, Int32(m), Int32(k), Int32(k), Int32(groupSize), Int32(q.scheme.bits), rows)
+        let base = weight.buffer.pointer
+        let data = base.assumingMemoryBound(to: UInt8.self)
+        let steps = (base + q.stepsOffset).assumingMemoryBound(to: UInt16.self)
+        let mins = (base + q.minsOffset).assumingMemoryBound(to: UInt16.self)
+        let n = weight.shape[0]
+        parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+            withUnsafePointer(to: rows) { r in
+                strata_int8_gemm(r, Int32(m), Int32(k), Int32(groupSize), Int32(q.scheme.bits), data, steps, mins,
+                                 Int32(columns.lowerBound), Int32(columns.upperBound), out, Int32(ldc), beta)
+            }
+        }
+    }
+}
+
+extension CPUBackend {
+    /// Whether `int8Activations` runs integer dot products on this CPU (else the flag is a no-op).
+    public static var int8DotProducts: Bool { Int8GEMM.available }
+}
