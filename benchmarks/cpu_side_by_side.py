@@ -77,9 +77,9 @@ def make_llama(directory, llama_cpp):
     return ggufs
 
 
-def strata(args, model, batch, weight_format=None):
+def strata(args, model, batch, weight_format=None, extra=()):
     cmd = [args.strata, "bench", "--model", model, "--batch-size", str(batch), "--prompt-len", str(args.prompt_len),
-           "--gen-len", str(args.gen_len), "--threads", str(args.threads), "--json"]
+           "--gen-len", str(args.gen_len), "--threads", str(args.threads), "--json", *extra]
     if weight_format:
         cmd += ["--weight-format", weight_format]
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -119,6 +119,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", choices=["opt", "llama"], help="one of the two models")
     ap.add_argument("--strata", default=os.path.join(ROOT, ".build", "release", "strata"))
+    ap.add_argument("--systems", help="comma-separated subset of the columns to run (e.g. strata-q4_0,strata-q4_0-int8,llamacpp-q4_0)")
     args = ap.parse_args()
 
     cpu, flags = cpu_info()
@@ -146,7 +147,13 @@ def main():
             llama["llamacpp-" + kind.lower()] = (lambda p: lambda b: llama_cpp(args, p, b))(path)
             if kind != "f16":
                 llama["strata-" + kind.lower()] = (lambda p: lambda b: strata(args, p, b, "bf16"))(path)
+                # The same file with int8 activations on the CPU's integer dot products (opt-in).
+                llama["strata-" + kind.lower() + "-int8"] = (lambda p: lambda b: strata(args, p, b, "bf16", ["--int8-activations"]))(path)
         systems["llama-250m"] = llama
+    if args.systems:
+        keep = set(args.systems.split(","))
+        systems = {m: {n: r for n, r in runners.items() if n in keep} for m, runners in systems.items()}
+        systems = {m: r for m, r in systems.items() if r}
 
     rows = []
     for model, runners in systems.items():
@@ -157,12 +164,16 @@ def main():
                     runs[name].append(run(batch))
             med = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in ["prefill", "decode", "total"]}
                    for name, rs in runs.items()}
-            best_strata = max((n for n in med if n.startswith("strata-") and n in ("strata-f16", "strata-bf16")),
-                              key=lambda n: med[n]["total"])
-            best_hf = max((n for n in med if n.startswith("hf-")), key=lambda n: med[n]["total"])
-            ratios = {f"{best_strata}/{best_hf}": round(med[best_strata]["total"] / med[best_hf]["total"], 2)}
+            ratios = {}
+            sixteen = [n for n in med if n in ("strata-f16", "strata-bf16")]
+            hf = [n for n in med if n.startswith("hf-")]
+            if sixteen and hf:
+                best_strata = max(sixteen, key=lambda n: med[n]["total"])
+                best_hf = max(hf, key=lambda n: med[n]["total"])
+                ratios[f"{best_strata}/{best_hf}"] = round(med[best_strata]["total"] / med[best_hf]["total"], 2)
             for strata_name, peer in [("strata-bf16", "llamacpp-f16"), ("strata-f16", "llamacpp-f16"),
-                                      ("strata-q4_0", "llamacpp-q4_0"), ("strata-q8_0", "llamacpp-q8_0")]:
+                                      ("strata-q4_0", "llamacpp-q4_0"), ("strata-q8_0", "llamacpp-q8_0"),
+                                      ("strata-q4_0-int8", "llamacpp-q4_0"), ("strata-q8_0-int8", "llamacpp-q8_0")]:
                 if strata_name in med and peer in med:
                     ratios[f"{strata_name}/{peer}"] = round(med[strata_name]["total"] / med[peer]["total"], 2)
                     ratios[f"{strata_name}/{peer} decode"] = round(med[strata_name]["decode"] / med[peer]["decode"], 2)

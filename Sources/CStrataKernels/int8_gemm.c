@@ -83,37 +83,74 @@ STRATA_VNNI static inline __m256i activation_block(const int8_t *group, int bits
     return _mm256_set_m128i(high, low);
 }
 
+/// One tile: weight rows n..n+NR against activation rows r0..r0+MR, every group of k. The tile
+/// sizes are compile-time constants at each call (always inlined), so the MR x NR accumulators
+/// live in registers: each weight block is decoded once per tile and each activation block
+/// loaded once per tile, which is where a one-row loop spends its time.
+STRATA_VNNI __attribute__((always_inline)) static inline void
+tile(const strata_int8_rows *x, int r0, const int MR, int k, int group_size, int bits,
+     const uint8_t *codes, const uint16_t *steps, const uint16_t *mins, int n, const int NR, float *out, int ldc, float beta) {
+    int groups = k / group_size, half = group_size / 2;
+    int bytes_per_group = group_size * bits / 8, blocks = group_size / 32;
+    __m256 acc[4][4];
+    float offset[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++) { acc[r][j] = _mm256_setzero_ps(); offset[r][j] = 0; }
+    for (int g = 0; g < groups; g++) {
+        float step[4], minimum[4];
+        for (int j = 0; j < NR; j++) {
+            long at = (long)(n + j) * groups + g;
+            step[j] = f16(steps[at]);
+            minimum[j] = f16(mins[at]);
+            _mm_prefetch((const char *)(codes + at * bytes_per_group + 1024), _MM_HINT_T0);
+        }
+        for (int s = 0; s < blocks; s++) {
+            __m256i w[4];
+            for (int j = 0; j < NR; j++) w[j] = weight_block(codes + ((long)(n + j) * groups + g) * bytes_per_group, bits, half, s);
+            for (int r = 0; r < MR; r++) {
+                long row = r0 + r;
+                __m256i a = activation_block(x->codes + row * k + g * group_size, bits, half, s);
+                float scale = x->scales[(row * k + g * group_size) / 32 + s];
+                for (int j = 0; j < NR; j++) {
+                    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[j], a);
+                    acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(step[j] * scale), acc[r][j]);
+                }
+            }
+        }
+        for (int r = 0; r < MR; r++) {
+            float sum = x->sums[(r0 + r) * groups + g];
+            for (int j = 0; j < NR; j++) offset[r][j] += minimum[j] * sum;
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++) {
+            float v = hsum(acc[r][j]) + offset[r][j];
+            float *o = out + (long)(r0 + r) * ldc + n + j;
+            *o = beta == 0 ? v : beta * *o + v;
+        }
+}
+
+#define STRATA_TILE_ROWS(MR_) \
+    STRATA_VNNI static void rows_##MR_(const strata_int8_rows *x, int r0, int k, int group_size, int bits, const uint8_t *codes, \
+                                       const uint16_t *steps, const uint16_t *mins, int n0, int n1, float *out, int ldc, float beta) { \
+        int n = n0; \
+        for (; n + 4 <= n1; n += 4) tile(x, r0, MR_, k, group_size, bits, codes, steps, mins, n, 4, out, ldc, beta); \
+        for (; n < n1; n++) tile(x, r0, MR_, k, group_size, bits, codes, steps, mins, n, 1, out, ldc, beta); \
+    }
+STRATA_TILE_ROWS(1)
+STRATA_TILE_ROWS(2)
+STRATA_TILE_ROWS(3)
+STRATA_TILE_ROWS(4)
+
 STRATA_VNNI static void gemm_vnni(const strata_int8_rows *x, int rows, int k, int group_size, int bits,
                                   const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
                                   int n0, int n1, float *out, int ldc, float beta) {
-    int groups = k / group_size, half = group_size / 2;
-    int bytes_per_group = group_size * bits / 8, blocks = group_size / 32;
-    for (int n = n0; n < n1; n++) {
-        const uint8_t *wrow = codes + (long)n * groups * bytes_per_group;
-        __m256 acc[16];
-        float offset[16];
-        for (int r = 0; r < rows; r++) { acc[r] = _mm256_setzero_ps(); offset[r] = 0; }
-        for (int g = 0; g < groups; g++) {
-            const uint8_t *wg = wrow + g * bytes_per_group;
-            _mm_prefetch((const char *)(wg + 8 * bytes_per_group), _MM_HINT_T0);
-            float step = f16(steps[(long)n * groups + g]), minimum = f16(mins[(long)n * groups + g]);
-            __m256i w[8];
-            for (int s = 0; s < blocks && s < 8; s++) w[s] = weight_block(wg, bits, half, s);
-            for (int r = 0; r < rows; r++) {
-                const int8_t *xg = x->codes + (long)r * k + g * group_size;
-                const float *xs = x->scales + ((long)r * k + g * group_size) / 32;
-                for (int s = 0; s < blocks; s++) {
-                    __m256i wb = s < 8 ? w[s] : weight_block(wg, bits, half, s);
-                    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wb, activation_block(xg, bits, half, s));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(step * xs[s]), acc[r]);
-                }
-                offset[r] += minimum * x->sums[r * groups + g];
-            }
-        }
-        for (int r = 0; r < rows; r++) {
-            float v = hsum(acc[r]) + offset[r];
-            float *o = out + (long)r * ldc + n;
-            *o = beta == 0 ? v : beta * *o + v;
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+        switch (rows - r0 < 4 ? rows - r0 : 4) {
+        case 1: rows_1(x, r0, k, group_size, bits, codes, steps, mins, n0, n1, out, ldc, beta); break;
+        case 2: rows_2(x, r0, k, group_size, bits, codes, steps, mins, n0, n1, out, ldc, beta); break;
+        case 3: rows_3(x, r0, k, group_size, bits, codes, steps, mins, n0, n1, out, ldc, beta); break;
+        default: rows_4(x, r0, k, group_size, bits, codes, steps, mins, n0, n1, out, ldc, beta); break;
         }
     }
 }

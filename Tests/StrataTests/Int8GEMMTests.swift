@@ -12,11 +12,11 @@ import Testing
     /// within the bound the activation rounding allows (half a step of each group's int8 scale
     /// times the group's |w|), and the typical relative error is far below it. Bias and beta
     /// (outputs accumulated onto the bias) are covered.
-    @Test(arguments: [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64)], [1, 3, 16])
+    @Test(arguments: [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64)], [1, 3, 4])
     func matchesTheDequantizedProductWithinTheRoundingBound(scheme: (Int, Int), rows m: Int) throws {
         let backend = CPUBackend(threads: 2, int8Activations: true)
         let (bits, groupSize) = scheme
-        let n = 96, k = 256
+        let n = 99, k = 256   // 99: whole 4-row weight tiles and a tail of 3
         let x = BackendOpTests.randoms(m * k, seed: 11), w = BackendOpTests.randoms(n * k, seed: 12), bias = BackendOpTests.randoms(n, seed: 13)
         let q = backend.quantize(backend.upload(floats: w, shape: [n, k]), scheme: try QuantizationScheme(bits: bits, groupSize: groupSize))
         let dequantized = backend.download(q)
@@ -48,12 +48,11 @@ import Testing
         if CPUBackend.int8DotProducts { #expect(worstRelative > 0) }
     }
 
-    /// On the trained demo model with 4-bit and 8-bit weights: the prompt's next-token logits stay
-    /// within 2% of the largest logit of the f32 path's (measured up to 1.1%: int8 activations
-    /// through every layer of a model this small), and greedy continuations agree on at
-    /// least their first 24 of 32 tokens (int8 rounding may flip a near-tie late in a run; a
-    /// wrong kernel diverges at once). A random model's near-flat distributions flip on rounding
-    /// this small, so this is checked where predictions mean something.
+    /// On the trained demo model with 4-bit and 8-bit weights, token by token (one-row decode
+    /// steps, the rows the int8 path serves) over 159 tokens of held-out text: every step's
+    /// logits stay within 3% of the largest logit of the f32 path's (measured 2.3% at worst), and
+    /// the mean negative log-likelihood moves by less than 0.1% (measured 0.019% at 4 bits,
+    /// 0.0012% at 8). A wrong kernel misses both by far.
     @Test(arguments: [4, 8])
     func theTrainedModelPredictsAsBefore(bits: Int) throws {
         let dir = Fixtures.model("opt-licenses")
@@ -61,23 +60,42 @@ import Testing
         let compression = Compression(weights: PrecisionMap.uniform(layers: layers, bits: bits, groupSize: 64))
         let exact = try ModelBundle(directory: dir, backend: CPUBackend(threads: 2), compression: compression)
         let int8 = try ModelBundle(directory: dir, backend: CPUBackend(threads: 2, int8Activations: true), compression: compression)
-        var timing = GenerationTiming()
-        for prompt in ["The license", "Permission is hereby granted", "This program is free software"] {
-            let ids = try exact.encodePrompt(prompt)
-            func logits(_ b: ModelBundle) -> [Float] {
-                let step = ForwardStep(tokens: ids.map(Int32.init), batch: 1, length: ids.count, pastLength: 0, padding: [0])
-                return b.model.backend.download(b.model.forward(step, cache: b.model.makeCache(batch: 1, capacity: ids.count)))
+        let text = try String(contentsOfFile: Fixtures.root + "/text/heldout.txt", encoding: .utf8)
+        let ids = Array(exact.tokenizer.encode(String(text.prefix(2000))).prefix(160))
+        func walk(_ b: ModelBundle) -> (nll: Double, logits: [[Float]]) {
+            let cache = b.model.makeCache(batch: 1, capacity: ids.count)
+            var nll = 0.0
+            var all: [[Float]] = []
+            for t in 0..<(ids.count - 1) {
+                let step = ForwardStep(tokens: [Int32(ids[t])], batch: 1, length: 1, pastLength: t, padding: [0])
+                let logits = b.model.backend.download(b.model.forward(step, cache: cache))
+                let top = logits.max()!
+                nll += log(logits.reduce(0.0) { $0 + exp(Double($1 - top)) }) + Double(top - logits[ids[t + 1]])
+                all.append(logits)
             }
-            let (a, b) = (logits(exact), logits(int8))
-            let scale = a.map(abs).max()!
-            let worst = zip(a, b).map { abs($0 - $1) }.max()!
-            #expect(worst <= 0.02 * scale, "\(bits)-bit, \(prompt): logits differ by \(worst) (largest |logit| \(scale))")
-            if CPUBackend.int8DotProducts { #expect(worst > 0, "the int8 path did not run") }
-            let r = GenerationRequest(promptIds: ids, maxNewTokens: 32)
-            let x = try Generator(bundle: exact).generate([r], sampling: SamplingParameters(), timing: &timing)[0].tokenIds
-            let y = try Generator(bundle: int8).generate([r], sampling: SamplingParameters(), timing: &timing)[0].tokenIds
-            let agree = zip(x, y).prefix { $0 == $1 }.count
-            #expect(agree >= 24, "\(bits)-bit, \(prompt): greedy tokens agree on the first \(agree) of 32")
+            return (nll / Double(ids.count - 1), all)
         }
+        let (a, b) = (walk(exact), walk(int8))
+        var worst: Float = 0
+        for (x, y) in zip(a.logits, b.logits) {
+            let ratio = zip(x, y).map { abs($0 - $1) }.max()! / x.map(abs).max()!
+            worst = max(worst, ratio)
+        }
+        #expect(worst <= 0.03, "\(bits)-bit: a step's logits moved by \(worst) of the largest")
+        if CPUBackend.int8DotProducts { #expect(worst > 0, "the int8 path did not run") }
+        let change = abs(b.nll - a.nll) / a.nll
+        #expect(change < 0.001, "\(bits)-bit: mean NLL \(a.nll) -> \(b.nll) (\(change))")
+    }
+
+    /// A CPU without VNNI (forced with STRATA_CPU_ISA=baseline) runs the exact f32 path: the flag
+    /// changes nothing there, and the binary still starts.
+    @Test func forcedBaselineIgnoresTheFlag() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
+        let common = ["generate", "--model", Fixtures.model("opt-licenses"), "--prompt", "The license", "--max-new-tokens", "24",
+                      "--compress-weight", "--backend", "cpu"]
+        let plain = try CommandLineTests.run(common)
+        let forced = try CommandLineTests.run(common + ["--int8-activations"], environment: ["STRATA_CPU_ISA": "baseline"])
+        #expect(plain.status == 0 && forced.status == 0, "\(plain.stderr) \(forced.stderr)")
+        #expect(plain.stdout == forced.stdout && !plain.stdout.isEmpty)
     }
 }

@@ -13,8 +13,11 @@ import StrataCore
 /// attributes (the rest of the binary targets Haswell) and run only where CPUID says so;
 /// `STRATA_CPU_ISA=baseline` forces the f32 fused path.
 enum Int8GEMM {
-    /// Up to this many rows (decode batches); larger ones go to the f32 paths.
-    static let maxRows = 16
+    /// Up to this many rows (small decode batches: one 4-row tile, so each weight block is decoded
+    /// once per call); from 8 rows on the f32 fused kernel was as fast or faster (Llama-250M Q4_0
+    /// decode, 2 threads: 1 row 15 -> 38-47 tokens/s, 2 rows 27 -> 55, 4 rows 56 -> 72, 8 rows
+    /// 78 vs 76, 16 rows 111 vs 80).
+    static let maxRows = 4
 
     static let available: Bool = {
         if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
