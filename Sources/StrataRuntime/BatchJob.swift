@@ -139,13 +139,7 @@ public struct BatchJob: Sendable {
 
     /// Input line numbers already present in an existing output file.
     static func completedIndexes(_ path: String) throws -> Set<Int> {
-        guard FileSystem.exists(path) else { return [] }
-        let lines = try LineReader(path: path)
-        var done = Set<Int>()
-        while let (_, line) = try lines.next() {
-            if case .text(let raw) = line, let v = try? JSONValue.parse(Data(raw), path: path), let i = v["index"]?.int { done.insert(i) }
-        }
-        return done
+        Set(try OutputFile.fieldValues(path, key: "index").compactMap(\.int))
     }
 }
 
@@ -166,6 +160,18 @@ public final class OutputFile: @unchecked Sendable {
     /// Bytes of a torn last line removed on opening (0 when the file ended cleanly).
     public let discardedBytes: Int
     private let fd: Int32
+
+    /// The values of field `key` in the JSON lines of an existing output file (a resumed job's
+    /// record of what is done); lines that are not JSON objects with the key are passed over.
+    public static func fieldValues(_ path: String, key: String) throws -> [JSONValue] {
+        guard FileSystem.exists(path) else { return [] }
+        let lines = try LineReader(path: path)
+        var values: [JSONValue] = []
+        while let (_, line) = try lines.next() {
+            if case .text(let raw) = line, let v = try? JSONValue.parse(Data(raw), path: path), let value = v[key] { values.append(value) }
+        }
+        return values
+    }
 
     public init(path: String, truncate: Bool) throws {
         self.path = path

@@ -140,12 +140,6 @@ public struct BatchRunner: Sendable {
 
     /// custom_ids already answered in an existing output file.
     static func completedIds(_ path: String) throws -> Set<String> {
-        guard FileSystem.exists(path) else { return [] }
-        let lines = try LineReader(path: path)
-        var done = Set<String>()
-        while let (_, line) = try lines.next() {
-            if case .text(let raw) = line, let v = try? JSONValue.parse(Data(raw), path: path), let id = v["custom_id"]?.string { done.insert(id) }
-        }
-        return done
+        Set(try OutputFile.fieldValues(path, key: "custom_id").compactMap(\.string))
     }
 }
