@@ -225,7 +225,7 @@ def test_lm_eval(server):
     out = os.path.join(WORK, "lm_eval")
     tasks = os.path.join(ROOT, "Tests", "clients", "lm_eval_tasks")
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    run = subprocess.run(["lm_eval", "--model", "local-completions", "--model_args",
+    run = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
                           f"model=opt-licenses,base_url={server.base}/v1/completions,tokenizer_backend=remote,num_concurrent=8,max_retries=1",
                           "--tasks", "strata_licenses_mc,strata_licenses_gen", "--include_path", tasks,
                           "--output_path", out, "--log_samples"], capture_output=True, text=True, env=env, timeout=900, cwd=tasks)
