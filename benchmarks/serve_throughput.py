@@ -23,11 +23,13 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_side_by_side import make_opt  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
-def make_prompts(path, count, length, model):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+def make_prompts(path, count, length):
     words = ("the engine answers many clients at once and keeps its batches full while requests arrive and leave "
              "between decode steps so the model weights are read once for every sequence in the batch").split()
     with open(path, "w") as f:
@@ -135,12 +137,9 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     model = os.path.join(args.models, "opt-125m")
-    if not os.path.exists(os.path.join(model, "config.json")):
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from cpu_side_by_side import make_opt
-        make_opt(model)
+    make_opt(model)   # random weights at OPT-125m's shape, made once
     prompts = os.path.join(args.out, "prompts.jsonl")
-    make_prompts(prompts, args.prompts, args.prompt_len, model)
+    make_prompts(prompts, args.prompts, args.prompt_len)
     rounds = []
     for r in range(args.repeat):
         g = run_generate(args, model, prompts)

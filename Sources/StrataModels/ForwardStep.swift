@@ -30,6 +30,18 @@ public struct ForwardStep: Sendable {
         self.positions = positions
     }
 
+    /// Prompts laid out as one left-padded block: each row is `padToken` up to its prompt, all
+    /// rows as long as the longest. Returns the tokens, that length and each row's lead.
+    public static func leftPadded(_ prompts: [[Int]], padToken: Int32) -> (tokens: [Int32], length: Int, leads: [Int]) {
+        let length = prompts.map(\.count).max() ?? 0
+        let leads = prompts.map { length - $0.count }
+        var tokens = [Int32](repeating: padToken, count: prompts.count * length)
+        for (b, p) in prompts.enumerated() {
+            for (t, id) in p.enumerated() { tokens[b * length + leads[b] + t] = Int32(id) }
+        }
+        return (tokens, length, leads)
+    }
+
     /// Row index of each sequence's last token in this step.
     public var lastRows: [Int] { (0..<batch).map { $0 * length + length - 1 } }
 

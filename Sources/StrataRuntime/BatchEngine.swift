@@ -65,12 +65,10 @@ public final class BlockEngine: BatchEngine, @unchecked Sendable {
         let block = engine.policy.blockSize
         var rows = prompts
         while rows.count < block { rows.append(prompts[0]) }
-        let promptLength = rows.map(\.count).max()!
+        let (tokens, promptLength, leads) = ForwardStep.leftPadded(rows, padToken: padToken)
         let capacity = promptLength + max(1, zip(prompts, maxNewTokens).map { min($1, context - $0.count) }.max()!)
         try engine.beginBlock(capacity: capacity)
-        padding = rows.map { promptLength - $0.count }
-        var tokens = [Int32](repeating: padToken, count: block * promptLength)
-        for (b, p) in rows.enumerated() { for (t, id) in p.enumerated() { tokens[b * promptLength + padding[b] + t] = Int32(id) } }
+        padding = leads
         let step = ForwardStep(tokens: tokens, batch: block, length: promptLength, pastLength: 0, padding: padding)
         let echo = allPositions.contains(true)
         let logits: [Float]

@@ -88,14 +88,9 @@ public final class Generator: Sendable {
                      timing: inout GenerationTiming) throws -> [GenerationResult] {
         let model = bundle.model
         let batch = requests.count
-        let promptLength = requests.map(\.promptIds.count).max()!
         // The rows' budgets never reach past the model's positions.
         var rows = BatchRows(requests: requests, bundle: bundle, sampling: sampling, ignoreEOS: ignoreEOS)
-        let padding = requests.map { promptLength - $0.promptIds.count }
-        var tokens = [Int32](repeating: Int32(bundle.padTokenId), count: batch * promptLength)
-        for (b, r) in requests.enumerated() {
-            for (t, id) in r.promptIds.enumerated() { tokens[b * promptLength + padding[b] + t] = Int32(id) }
-        }
+        let (tokens, promptLength, padding) = ForwardStep.leftPadded(requests.map(\.promptIds), padToken: Int32(bundle.padTokenId))
         let capacity = promptLength + max(rows.budgets.max()!, 1)
         let cache = engine == nil ? model.makeCache(batch: batch, capacity: capacity) : model.makeCache(batch: 0, capacity: 0)
         try engine?.beginBlock(capacity: capacity)

@@ -56,16 +56,11 @@ public final class SlotBatch: @unchecked Sendable {
     /// ([positions, vocab] each).
     public func admit(_ prompts: [[Int]], allPositions: [Bool], padToken: Int32) -> (slots: [Int], logits: [[Float]]) {
         precondition(!prompts.isEmpty && prompts.count <= freeSlots && prompts.allSatisfy { !$0.isEmpty && $0.count < context })
-        let promptLength = prompts.map(\.count).max()!
+        let (tokens, promptLength, _) = ForwardStep.leftPadded(prompts, padToken: padToken)
         if length + 1 > capacity { compact() }
         if length < promptLength { shiftAll(by: promptLength - length) }
         let first = occupied, k = prompts.count
-        var tokens = [Int32](repeating: padToken, count: k * promptLength)
-        for (i, p) in prompts.enumerated() {
-            let lead = promptLength - p.count
-            for (t, id) in p.enumerated() { tokens[i * promptLength + lead + t] = Int32(id) }
-            padding[first + i] = length - p.count
-        }
+        for (i, p) in prompts.enumerated() { padding[first + i] = length - p.count }
         let step = ForwardStep(tokens: tokens, batch: k, length: promptLength, pastLength: length - promptLength,
                                padding: Array(padding[first..<(first + k)]))
         var rows: [Int] = []

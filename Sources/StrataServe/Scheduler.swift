@@ -91,7 +91,7 @@ public final class Scheduler: @unchecked Sendable {
             return q.waiting.count
         }
         guard let depth else { return false }
-        metrics.queueDepth.set(depth)
+        metrics.queueGauge.set(Double(depth))
         wake.signal()
         return true
     }
@@ -130,7 +130,7 @@ public final class Scheduler: @unchecked Sendable {
                 step()
                 worked = true
             }
-            metrics.runningBatch.set(rows.reduce(0) { $0 + ($1 == nil ? 0 : 1) })
+            metrics.runningGauge.set(Double(rows.reduce(0) { $0 + ($1 == nil ? 0 : 1) }))
             if !worked {
                 if stop && partial == nil && queue.withLock({ $0.waiting.isEmpty }) { return }
                 wake.wait()
@@ -145,10 +145,10 @@ public final class Scheduler: @unchecked Sendable {
         let started = Clock.now()
         if let placed = chunking.continueChunked(prefill, budget: budget) {
             partial = nil
-            while rows.count < engine.activeSlots { rows.append(nil) }
+            growRows()
             if begin(ticket, slot: placed.slot, logits: placed.logits) { leave([placed.slot]) }
         }
-        metrics.promptTokens.increment(by: prefill.done - before)
+        metrics.promptCounter.increment(by: Int64(prefill.done - before))
         metrics.recordStep(seconds: Clock.now() - started, tokens: 0)
         return prefill.done - before
     }
@@ -177,7 +177,7 @@ public final class Scheduler: @unchecked Sendable {
                 tokens += count
             }
             if long != nil && taken.count + 1 > free { q.waiting.insert(long!, at: 0); long = nil }
-            metrics.queueDepth.set(q.waiting.count)
+            metrics.queueGauge.set(Double(q.waiting.count))
             return (taken, long, q.stopping)
         }
     }
@@ -192,14 +192,19 @@ public final class Scheduler: @unchecked Sendable {
             for t in tickets { t.sink(.failed("the engine failed: \(error)")) }
             return
         }
-        metrics.promptTokens.increment(by: tickets.reduce(0) { $0 + $1.promptIds.count })
-        while rows.count < engine.activeSlots { rows.append(nil) }
+        metrics.promptCounter.increment(by: Int64(tickets.reduce(0) { $0 + $1.promptIds.count }))
+        growRows()
         var leaving: [Int] = []
         for (i, ticket) in tickets.enumerated() where begin(ticket, slot: admitted.slots[i], logits: admitted.logits[i]) {
             leaving.append(admitted.slots[i])
         }
         metrics.recordStep(seconds: Clock.now() - started, tokens: tickets.count)
         leave(leaving)
+    }
+
+    /// One entry per slot the engine now decodes.
+    private func growRows() {
+        while rows.count < engine.activeSlots { rows.append(nil) }
     }
 
     /// A prefilled sequence takes its slot: its prompt logprobs (when asked) and its first
@@ -226,8 +231,8 @@ public final class Scheduler: @unchecked Sendable {
                 state.accept(UnsafeBufferPointer(rebasing: $0[(last * vocab)..<((last + 1) * vocab)]), tokenizer: bundle.tokenizer)
             }
             ticket.sink(.token(token, logprob))
-            metrics.generatedTokens.increment(by: 1)
-            metrics.firstToken.record(Clock.now() - ticket.submitted)
+            metrics.generatedCounter.increment(by: Int64(1))
+            metrics.ttft.record(Clock.now() - ticket.submitted)
         }
         rows[slot] = (ticket, state)
         return state.finish != nil || ticket.isCancelled
@@ -261,7 +266,7 @@ public final class Scheduler: @unchecked Sendable {
                 if row.state.finish != nil { leaving.append(s) }
             }
         }
-        metrics.generatedTokens.increment(by: produced)
+        metrics.generatedCounter.increment(by: Int64(produced))
         metrics.recordStep(seconds: Clock.now() - started, tokens: produced)
         leave(leaving)
     }
@@ -277,7 +282,7 @@ public final class Scheduler: @unchecked Sendable {
                 } else {
                     row.ticket.sink(.finished(row.state.finish ?? .length, stoppedText: row.state.stoppedText))
                 }
-                metrics.requestLatency.record(Clock.now() - row.ticket.submitted)
+                metrics.latency.record(Clock.now() - row.ticket.submitted)
             }
             rows[s] = nil
             if let moved = engine.release(s) {

@@ -29,13 +29,6 @@ public final class ServerMetrics: Sendable {
         latency = registry.makeValueHistogram(descriptor: .init(namespace: "strata", metricName: "request_latency", unitName: "seconds", helpText: "Submission to last token"), buckets: buckets)
     }
 
-    var queueDepth: IntGauge { IntGauge(gauge: queueGauge) }
-    var runningBatch: IntGauge { IntGauge(gauge: runningGauge) }
-    var promptTokens: IntCounter { IntCounter(counter: promptCounter) }
-    var generatedTokens: IntCounter { IntCounter(counter: generatedCounter) }
-    var firstToken: SecondsHistogram { SecondsHistogram(histogram: ttft) }
-    var requestLatency: SecondsHistogram { SecondsHistogram(histogram: latency) }
-
     /// Folds one engine step into the throughput gauge (an average over about the last 32 steps).
     func recordStep(seconds: Double, tokens: Int) {
         let rate = window.withLock { w -> Double in
@@ -54,6 +47,3 @@ public final class ServerMetrics: Sendable {
     }
 }
 
-struct IntGauge { let gauge: Gauge; func set(_ v: Int) { gauge.set(Double(v)) } }
-struct IntCounter { let counter: Counter; func increment(by v: Int) { counter.increment(by: Int64(v)) } }
-struct SecondsHistogram { let histogram: ValueHistogram; func record(_ seconds: Double) { histogram.record(seconds) } }
