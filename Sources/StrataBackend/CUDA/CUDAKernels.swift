@@ -1,12 +1,14 @@
 /// The CUDA backend's kernels as CUDA C, compiled by NVRTC at first use (one module). They
-/// mirror the CPU backend's ops and formats: activations f32 row-major [rows, cols]; weights
-/// f16 for cuBLAS (GEMMs are not here); 4-bit groups as `GroupQuantizer` packs them (byte j of
-/// a group holds values j and j + g/2; f16 step and minimum per group); the KV cache
+/// mirror the CPU backend's ops and formats: activations f32 row-major [rows, cols]; dense GEMMs
+/// are cuBLAS's, not here; 2/3/4/8-bit groups as `GroupQuantizer` packs them (for 4 bits byte j
+/// of a group holds values j and j + g/2; f16 step and minimum per group); the KV cache
 /// [batch, kvHeads, capacity, headDim] with left padding per row.
 public enum CUDAKernels {
     public static let names = [
-        "layer_norm", "rms_norm", "add_inplace", "activate", "gated_activate", "rope_rotate_half", "embedding_gather_f16",
-        "store_kv", "attention_decode", "attention_prefill", "dequantize_q4", "quantize_kv_q4", "argmax_rows",
+        "layer_norm", "rms_norm", "add_inplace", "activate", "gated_activate", "rope_rotate_half",
+        "store_kv", "attention_decode", "attention_prefill",
+        "convert_f32", "fill_bias_rows", "embedding_gather", "dequantize_groups", "store_kv_q", "gather_rows",
+        "linear_q_small",
     ]
 
     public static let source = #"""
@@ -98,11 +100,6 @@ public enum CUDAKernels {
         }
     }
 
-    extern "C" __global__ void embedding_gather_f16(const half_t* table, const int* ids, float* out, int dim) {
-        const half_t* src = table + (size_t)ids[blockIdx.x] * dim;
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)blockIdx.x * dim + i] = h2f(src[i]);
-    }
-
     // key/value [batch * length, kvHeads * headDim] -> cache [batch, kvHeads, capacity, headDim].
     extern "C" __global__ void store_kv(const float* key, const float* value, float* kc, float* vc, int length, int past,
                                         int kvHeads, int headDim, int capacity) {
@@ -165,66 +162,155 @@ public enum CUDAKernels {
         attend(q + row, kc + cache, vc + cache, out + row, padding[b], past + t, headDim, scale, scores, shared);
     }
 
-    // 4-bit groups along the input dimension -> f16 weight [rows, cols] for cuBLAS.
-    extern "C" __global__ void dequantize_q4(const unsigned char* data, const half_t* steps, const half_t* mins, half_t* out,
-                                             int rows, int cols, int groupSize) {
-        int groupsPerRow = (cols + groupSize - 1) / groupSize, half = groupSize / 2;
-        size_t group = blockIdx.x;
-        int r = group / groupsPerRow, a = group % groupsPerRow;
-        float s = h2f(steps[group]), mn = h2f(mins[group]);
-        const unsigned char* bytes = data + group * half;
-        for (int j = threadIdx.x; j < half; j += blockDim.x) {
-            unsigned char v = bytes[j];
-            int c0 = a * groupSize + j, c1 = c0 + half;
-            if (c0 < cols) out[(size_t)r * cols + c0] = f2h((v & 15) * s + mn);
-            if (c1 < cols) out[(size_t)r * cols + c1] = f2h((v >> 4) * s + mn);
+    __device__ __forceinline__ float bf2f(half_t h) { return __int_as_float(((unsigned)h) << 16); }
+    __device__ __forceinline__ half_t f2bf(float f) {
+        unsigned u = __float_as_uint(f);
+        if ((u & 0x7fffffffu) > 0x7f800000u) return (half_t)((u >> 16) | 0x40);   // NaN stays NaN
+        u += 0x7fffu + ((u >> 16) & 1u);                                          // round to nearest even
+        return (half_t)(u >> 16);
+    }
+    // Element types of weights and embedding tables: 0 f32, 1 f16, 2 bf16.
+    __device__ __forceinline__ float load_any(const void* p, size_t i, int kind) {
+        if (kind == 0) return ((const float*)p)[i];
+        if (kind == 1) return h2f(((const half_t*)p)[i]);
+        return bf2f(((const half_t*)p)[i]);
+    }
+
+    // GEMM inputs in the weight's element type (cuBLAS multiplies like types).
+    extern "C" __global__ void convert_f32(const float* x, void* out, size_t n, int kind) {
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= n) return;
+        if (kind == 0) ((float*)out)[i] = x[i];
+        else if (kind == 1) ((half_t*)out)[i] = f2h(x[i]);
+        else ((half_t*)out)[i] = f2bf(x[i]);
+    }
+
+    // out[r, :] = bias before a GEMM that adds into it (beta = 1).
+    extern "C" __global__ void fill_bias_rows(float* out, const float* bias, int rows, int cols) {
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (i < (size_t)rows * cols) out[i] = bias[i % cols];
+    }
+
+    extern "C" __global__ void embedding_gather(const void* table, const int* ids, float* out, int dim, int kind) {
+        size_t base = (size_t)ids[blockIdx.x] * dim;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) out[(size_t)blockIdx.x * dim + i] = load_any(table, base + i, kind);
+    }
+
+    // Value j of group `group` (any of 2, 3, 4, 8 bits), packed as GroupQuantizer packs it.
+    __device__ __forceinline__ float q_decode(const unsigned char* data, const half_t* steps, const half_t* mins, size_t group,
+                                              int j, int gs, int bits) {
+        const unsigned char* b = data + group * (size_t)(gs * bits / 8);
+        int code;
+        if (bits == 8) code = b[j];
+        else if (bits == 4) { int h = gs / 2; code = j < h ? (b[j] & 15) : (b[j - h] >> 4); }
+        else if (bits == 2) { int q = gs / 4; code = (b[j % q] >> (2 * (j / q))) & 3; }
+        else { int bit = 3 * j; int v = b[bit >> 3] >> (bit & 7); if ((bit & 7) > 5) v |= b[(bit >> 3) + 1] << (8 - (bit & 7)); code = v & 7; }
+        return code * h2f(steps[group]) + h2f(mins[group]);
+    }
+
+    // Element (o, e, i) of a tensor viewed [outer, extent, inner] around its group axis.
+    __device__ __forceinline__ float q_element(const unsigned char* data, const half_t* steps, const half_t* mins,
+                                               size_t o, int e, size_t i, int extent, size_t inner, int gs, int bits) {
+        int groupsAlong = (extent + gs - 1) / gs;
+        size_t group = ((size_t)o * groupsAlong + e / gs) * inner + i;
+        return q_decode(data, steps, mins, group, e % gs, gs, bits);
+    }
+
+    // A whole quantized tensor [outer, extent, inner] (or the first `limitExtent` of its extent,
+    // for a cache read up to its filled positions) into f32/f16/bf16 [outer, limitExtent, inner].
+    extern "C" __global__ void dequantize_groups(const unsigned char* data, const half_t* steps, const half_t* mins, void* out,
+                                                 size_t outer, int extent, size_t inner, int limitExtent, int gs, int bits, int kind,
+                                                 int groupAxisIsExtent) {
+        size_t n = outer * (size_t)limitExtent * inner;
+        for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+            size_t i = idx % inner, rest = idx / inner;
+            int e = rest % limitExtent; size_t o = rest / limitExtent;
+            float v;
+            if (groupAxisIsExtent) v = q_element(data, steps, mins, o, e, i, extent, inner, gs, bits);
+            else {
+                // Groups along the last axis of a [outer * extent, inner] view (the KV cache:
+                // rows are positions, groups run along head_dim).
+                size_t row = o * extent + e;
+                v = q_element(data, steps, mins, row, (int)i, 0, (int)inner, 1, gs, bits);
+            }
+            if (kind == 0) ((float*)out)[idx] = v;
+            else if (kind == 1) ((half_t*)out)[idx] = f2h(v);
+            else ((half_t*)out)[idx] = f2bf(v);
         }
     }
 
-    // One warp per cache row of headDim values: min/max, f16 step rounded up and minimum rounded
-    // down (every value within half a step), then packed codes.
-    extern "C" __global__ void quantize_kv_q4(const float* rowsIn, unsigned char* data, half_t* steps, half_t* mins, int headDim,
-                                              int groupSize) {
-        int groups = (headDim + groupSize - 1) / groupSize, row = blockIdx.x, half = groupSize / 2;
-        for (int a = threadIdx.x; a < groups; a += blockDim.x) {
-            const float* v = rowsIn + (size_t)row * headDim + a * groupSize;
-            int count = min(groupSize, headDim - a * groupSize);
-            float lo = INFINITY, hi = -INFINITY;
-            for (int j = 0; j < count; ++j) { lo = fminf(lo, v[j]); hi = fmaxf(hi, v[j]); }
-            half_t mh = f2h_down(lo);
-            float m = h2f(mh);
-            half_t sh = f2h_up((hi - m) / 15.f);
-            float s = h2f(sh), inv = s > 0.f ? 1.f / s : 0.f;
-            size_t g = (size_t)row * groups + a;
-            steps[g] = sh; mins[g] = mh;
-            unsigned char* out = data + g * half;
-            for (int j = 0; j < half; ++j) {
-                int lowCode = j < count ? min(15, max(0, __float2int_rn((v[j] - m) * inv))) : 0;
-                int highCode = j + half < count ? min(15, max(0, __float2int_rn((v[j + half] - m) * inv))) : 0;
-                out[j] = (unsigned char)(lowCode | (highCode << 4));
-            }
+    // One thread per (row, head, group): quantizes this step's keys and values into the
+    // cache's groups exactly as GroupQuantizer.quantizeGroup does (min rounded down, step up).
+    __device__ void quantize_group(const float* v, int count, int gs, int bits, unsigned char* out, half_t* step, half_t* minimum) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int j = 0; j < count; ++j) { lo = fminf(lo, v[j]); hi = fmaxf(hi, v[j]); }
+        if (count == 0 || isinf(lo) || isinf(hi) || isnan(lo) || isnan(hi)) { lo = 0.f; hi = 0.f; }
+        float levels = (float)((1 << bits) - 1);
+        half_t mh = f2h_down(lo);
+        float m = h2f(mh);
+        half_t sh = f2h_up((hi - m) / levels);
+        while (m + h2f(sh) * levels < hi) sh += 1;
+        float s = h2f(sh), inv = s > 0.f ? 1.f / s : 0.f;
+        *step = sh; *minimum = mh;
+        int bytes = gs * bits / 8;
+        for (int j = 0; j < bytes; ++j) out[j] = 0;
+        for (int j = 0; j < count; ++j) {
+            int code = (int)fminf(levels, fmaxf(0.f, roundf((v[j] - m) * inv)));
+            if (bits == 8) out[j] = (unsigned char)code;
+            else if (bits == 4) out[j % (gs / 2)] |= code << (4 * (j / (gs / 2)));
+            else if (bits == 2) out[j % (gs / 4)] |= code << (2 * (j / (gs / 4)));
+            else { int bit = 3 * j; out[bit >> 3] |= (unsigned char)(code << (bit & 7)); if ((bit & 7) > 5) out[(bit >> 3) + 1] |= code >> (8 - (bit & 7)); }
         }
     }
 
-    // Greedy sampling helper: index of the largest logit per row (ties: lowest index).
-    extern "C" __global__ void argmax_rows(const float* logits, int* out, int vocab) {
-        __shared__ float bestValue[256];
-        __shared__ int bestIndex[256];
-        const float* row = logits + (size_t)blockIdx.x * vocab;
-        float v = -INFINITY; int idx = 0;
-        for (int i = threadIdx.x; i < vocab; i += blockDim.x) if (row[i] > v) { v = row[i]; idx = i; }
-        bestValue[threadIdx.x] = v; bestIndex[threadIdx.x] = idx;
-        __syncthreads();
-        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-            if (threadIdx.x < s) {
-                float ov = bestValue[threadIdx.x + s]; int oi = bestIndex[threadIdx.x + s];
-                if (ov > bestValue[threadIdx.x] || (ov == bestValue[threadIdx.x] && oi < bestIndex[threadIdx.x])) {
-                    bestValue[threadIdx.x] = ov; bestIndex[threadIdx.x] = oi;
-                }
+    extern "C" __global__ void store_kv_q(const float* key, const float* value,
+                                          unsigned char* kd, half_t* ks, half_t* km, unsigned char* vd, half_t* vs, half_t* vm,
+                                          int rows, int length, int past, int kvHeads, int headDim, int capacity, int gs, int bits) {
+        int groups = (headDim + gs - 1) / gs;
+        size_t n = (size_t)rows * kvHeads * groups;
+        size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (idx >= n) return;
+        int a = idx % groups; size_t rest = idx / groups;
+        int h = rest % kvHeads; int row = rest / kvHeads;
+        int b = row / length, t = row % length;
+        size_t position = ((size_t)b * kvHeads + h) * capacity + past + t;
+        size_t group = position * groups + a;
+        int first = a * gs, count = min(gs, headDim - first);
+        size_t src = (size_t)row * kvHeads * headDim + (size_t)h * headDim + first;
+        int bytes = gs * bits / 8;
+        quantize_group(key + src, count, gs, bits, kd + group * bytes, ks + group, km + group);
+        quantize_group(value + src, count, gs, bits, vd + group * bytes, vs + group, vm + group);
+    }
+
+    extern "C" __global__ void gather_rows(const float* x, const int* indices, float* out, int cols) {
+        const float* src = x + (size_t)indices[blockIdx.x] * cols;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) out[(size_t)blockIdx.x * cols + i] = src[i];
+    }
+
+    // Decode-sized products with group-quantized weights (groups along k): one warp per output
+    // column decodes each weight value once for all (<= 8) rows, so the weight is read at its
+    // packed size instead of being expanded to f16 first.
+    extern "C" __global__ void linear_q_small(const float* x, const unsigned char* data, const half_t* steps, const half_t* mins,
+                                              const float* bias, float* out, int m, int n, int k, int gs, int bits) {
+        int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+        if (warp >= n) return;
+        float acc[8];
+        for (int r = 0; r < 8; ++r) acc[r] = 0.f;
+        int groups = (k + gs - 1) / gs;
+        for (int a = 0; a < groups; ++a) {
+            size_t group = (size_t)warp * groups + a;
+            for (int j = lane; j < gs; j += 32) {
+                int c = a * gs + j;
+                if (c >= k) break;
+                float w = q_decode(data, steps, mins, group, j, gs, bits);
+                for (int r = 0; r < m; ++r) acc[r] += w * x[(size_t)r * k + c];
             }
-            __syncthreads();
         }
-        if (threadIdx.x == 0) out[blockIdx.x] = bestIndex[0];
+        for (int r = 0; r < m; ++r) {
+            float v = acc[r];
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+            if (lane == 0) out[(size_t)r * n + warp] = v + (bias ? bias[warp] : 0.f);
+        }
     }
     """#
 }

@@ -50,13 +50,18 @@ public final class NVRTC: @unchecked Sendable {
         }
     }
 
+    /// Without --use_fast_math: its approximate division and flush-to-zero would move the
+    /// quantizer's codes and the f32 path off the CPU backend's results; the kernels call the
+    /// fast intrinsics (`__expf`) where they want them.
+    public static let options = ["-std=c++17"]
+
     /// Compiles `source` to PTX for `architecture` (e.g. compute_80).
     public func ptx(source: String, name: String, architecture: String = "compute_80") throws -> String {
         var program: OpaquePointer?
         var status = source.withCString { src in name.withCString { create(&program, src, $0, 0, nil, nil) } }
         guard status == 0 else { throw NVRTCError.compile(name: name, log: "nvrtcCreateProgram failed (\(status))") }
         defer { _ = destroy(&program) }
-        let options = ["--gpu-architecture=\(architecture)", "-std=c++17", "--use_fast_math"]
+        let options = ["--gpu-architecture=\(architecture)"] + Self.options
         let cOptions = options.map { strdup($0) }
         defer { cOptions.forEach { free($0) } }
         status = cOptions.map { UnsafePointer($0) }.withUnsafeBufferPointer { compile(program, Int32(options.count), $0.baseAddress) }
