@@ -18,7 +18,8 @@ struct Strata: AsyncParsableCommand {
         commandName: "strata",
         abstract: "High-throughput LLM inference for batches of text on small hardware.",
         subcommands: [Generate.self, Bench.self, Tokenize.self, Convert.self, PerplexityCommand.self, Indicator.self,
-                      Plan.self, Profile.self, Cluster.self, Serve.self, RunBatch.self, Score.self, BenchTokenizer.self, BenchGEMM.self])
+                      Plan.self, Profile.self, Cluster.self, Serve.self, RunBatch.self, Score.self, BenchTokenizer.self, BenchGEMM.self,
+                      CheckBackend.self, CheckFixtures.self])
 }
 
 /// Options every model-running command shares.
@@ -61,26 +62,23 @@ struct BackendOptions: ParsableArguments {
         Console.quietFlag.store(quiet, ordering: .relaxed)
     }
 
-    func makeBackend() throws -> CPUBackend {
+    @Option(help: "CUDA only: f16 (weights in 16 bits on tensor cores, f32 accumulation) or f32 (exact sgemm, for checking).")
+    var computePrecision = "f16"
+
+    @Option(help: "CUDA only: which GPU (ordinal).")
+    var cudaDevice = 0
+
+    /// The backend `--backend` resolves to on this machine.
+    func backendChoice() throws -> BackendChoice {
+        try resolveBackend(backend, computePrecision: computePrecision, cudaDevice: cudaDevice, verbose: verbose,
+                           cpu: .cpu(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations))
+    }
+
+    func makeBackend() throws -> any Backend { try makeResolvedBackend(backendChoice(), flag: backend) }
+
+    /// Commands that measure or plan the CPU itself (profiles, calibration on a CPU rank).
+    func makeCPUBackend() throws -> CPUBackend {
         guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }
-        switch backend {
-        case "cpu":
-            break
-        case "auto", "cuda":
-            switch CUDALoader.probe() {
-            case .unavailable(let reason):
-                if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(reason)") }
-                // No CUDA on the machine is the ordinary case for --backend auto: say so only when asked.
-                if verbose { Console.note("note: CUDA unavailable (\(reason)); running on the CPU backend") }
-            case .available(let devices, _):
-                // The kernels and loader exist; executing on the GPU is not in this build.
-                let why = "\(devices) CUDA device(s) found, but this build has no CUDA execution backend yet"
-                if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(why)") }
-                Console.note("note: \(why); running on the CPU backend")
-            }
-        default:
-            throw StrataError.invalidRequest("--backend must be auto, cpu or cuda, not '\(backend)'")
-        }
         return CPUBackend(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations)
     }
 
@@ -107,6 +105,44 @@ struct BackendOptions: ParsableArguments {
 
     func loadBundle() throws -> ModelBundle {
         try ModelBundle(directory: model, backend: makeBackend(), compression: compression())
+    }
+}
+
+/// What `--backend` (auto, cpu or cuda) means on this machine: CUDA when asked for or usable
+/// (auto), else `cpu`. Without CUDA, auto says why only when `verbose`.
+func resolveBackend(_ backend: String, computePrecision: String, cudaDevice: Int, verbose: Bool, cpu: BackendChoice) throws -> BackendChoice {
+    if case .cpu(let threads, _, _) = cpu, threads <= 0 { throw StrataError.invalidRequest("--threads must be positive") }
+    switch backend {
+    case "cpu":
+        return cpu
+    case "auto", "cuda":
+        switch CUDALoader.probe() {
+        case .unavailable(let reason):
+            if backend == "cuda" { throw StrataError.invalidRequest("--backend cuda: \(reason)") }
+            // No CUDA on the machine is the ordinary case for --backend auto: say so only when asked.
+            if verbose { Console.note("note: CUDA unavailable (\(reason)); running on the CPU backend") }
+            return cpu
+        case .available(let devices, _):
+            guard let precision = CUDABackend.ComputePrecision(rawValue: computePrecision) else {
+                throw StrataError.invalidRequest("--compute-precision must be f16 or f32, not '\(computePrecision)'")
+            }
+            guard cudaDevice >= 0 && cudaDevice < devices else {
+                throw StrataError.invalidRequest("--cuda-device \(cudaDevice): this machine has \(devices) CUDA device(s)")
+            }
+            if verbose { Console.note("note: running on CUDA device \(cudaDevice) of \(devices), \(precision) compute") }
+            return .cuda(ordinal: cudaDevice, precision: precision)
+        }
+    default:
+        throw StrataError.invalidRequest("--backend must be auto, cpu or cuda, not '\(backend)'")
+    }
+}
+
+/// The backend for a choice, CUDA set-up failures turned into one clear line.
+func makeResolvedBackend(_ choice: BackendChoice, flag: String, account: MemoryAccount? = nil) throws -> any Backend {
+    do { return try choice.make(account: account) } catch let error as CUDAError {
+        throw StrataError.invalidRequest("--backend \(flag): the CUDA device could not be set up: \(error)")
+    } catch let error as NVRTC.NVRTCError {
+        throw StrataError.invalidRequest("--backend \(flag): the CUDA kernels could not be compiled: \(error)")
     }
 }
 

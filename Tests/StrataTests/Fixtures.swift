@@ -1,5 +1,6 @@
 import StrataCore
 import StrataFormats
+import StrataRuntime
 import Testing
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -37,27 +38,10 @@ enum Fixtures {
         return path
     }
 
-    struct ModelReference {
-        let promptIds: [[Int]]
-        let prompts: [String]
-        let padTokenId: Int
-        let eosTokenId: Int
-        let maxNewTokens: Int
-        let batchedGreedy: [[Int]]
-        let singleGreedy: [[Int]]
-        let lastLogits: [Float]
-    }
-
-    static func reference(_ name: String) throws -> ModelReference {
+    static func reference(_ name: String) throws -> FixtureReference {
         var dir = model(name)
         if name.hasSuffix(".gguf") { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
-        let j = try JSONValue.load(path: dir + "/reference.json")
-        func ints(_ v: JSONValue?) -> [[Int]] { (v?.array ?? []).map { ($0.array ?? []).compactMap(\.int) } }
-        let logits = try SafeTensorsFile(path: dir + "/reference_logits.safetensors").tensor("last_logits")!.floats()
-        return ModelReference(
-            promptIds: ints(j["prompt_ids"]), prompts: (j["prompts"]?.array ?? []).compactMap(\.string),
-            padTokenId: j["pad_token_id"]!.int!, eosTokenId: j["eos_token_id"]!.int!, maxNewTokens: j["max_new_tokens"]!.int!,
-            batchedGreedy: ints(j["batched_greedy"]), singleGreedy: ints(j["single_greedy"]), lastLogits: logits)
+        return try FixtureReference(directory: dir)
     }
 }
 

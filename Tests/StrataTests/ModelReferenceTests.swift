@@ -10,19 +10,10 @@ import Testing
 
     /// Last-position logits of the reference prompts as one left-padded prefill, beside the
     /// transformers reference they are compared with.
-    static func prefillLogits(_ name: String, weights: CPUBackend.WeightFormat) throws -> (logits: [Float], reference: Fixtures.ModelReference) {
+    static func prefillLogits(_ name: String, weights: CPUBackend.WeightFormat) throws -> (logits: [Float], reference: FixtureReference) {
         let reference = try Fixtures.reference(name)
         let bundle = try ModelBundle(directory: Fixtures.model(name), backend: CPUBackend(threads: 2, weightFormat: weights))
-        let model = bundle.model
-        let batch = reference.promptIds.count
-        let width = reference.promptIds.map(\.count).max()!
-        let padding = reference.promptIds.map { width - $0.count }
-        var tokens: [Int32] = []
-        for (b, ids) in reference.promptIds.enumerated() {
-            tokens += Array(repeating: Int32(reference.padTokenId), count: padding[b]) + ids.map(Int32.init)
-        }
-        let step = ForwardStep(tokens: tokens, batch: batch, length: width, pastLength: 0, padding: padding)
-        return (model.backend.download(model.forward(step, cache: model.makeCache(batch: batch, capacity: width))), reference)
+        return (FixtureCheck.prefillLogits(bundle, reference), reference)
     }
 
     @Test(arguments: Fixtures.modelNames, [CPUBackend.WeightFormat.f32, .asStored])
@@ -46,6 +37,14 @@ import Testing
             let single = try generator.generate([r], sampling: SamplingParameters(), timing: &timing)
             #expect(single[0].tokenIds == reference.singleGreedy[i], "prompt \(i) of \(name) one by one")
         }
+    }
+
+    /// The library's fixture check (what `strata check-fixtures` runs on a GPU machine) passes on
+    /// the CPU at the tests' own tolerance.
+    @Test(arguments: Fixtures.modelNames)
+    func fixtureCheckPassesOnTheCPU(model name: String) throws {
+        let result = try FixtureCheck.run(model: Fixtures.model(name), backend: CPUBackend(threads: 2))
+        #expect(result.maxLogitError <= Self.logitTolerance && result.batchedTokensMatch && result.singleTokensMatch, "\(result)")
     }
 
     @Test(arguments: Fixtures.modelNames)
