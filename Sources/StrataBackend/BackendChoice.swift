@@ -17,4 +17,14 @@ public enum BackendChoice: Sendable, Equatable {
             return CUDABackend(device: try CUDADevice(ordinal: ordinal, account: account), precision: precision)
         }
     }
+
+    /// The backend with the tier copies the offload engine needs (both backends have them).
+    public func makeTransfers(account: MemoryAccount?) throws -> any TierTransfers {
+        switch self {
+        case .cpu(let threads, let format, let int8):
+            return CPUBackend(threads: threads, weightFormat: format, account: account, packsWeights: false, int8Activations: int8)
+        case .cuda(let ordinal, let precision):
+            return CUDABackend(device: try CUDADevice(ordinal: ordinal, account: account), precision: precision)
+        }
+    }
 }

@@ -31,7 +31,13 @@ public struct LayerCache: @unchecked Sendable {
         public var rows: Range<Int>
         public var key: Tensor
         public var value: Tensor
-        public init(rows: Range<Int>, key: Tensor, value: Tensor) { self.rows = rows; self.key = key; self.value = value }
+        /// The backend that attends these rows when it is not the computing one: host-resident
+        /// cache under a GPU with host attention. This step's q/k/v rows go to it and the
+        /// attention output comes back; the cache itself never moves.
+        public var backend: (any Backend)?
+        public init(rows: Range<Int>, key: Tensor, value: Tensor, backend: (any Backend)? = nil) {
+            self.rows = rows; self.key = key; self.value = value; self.backend = backend
+        }
     }
 
     public var parts: [Part]
@@ -43,7 +49,7 @@ extension Backend {
     /// Stores this step's keys/values and attends, part by part for a split cache.
     public func cachedAttention(query q: Tensor, key k: Tensor, value v: Tensor, cache: LayerCache,
                                 layout: AttentionLayout) -> Tensor {
-        if cache.parts.count == 1 {
+        if cache.parts.count == 1, cache.parts[0].backend == nil {
             let part = cache.parts[0]
             storeKV(key: k, value: v, keyCache: part.key, valueCache: part.value, layout: layout)
             return attention(query: q, keyCache: part.key, valueCache: part.value, layout: layout)
@@ -55,6 +61,13 @@ extension Backend {
             sub.batch = part.rows.count
             sub.padding = Array(layout.padding[part.rows])
             let rows = (part.rows.lowerBound * t)..<(part.rows.upperBound * t)
+            if let other = part.backend, other !== self {
+                func there(_ x: Tensor) -> Tensor { other.upload(floats: download(rowView(x, rows)), shape: [rows.count, x.columns]) }
+                other.storeKV(key: there(k), value: there(v), keyCache: part.key, valueCache: part.value, layout: sub)
+                let out = other.attention(query: there(q), keyCache: part.key, valueCache: part.value, layout: sub)
+                outputs.append(upload(floats: other.download(out), shape: out.shape))
+                continue
+            }
             storeKV(key: rowView(k, rows), value: rowView(v, rows), keyCache: part.key, valueCache: part.value, layout: sub)
             outputs.append(attention(query: rowView(q, rows), keyCache: part.key, valueCache: part.value, layout: sub))
         }

@@ -77,7 +77,7 @@ struct PolicyOptions: ParsableArguments {
         let engine = try OffloadEngine(directory: backend.model, policy: policy, budgets: budgets(), offloadDirectory: offloadDir,
                                        threads: backend.threads, weightFormat: try backend.weightFormatOption(),
                                        precision: precision, promptLength: promptLength,
-                                       capacity: min(capacity, config.maxPositions))
+                                       capacity: min(capacity, config.maxPositions), compute: try backend.offloadCompute())
         return (Generator(bundle: try ModelBundle(directory: backend.model, model: engine.model), engine: engine), engine, prediction)
     }
 }

@@ -76,6 +76,13 @@ struct BackendOptions: ParsableArguments {
 
     func makeBackend() throws -> any Backend { try makeResolvedBackend(backendChoice(), flag: backend) }
 
+    /// The offload engine's compute backend: nil (its own CPU backend) unless CUDA is chosen.
+    func offloadCompute() throws -> (@Sendable (MemoryAccount) throws -> any TierTransfers)? {
+        let choice = try backendChoice(), flag = backend
+        guard choice.isCUDA else { return nil }
+        return { account in try explainingCUDAFailures(flag: flag) { try choice.makeTransfers(account: account) } }
+    }
+
     /// Commands that measure or plan the CPU itself (profiles, calibration on a CPU rank).
     func makeCPUBackend() throws -> CPUBackend {
         guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }
@@ -139,7 +146,11 @@ func resolveBackend(_ backend: String, computePrecision: String, cudaDevice: Int
 
 /// The backend for a choice, CUDA set-up failures turned into one clear line.
 func makeResolvedBackend(_ choice: BackendChoice, flag: String, account: MemoryAccount? = nil) throws -> any Backend {
-    do { return try choice.make(account: account) } catch let error as CUDAError {
+    try explainingCUDAFailures(flag: flag) { try choice.make(account: account) }
+}
+
+func explainingCUDAFailures<T>(flag: String, _ body: () throws -> T) throws -> T {
+    do { return try body() } catch let error as CUDAError {
         throw StrataError.invalidRequest("--backend \(flag): the CUDA device could not be set up: \(error)")
     } catch let error as NVRTC.NVRTCError {
         throw StrataError.invalidRequest("--backend \(flag): the CUDA kernels could not be compiled: \(error)")

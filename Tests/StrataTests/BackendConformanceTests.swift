@@ -22,9 +22,21 @@ import Testing
 }
 
 /// The CPU backend with one bug a GPU port could plausibly have: attention ignores left padding.
-final class PaddingIgnoringBackend: Backend {
-    let cpu = CPUBackend(threads: 1)
-    var name: String { "faulty" }
+final class PaddingIgnoringBackend: ForwardingBackend, @unchecked Sendable {
+    init() { super.init(CPUBackend(threads: 1)) }
+    override var name: String { "faulty" }
+    override func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor {
+        var unpadded = layout
+        unpadded.padding = layout.padding.map { _ in 0 }
+        return cpu.attention(query: query, keyCache: keyCache, valueCache: valueCache, layout: unpadded)
+    }
+}
+
+/// A backend that does what the CPU backend does, op by op; subclasses change one thing.
+class ForwardingBackend: Backend, @unchecked Sendable {
+    let cpu: CPUBackend
+    init(_ cpu: CPUBackend) { self.cpu = cpu }
+    var name: String { cpu.name }
     func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
         cpu.upload(weight: view, dtype: dtype, shape: shape, owner: owner)
     }
@@ -48,9 +60,7 @@ final class PaddingIgnoringBackend: Backend {
         cpu.storeKV(key: key, value: value, keyCache: keyCache, valueCache: valueCache, layout: layout)
     }
     func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor {
-        var unpadded = layout
-        unpadded.padding = layout.padding.map { _ in 0 }
-        return cpu.attention(query: query, keyCache: keyCache, valueCache: valueCache, layout: unpadded)
+        cpu.attention(query: query, keyCache: keyCache, valueCache: valueCache, layout: layout)
     }
     func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor { cpu.gatherRows(x, indices) }
     func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { cpu.rowView(x, range) }

@@ -67,7 +67,7 @@ extension OffloadEngine {
                 let device: (key: Tensor, value: Tensor)? = rows.device.isEmpty ? nil
                     : (compute.cacheTensor(shape: shape(rows.device), compression: scheme), compute.cacheTensor(shape: shape(rows.device), compression: scheme))
                 let host: (key: Tensor, value: Tensor)? = rows.host.isEmpty ? nil
-                    : (hostBackend.cacheTensor(shape: shape(rows.host), compression: scheme), hostBackend.cacheTensor(shape: shape(rows.host), compression: scheme))
+                    : (hostCacheTensor(shape: shape(rows.host), scheme: scheme), hostCacheTensor(shape: shape(rows.host), scheme: scheme))
                 var disk: DiskFile?
                 var diskBytes = 0
                 if !rows.disk.isEmpty {
@@ -96,18 +96,30 @@ extension OffloadEngine {
         activationFiles = []
     }
 
+    /// A zeroed host-tier cache tensor in memory the device copies from at full speed (the host
+    /// backend's own allocation on the CPU; page-locked on a GPU).
+    func hostCacheTensor(shape: [Int], scheme: QuantizationScheme?) -> Tensor {
+        guard !compute.deviceMemoryIsHost else { return hostBackend.cacheTensor(shape: shape, compression: scheme) }
+        let layout = scheme.map { QuantizedLayout(scheme: $0, shape: shape) }
+        let bytes = layout?.byteCount ?? shape.reduce(1, *) * 4
+        let buffer = compute.hostMemory(bytes, account: accounts.host)
+        buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        return Tensor(shape: shape, dtype: layout == nil ? .f32 : .u8, buffer: buffer, quantization: layout)
+    }
+
     /// A staging cache tensor on the device over a 4096-aligned, padded buffer (direct I/O),
-    /// taken at the size of the most rows of its kind (`maxRows`) so pooled buffers are reused.
-    func stagingCacheTensor(rows: Int, maxRows: Int) -> Tensor {
+    /// taken at the size of the most rows of its kind (`maxRows`) so pooled buffers are reused;
+    /// with the fence after which the computation no longer reads the buffer's last contents.
+    func stagingCacheTensor(rows: Int, maxRows: Int) -> (tensor: Tensor, reusable: ComputeFence?) {
         let c = model.config, scheme = model.compression.cache
         let shape = [rows, c.numKVHeads, capacity, c.headDim]
         let bytes = MemoryModel.cacheBytes(rows: max(rows, maxRows), kvHeads: c.numKVHeads, capacity: capacity, headDim: c.headDim,
                                            scheme: scheme)
-        let buffer = cachePool.take(DiskFile.alignUp(bytes))
+        let (buffer, reusable) = cachePool.takeFenced(DiskFile.alignUp(bytes))
         if let scheme {
-            return Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: QuantizedLayout(scheme: scheme, shape: shape))
+            return (Tensor(shape: shape, dtype: .u8, buffer: buffer, quantization: QuantizedLayout(scheme: scheme, shape: shape)), reusable)
         }
-        return Tensor(shape: shape, dtype: .f32, buffer: buffer)
+        return (Tensor(shape: shape, dtype: .f32, buffer: buffer), reusable)
     }
 
     func loadCache(_ j: Int, _ k: Int) throws -> StagedCache {
@@ -117,46 +129,62 @@ extension OffloadEngine {
         if let d = unit.device { parts.append(.init(rows: unit.rows.device, key: d.key, value: d.value)) }
         if let h = unit.host {
             if policy.cpuAttention {
-                // Host attention: the rows are attended where they live; nothing moves.
-                parts.append(.init(rows: unit.rows.host, key: h.key, value: h.value))
+                // Host attention: the rows are attended where they live, by the host backend when
+                // the computation runs elsewhere (a GPU); only this step's q/k/v rows move.
+                parts.append(.init(rows: unit.rows.host, key: h.key, value: h.value, backend: compute.deviceMemoryIsHost ? nil : hostBackend))
             } else {
                 let rows = unit.rows.host.count, most = stagedCacheRows.host
                 let key = stagingCacheTensor(rows: rows, maxRows: most), value = stagingCacheTensor(rows: rows, maxRows: most)
-                key.buffer.pointer.copyMemory(from: h.key.buffer.pointer, byteCount: h.key.byteCount)
-                value.buffer.pointer.copyMemory(from: h.value.buffer.pointer, byteCount: h.value.byteCount)
-                parts.append(.init(rows: unit.rows.host, key: key, value: value))
-                staged.hostCopy = (key, value)
+                move([TransferCopy(.hostToDevice, from: h.key.buffer.pointer, to: key.tensor.buffer.pointer, count: h.key.byteCount),
+                      TransferCopy(.hostToDevice, from: h.value.buffer.pointer, to: value.tensor.buffer.pointer, count: h.value.byteCount)],
+                     lane: .cacheLoads, after: [key.reusable, value.reusable].compactMap { $0 }, purpose: "cache load L\(j) B\(k) host")
+                parts.append(.init(rows: unit.rows.host, key: key.tensor, value: value.tensor))
+                staged.hostCopy = (key.tensor, value.tensor)
             }
         }
         if let file = unit.disk {
             let rows = unit.rows.disk.count, most = stagedCacheRows.disk
             let key = stagingCacheTensor(rows: rows, maxRows: most), value = stagingCacheTensor(rows: rows, maxRows: most)
             let padded = DiskFile.alignUp(unit.diskTensorBytes)
-            try file.read(into: key.buffer.pointer, count: padded, at: 0)
-            try file.read(into: value.buffer.pointer, count: padded, at: padded)
-            parts.append(.init(rows: unit.rows.disk, key: key, value: value))
-            staged.diskCopy = (key, value)
+            var jobs: [DiskReader.Job] = []
+            for (base, tensor) in [(0, key.tensor), (padded, value.tensor)] {
+                var offset = 0
+                while offset < padded {
+                    let n = min(DiskFile.chunk, padded - offset)
+                    jobs.append(.init(file: file, fileOffset: base + offset, destination: tensor.buffer.pointer + offset, count: n))
+                    offset += n
+                }
+            }
+            try readFromDisk(jobs, lane: .cacheLoads, after: [key.reusable, value.reusable].compactMap { $0 }, purpose: "cache load L\(j) B\(k) disk")
+            parts.append(.init(rows: unit.rows.disk, key: key.tensor, value: value.tensor))
+            staged.diskCopy = (key.tensor, value.tensor)
         }
         staged.layerCache = LayerCache(parts: parts)
         return staged
     }
 
-    func storeCache(_ j: Int, _ k: Int, _ staged: StagedCache) throws {
+    /// Writes a unit's staged cache back once `computed` (the layer that appended to it) has run.
+    func storeCache(_ j: Int, _ k: Int, _ staged: StagedCache, after computed: ComputeFence) throws {
         let unit = caches[j][k]
         if let copy = staged.hostCopy, let h = unit.host {
-            h.key.buffer.pointer.copyMemory(from: copy.key.buffer.pointer, byteCount: h.key.byteCount)
-            h.value.buffer.pointer.copyMemory(from: copy.value.buffer.pointer, byteCount: h.value.byteCount)
+            move([TransferCopy(.deviceToHost, from: copy.key.buffer.pointer, to: h.key.buffer.pointer, count: h.key.byteCount),
+                  TransferCopy(.deviceToHost, from: copy.value.buffer.pointer, to: h.value.buffer.pointer, count: h.value.byteCount)],
+                 lane: .cacheStores, after: [computed], purpose: "cache store L\(j) B\(k) host")
         }
         if let copy = staged.diskCopy, let file = unit.disk {
             let padded = DiskFile.alignUp(unit.diskTensorBytes)
-            try file.write(from: copy.key.buffer.pointer, count: padded, at: 0)
-            try file.write(from: copy.value.buffer.pointer, count: padded, at: padded)
+            try writeToDisk(file, from: copy.key.buffer.pointer, count: padded, at: 0, lane: .cacheStores, after: [computed],
+                            purpose: "cache store L\(j) B\(k) disk")
+            try writeToDisk(file, from: copy.value.buffer.pointer, count: padded, at: padded, lane: .cacheStores, after: [computed],
+                            purpose: "cache store L\(j) B\(k) disk")
         }
     }
 
     // MARK: Activations
 
-    func storeActivation(_ k: Int, _ hidden: Tensor) throws -> StoredActivation {
+    /// Moves a gpu batch's hidden states to their tiers once `computed` (the layer that produced
+    /// them) has run.
+    func storeActivation(_ k: Int, _ hidden: Tensor, after computed: ComputeFence) throws -> StoredActivation {
         let rows = hidden.rows, width = hidden.columns * 4
         let split = ActivationSplit(rows: rows, policy.activations)
         let d = split.device, h = split.host
@@ -164,14 +192,16 @@ extension OffloadEngine {
         if d == rows { stored.device = hidden; return stored }
         if d > 0 { stored.device = compute.concatRows([compute.rowView(hidden, 0..<d)]) }
         if h > 0 {
-            let buffer = DeviceBuffer.host(byteCount: h * width, backendName: "cpu", account: accounts.host)
-            buffer.pointer.copyMemory(from: hidden.buffer.pointer + d * width, byteCount: h * width)
+            let buffer = compute.hostMemory(h * width, account: accounts.host)
+            move([TransferCopy(.deviceToHost, from: hidden.buffer.pointer + d * width, to: buffer.pointer, count: h * width)],
+                 lane: .activations, after: [computed], purpose: "activation store B\(k) host")
             stored.host = buffer
         }
         if stored.diskRows > 0 {
             let bytes = stored.diskRows * width
             let bounce = hostPool.take(DiskFile.alignUp(bytes))
-            bounce.pointer.copyMemory(from: hidden.buffer.pointer + (d + h) * width, byteCount: bytes)
+            move([TransferCopy(.deviceToHost, from: hidden.buffer.pointer + (d + h) * width, to: bounce.pointer, count: bytes)],
+                 lane: .activations, after: [computed], purpose: "activation store B\(k) disk")
             try activationFiles[k].write(from: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
             accounts.disk.charge(DiskFile.alignUp(bytes))   // refunded when the rows are loaded back
         }
@@ -187,22 +217,30 @@ extension OffloadEngine {
         let width = model.config.hiddenSize * 4
         if let device = stored.device, device.rows == stored.rows { return device }
         let out = compute.zeros(shape: [stored.rows, model.config.hiddenSize])
+        // The copies must land after the zeroing (and after the computation that made the
+        // device rows), both enqueued on the compute stream.
+        let ready = compute.computeFence("activation B\(k) buffer ready")
+        var copies: [TransferCopy] = []
         var row = 0
         if let device = stored.device {
-            out.buffer.pointer.copyMemory(from: device.buffer.pointer, byteCount: device.rows * width)
+            copies.append(TransferCopy(.deviceToDevice, from: device.buffer.pointer, to: out.buffer.pointer, count: device.rows * width))
             row = device.rows
         }
         if let host = stored.host {
-            (out.buffer.pointer + row * width).copyMemory(from: host.pointer, byteCount: host.byteCount)
+            copies.append(TransferCopy(.hostToDevice, from: host.pointer, to: out.buffer.pointer + row * width, count: host.byteCount))
             row += host.byteCount / width
         }
+        var bounce: DeviceBuffer?
         if stored.diskRows > 0 {
             let bytes = stored.diskRows * width
-            let bounce = hostPool.take(DiskFile.alignUp(bytes))
-            try activationFiles[k].read(into: bounce.pointer, count: DiskFile.alignUp(bytes), at: 0)
+            let buffer = hostPool.take(DiskFile.alignUp(bytes))
+            try activationFiles[k].read(into: buffer.pointer, count: DiskFile.alignUp(bytes), at: 0)
             accounts.disk.refund(DiskFile.alignUp(bytes))
-            (out.buffer.pointer + row * width).copyMemory(from: bounce.pointer, byteCount: bytes)
+            copies.append(TransferCopy(.hostToDevice, from: buffer.pointer, to: out.buffer.pointer + row * width, count: bytes))
+            bounce = buffer
         }
+        move(copies, lane: .activations, after: [ready], purpose: "activation load B\(k)")
+        withExtendedLifetime(bounce) {}
         return out
     }
 
@@ -270,9 +308,11 @@ extension OffloadEngine {
                     x = try Pending(on: activationQueue) { [self] in try loadActivation(k, stored) }.wait()
                 }
                 let output = model.layer(j, x, weights: weights, cache: cache.layerCache, step: steps[i])
-                stores.append(Pending(on: cacheQueue) { [self] in try storeCache(j, k, cache) })
+                // What the stores below copy was written by the computation just enqueued.
+                let computed = compute.computeFence("L\(j) B\(k) computed")
+                stores.append(Pending(on: cacheQueue) { [self] in try storeCache(j, k, cache, after: computed) })
                 if j + 1 < layers.upperBound {
-                    activations[i] = Pending(on: activationQueue) { [self] in try storeActivation(k, output) }
+                    activations[i] = Pending(on: activationQueue) { [self] in try storeActivation(k, output, after: computed) }
                 } else {
                     try last(steps[i], output)
                 }

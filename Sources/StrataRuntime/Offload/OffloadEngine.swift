@@ -26,8 +26,12 @@ public final class OffloadEngine: @unchecked Sendable {
     public let model: any CausalLM
     public let policy: Policy
     public let accounts: (device: MemoryAccount, host: MemoryAccount, disk: MemoryAccount)
-    let compute: CPUBackend
+    /// Computes the layers: the CPU backend, or a GPU whose copies run on their own streams.
+    let compute: any TierTransfers
+    /// Builds weight images and, with host attention, attends the host-resident cache rows.
     let hostBackend: CPUBackend
+    /// Every tier copy with the fences it waited on, when asked for (tests check the ordering).
+    public let transferLog: TransferLog?
     let source: any TensorSource
     let placements: [LayerPlacement]
     let residentDevice: [DeviceBuffer?]
@@ -72,7 +76,8 @@ public final class OffloadEngine: @unchecked Sendable {
     /// and the shortfall) before any weight is loaded, then places the layers.
     public init(directory: String, policy: Policy, budgets: TierBudgets, offloadDirectory: String?, threads: Int,
                 weightFormat: CPUBackend.WeightFormat = .asStored, precision: PrecisionMap? = nil,
-                promptLength: Int, capacity: Int, share: ModelShare = .whole) throws {
+                promptLength: Int, capacity: Int, share: ModelShare = .whole,
+                compute makeCompute: (@Sendable (MemoryAccount) throws -> any TierTransfers)? = nil, recordTransfers: Bool = false) throws {
         try policy.validate()
         self.policy = policy
         self.share = share
@@ -80,10 +85,16 @@ public final class OffloadEngine: @unchecked Sendable {
         let host = MemoryAccount(name: "host", budget: budgets.host)
         let disk = MemoryAccount(name: "disk", budget: budgets.disk)
         accounts = (device, host, disk)
-        compute = CPUBackend(threads: threads, weightFormat: weightFormat, account: device, packsWeights: false)
-        weightPool = BufferPool(backendName: "cpu", account: device)
-        cachePool = BufferPool(backendName: "cpu", account: device)
-        hostPool = BufferPool(backendName: "cpu", account: host)
+        // The CPU backend unless the caller names another (a GPU: `BackendChoice.makeTransfers`).
+        let compute = try makeCompute?(device) ?? CPUBackend(threads: threads, weightFormat: weightFormat, account: device, packsWeights: false)
+        self.compute = compute
+        transferLog = recordTransfers ? TransferLog() : nil
+        // Device staging buffers are refilled only after the computation that read them is done.
+        weightPool = BufferPool(backendName: compute.name, account: device, allocate: { compute.deviceMemory($0, account: device) },
+                                releaseFence: { compute.computeFence("weight staging released") })
+        cachePool = BufferPool(backendName: compute.name, account: device, allocate: { compute.deviceMemory($0, account: device) },
+                               releaseFence: { compute.computeFence("cache staging released") })
+        hostPool = BufferPool(backendName: "host", account: host, allocate: { compute.hostMemory($0, account: host) })
         let hostBackend = CPUBackend(threads: threads, weightFormat: weightFormat, account: host, packsWeights: false)
         self.hostBackend = hostBackend
         let config = try ModelConfig(directory: directory)
@@ -118,8 +129,8 @@ public final class OffloadEngine: @unchecked Sendable {
             (weightQueue, cacheQueue, activationQueue) = (nil, nil, nil)
         }
 
-        let placedLayers = try Self.place(plans, source: source, hostBackend: hostBackend, accounts: accounts, isStore: isStore,
-                                          offloadDirectory: offloadDirectory)
+        let placedLayers = try Self.place(plans, source: source, hostBackend: hostBackend, compute: compute, accounts: accounts,
+                                          isStore: isStore, offloadDirectory: offloadDirectory)
         source.releaseMappings()
         residentDevice = placedLayers.device
         residentHost = placedLayers.host
@@ -130,7 +141,7 @@ public final class OffloadEngine: @unchecked Sendable {
     /// Places every layer: the device prefix and host middle of its image in memory, the disk
     /// tail in files (the offload store's own file when the bytes are identical, else an image
     /// file written to the offload directory).
-    static func place(_ plans: [LayerPlacement], source: any TensorSource, hostBackend: CPUBackend,
+    static func place(_ plans: [LayerPlacement], source: any TensorSource, hostBackend: CPUBackend, compute: any TierTransfers,
                       accounts: (device: MemoryAccount, host: MemoryAccount, disk: MemoryAccount), isStore: Bool,
                       offloadDirectory: String?) throws
         -> (device: [DeviceBuffer?], host: [DeviceBuffer?], files: [[Int: DiskFile]], bytes: [Tier: Int]) {
@@ -155,14 +166,15 @@ public final class OffloadEngine: @unchecked Sendable {
                 images[i] = t
                 return t
             }
-            let deviceBuffer = p.device > 0 ? DeviceBuffer.host(byteCount: p.device, backendName: "cpu", account: device, alignment: 4096) : nil
-            let hostBuffer = p.host > 0 ? DeviceBuffer.host(byteCount: p.host, backendName: "cpu", account: host, alignment: 4096) : nil
+            let deviceBuffer = p.device > 0 ? compute.deviceMemory(p.device, account: device) : nil
+            let hostBuffer = p.host > 0 ? compute.hostMemory(p.host, account: host) : nil
             var layerFiles: [Int: DiskFile] = [:]
             for (i, t) in p.tensors.enumerated() {
                 let start = t.slot, end = t.slot + t.byteCount
                 if start < p.device, let deviceBuffer {
                     let n = min(end, p.device) - start
-                    (deviceBuffer.pointer + start).copyMemory(from: try image(i).buffer.pointer, byteCount: n)
+                    compute.transfer([TransferCopy(.hostToDevice, from: try image(i).buffer.pointer, to: deviceBuffer.pointer + start, count: n)],
+                                     lane: .weights, after: [])
                 }
                 if end > p.device && start < p.device + p.host, let hostBuffer {
                     let from = max(start, p.device), to = min(end, p.device + p.host)
@@ -234,28 +246,33 @@ public final class OffloadEngine: @unchecked Sendable {
     func loadLayer(_ j: Int) throws -> LayerWeights {
         let p = placements[j]
         let start = p.stagingStart
-        let staging = p.stagingBytes > 0 ? weightPool.take(maxStagingBytes) : nil
+        let taken = p.stagingBytes > 0 ? weightPool.takeFenced(maxStagingBytes) : nil
+        let staging = taken?.buffer
         if let staging {
+            // The buffer may still be read by the computation of the layer it held before.
+            let after = taken?.reusable.map { [$0] } ?? []
+            var copies: [TransferCopy] = []
             if p.device > start, let resident = residentDevice[j] {
-                staging.pointer.copyMemory(from: resident.pointer + start, byteCount: p.device - start)
+                copies.append(TransferCopy(.deviceToDevice, from: resident.pointer + start, to: staging.pointer, count: p.device - start))
             }
             if p.host > 0, let host = residentHost[j] {
-                (staging.pointer + (p.device - start)).copyMemory(from: host.pointer, byteCount: p.host)
+                copies.append(TransferCopy(.hostToDevice, from: host.pointer, to: staging.pointer + (p.device - start), count: p.host))
             }
+            move(copies, lane: .weights, after: after, purpose: "weights L\(j)")
             let diskStart = p.device + p.host
-            var reads: [(file: DiskFile, fileOffset: Int, stagingOffset: Int, count: Int)] = []
+            var reads: [DiskReader.Job] = []
             for (i, t) in p.tensors.enumerated() where t.slot + t.slotBytes > diskStart {
                 let from = max(t.slot, diskStart)
                 var offset = 0
                 let total = t.slot + t.slotBytes - from
                 while offset < total {
                     let n = min(DiskFile.chunk, total - offset)
-                    reads.append((weightFiles[j][i]!, from - t.slot + offset, from - start + offset, n))
+                    reads.append(.init(file: weightFiles[j][i]!, fileOffset: from - t.slot + offset, destination: staging.pointer + (from - start + offset),
+                                       count: n))
                     offset += n
                 }
             }
-            try DiskReader.read(reads.map { .init(file: $0.file, fileOffset: $0.fileOffset, destination: staging.pointer + $0.stagingOffset,
-                                                   count: $0.count) })
+            try readFromDisk(reads, lane: .weights, after: after, purpose: "weights L\(j) from disk")
         }
         var tensors: [String: Tensor] = [:]
         for t in p.tensors {
@@ -273,6 +290,63 @@ public final class OffloadEngine: @unchecked Sendable {
         }
         return LayerWeights(tensors)
     }
+
+    // MARK: Tier copies
+
+    /// Copies between tiers on `lane` after `after`, logged when the engine records transfers.
+    func move(_ copies: [TransferCopy], lane: TransferLane, after: [ComputeFence], purpose: String) {
+        guard !copies.isEmpty else { return }
+        transferLog?.append(lane: lane, purpose: purpose, copies: copies, after: after)
+        compute.transfer(copies, lane: lane, after: after)
+    }
+
+    /// Direct-I/O reads into device-tier memory: straight in when that is host memory (the CPU
+    /// backend), else through page-locked bounce chunks copied up to the device, a round of
+    /// `DiskReader.lanes` chunks at a time.
+    func readFromDisk(_ jobs: [DiskReader.Job], lane: TransferLane, after: [ComputeFence], purpose: String) throws {
+        guard !jobs.isEmpty else { return }
+        if compute.deviceMemoryIsHost { return try DiskReader.read(jobs) }
+        let bounce = hostPool.take(DiskReader.lanes * DiskFile.chunk)
+        for round in stride(from: 0, to: jobs.count, by: DiskReader.lanes) {
+            let part = Array(jobs[round..<min(round + DiskReader.lanes, jobs.count)])
+            precondition(part.allSatisfy { $0.count <= DiskFile.chunk }, "disk reads are split into chunks of at most \(DiskFile.chunk) bytes")
+            try DiskReader.read(part.enumerated().map { .init(file: $1.file, fileOffset: $1.fileOffset,
+                                                              destination: bounce.pointer + $0 * DiskFile.chunk, count: $1.count) })
+            move(part.enumerated().map { TransferCopy(.hostToDevice, from: bounce.pointer + $0 * DiskFile.chunk, to: $1.destination, count: $1.count) },
+                 lane: lane, after: after, purpose: purpose)
+        }
+    }
+
+    /// Writes device-tier bytes to a file at `offset`: straight from them when they are host
+    /// memory, else copied down to a bounce buffer first (after `after`).
+    func writeToDisk(_ file: DiskFile, from source: UnsafeRawPointer, count: Int, at offset: Int, lane: TransferLane, after: [ComputeFence],
+                     purpose: String) throws {
+        if compute.deviceMemoryIsHost { return try file.write(from: source, count: count, at: offset) }
+        let bounce = hostPool.take(count)
+        move([TransferCopy(.deviceToHost, from: source, to: bounce.pointer, count: count)], lane: lane, after: after, purpose: purpose)
+        try file.write(from: bounce.pointer, count: count, at: offset)
+    }
+}
+
+/// The tier copies an engine made, in order, with the compute fences each waited on.
+public final class TransferLog: Sendable {
+    public struct Entry: Sendable {
+        public let lane: TransferLane
+        public let purpose: String
+        public let directions: [TransferCopy.Direction]
+        public let bytes: Int
+        /// Labels and serial numbers of the fences the copies waited on.
+        public let after: [(label: String, serial: Int)]
+    }
+    private let entries = Mutex<[Entry]>([])
+
+    func append(lane: TransferLane, purpose: String, copies: [TransferCopy], after: [ComputeFence]) {
+        let entry = Entry(lane: lane, purpose: purpose, directions: copies.map(\.direction), bytes: copies.reduce(0) { $0 + $1.count },
+                          after: after.map { ($0.label, $0.serial) })
+        entries.withLock { $0.append(entry) }
+    }
+
+    public var all: [Entry] { entries.withLock { $0 } }
 }
 
 /// Direct-I/O reads spread over a few lanes: one sequential 16 MiB stream rarely keeps a
