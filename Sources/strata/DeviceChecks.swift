@@ -113,3 +113,28 @@ struct CheckFixtures: ParsableCommand {
         return models
     }
 }
+
+struct BenchTransfer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-transfer",
+        abstract: "Copy bandwidth between host-tier memory (page-locked on a GPU) and device memory, as the offload engine copies.")
+
+    @OptionGroup var options: CheckedBackendOptions
+    @Option(help: "Bytes per copy.") var bytes = "1GiB"
+
+    func run() throws {
+        try reportingErrors {
+            let choice = try options.choice()
+            let count = try ByteSize.parse(bytes, option: "--bytes")
+            let compute = try explainingCUDAFailures(flag: options.backend) { try choice.makeTransfers(account: nil) }
+            let r = TransferBandwidth.measure(compute, bytes: count)
+            if options.json {
+                print(JSONValue.object(["backend": .string(options.label), "bytes": .number(Double(count)),
+                                        "host_to_device_bytes_per_s": .number(r.hostToDevice),
+                                        "device_to_host_bytes_per_s": .number(r.deviceToHost)]).serialized())
+            } else {
+                print("\(options.label): host to device \((r.hostToDevice / 1e9).formatted(2)) GB/s, device to host \((r.deviceToHost / 1e9).formatted(2)) GB/s (\(ByteSize.format(count)) copies, median of 5)")
+            }
+        }
+    }
+}

@@ -139,6 +139,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "Under a policy with weights on disk: also measure the disk's direct-read bandwidth on the weight files and report the decode step against the disk-read bound.")
     var measureDisk = false
     @Option(help: "Bytes of weight files read to measure disk bandwidth.") var measureDiskBytes = "4GiB"
+    @Flag(help: "Under a policy with weights on the host: also measure host-to-device copy bandwidth and report the decode step against the weight-transfer bound (host weight bytes per step / bandwidth).")
+    var measureTransfer = false
 
     func run() throws {
         try reportingErrors {
@@ -154,6 +156,17 @@ struct Bench: ParsableCommand {
                 bandwidths.append(Double(bytes) / seconds)
             }
             let r = try Benchmark(batchSize: batchSize, promptLength: promptLen, genLength: genLen, repeats: `repeat`).run(generator)
+            var transferBound: JSONValue?
+            if measureTransfer, let engine, engine.hostWeightBytesPerStep > 0 {
+                let bandwidth = engine.measureTransferBandwidth()
+                let stepBytes = Double(engine.hostWeightBytesPerStep)
+                let bound = stepBytes / bandwidth.hostToDevice
+                let step = Double(batchSize) / r.decodeTokensPerSecond
+                transferBound = .object(["host_to_device_bytes_per_s": .number(bandwidth.hostToDevice),
+                                         "device_to_host_bytes_per_s": .number(bandwidth.deviceToHost),
+                                         "weight_bytes_per_step": .number(stepBytes), "bound_seconds_per_step": .number(bound),
+                                         "decode_seconds_per_step": .number(step), "fraction_of_bound": .number(bound / step)])
+            }
             var diskBound: JSONValue?
             if measuring, let engine {
                 let (bytes, seconds) = try DiskReader.measureBandwidth(files: engine.diskWeightFiles.reversed(), limit: limit)
@@ -172,6 +185,8 @@ struct Bench: ParsableCommand {
                 var object = r.json.object!
                 if let engine { object["tiers"] = engine.tierReport }
                 if let diskBound { object["disk_bound"] = diskBound }
+                if let transferBound { object["transfer_bound"] = transferBound }
+                object["backend"] = .string(engine.map { $0.computeName } ?? generator.bundle.model.backend.name)
                 if let prediction {
                     object["predicted_tokens_per_s"] = .number(prediction.tokensPerSecond)
                     object["prediction_error"] = .number(prediction.tokensPerSecond / r.totalTokensPerSecond - 1)
@@ -202,6 +217,10 @@ struct Bench: ParsableCommand {
                     for (name, account) in [("device", engine.accounts.device), ("host", engine.accounts.host), ("disk", engine.accounts.disk)] {
                         let budget = account.budget.map { " of \(ByteSize.format($0))" } ?? ""
                         print("\(name.padding(9)) peak \(ByteSize.format(account.peak))\(budget)")
+                    }
+                    if let t = transferBound?.object, let bw = t["host_to_device_bytes_per_s"]?.double, let bound = t["bound_seconds_per_step"]?.double,
+                       let step = t["decode_seconds_per_step"]?.double {
+                        print("transfer  \((bw / 1e9).formatted(2)) GB/s host to device; decode step \(step.formatted(3)) s vs weight-transfer bound \(bound.formatted(3)) s (\((100 * bound / step).formatted(1))%)")
                     }
                     if let d = diskBound?.object, let bw = d["read_bandwidth_bytes_per_s"]?.double, let bound = d["bound_seconds_per_step"]?.double,
                        let step = d["decode_seconds_per_step"]?.double {

@@ -19,7 +19,7 @@ struct Strata: AsyncParsableCommand {
         abstract: "High-throughput LLM inference for batches of text on small hardware.",
         subcommands: [Generate.self, Bench.self, Tokenize.self, Convert.self, PerplexityCommand.self, Indicator.self,
                       Plan.self, Profile.self, Cluster.self, Serve.self, RunBatch.self, Score.self, BenchTokenizer.self, BenchGEMM.self,
-                      CheckBackend.self, CheckFixtures.self])
+                      CheckBackend.self, CheckFixtures.self, BenchTransfer.self])
 }
 
 /// Options every model-running command shares.
