@@ -28,9 +28,10 @@ budget=${STRATA_CHECK_SECONDS:-450}   # the whole check stays under 8 minutes
 models=${STRATA_CHECK_MODELS:-/tmp/strata-models}
 mkdir -p "$models"
 
-# The binary: the portable archive when carried, else a local build.
-bin=""
-if [ -f dist/strata-portable.tar.xz ]; then
+# The binary: STRATA_BIN, else the portable archive when carried, else a local build.
+bin=${STRATA_BIN:-}
+if [ -n "$bin" ]; then :
+elif [ -f dist/strata-portable.tar.xz ]; then
   mkdir -p /tmp/strata-portable
   if ! tar -C /tmp/strata-portable -xJf dist/strata-portable.tar.xz 2>/dev/null; then
     python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" dist/strata-portable.tar.xz /tmp/strata-portable
@@ -52,6 +53,9 @@ if [ "$mode" = gpu ]; then
   done
   dirs=$(echo "$dirs" | tr ':' '\n' | awk 'NF && !seen[$0]++' | paste -sd: -)
   export STRATA_CUDA_LIB_DIRS="$dirs"
+  # NVRTC opens its builtins library by name: the wheel folders go on the loader path (not the
+  # system folders, which must not shadow the carried lib/ of the portable binary).
+  export LD_LIBRARY_PATH="$(echo "$dirs" | tr : "\n" | grep -v -e "^/usr/lib" -e "^/lib" | paste -sd: -)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   nvrtc=$(echo "$dirs" | tr ':' '\n' | while read -r d; do ls "$d"/libnvrtc.so* >/dev/null 2>&1 && echo "$d" && break; done)
   [ -n "$nvrtc" ] && export STRATA_NVRTC_DIR="$nvrtc"
   export STRATA_KERNEL_CACHE="$out/kernels"
@@ -113,6 +117,7 @@ bench "$small-4bit-b72" 120 "$small" --batch-size 72 "${budget16[@]}" --percent 
 bench "$small-weights-on-host-b32" 120 "$small" --batch-size 32 --percent 0 100 100 0 100 0 --gpu-batch-size 32 --measure-transfer
 
 free_gib=$(df -Pk "$models" | awk 'NR==2 { print int($4 / 1048576) }')
+free_gib=${free_gib:-0}
 if [ "$mode" = cpu ] || [ "$free_gib" -ge 62 ]; then
   [ "$large" != "$small" ] && run "make-$large" 200 "$bin" convert --random "$large" --out "$models/$large" --quiet
   if [ "$mode" = gpu ]; then large_batch=(--batch-size 144 --gpu-batch-size 48 --num-gpu-batches 3); else large_batch=(--batch-size 6 --gpu-batch-size 2 --num-gpu-batches 3); fi

@@ -15,6 +15,9 @@ fi
 if [ -z "${STRATA_OFFLINE:-}" ]; then ./scripts/fetch_smollm2.sh >/dev/null; fi
 swift build --build-tests -Xswiftc -warnings-as-errors
 swift test --skip-build
+# The GPU check's steps on the CPU (backend ops, fixtures, transfer bandwidth, FlexGen's benchmark
+# settings on OPT-125m): keeps scripts/gpu-check.sh runnable for the first GPU that appears.
+STRATA_BIN=.build/debug/strata OUT="$(mktemp -d)" STRATA_CHECK_MODELS="$(mktemp -d)" ./scripts/gpu-check.sh --cpu
 # `strata serve` and `run-batch` against real clients: the openai package and
 # lm-evaluation-harness (pinned, from PyPI; no torch: lm_eval's api extra and the server's
 # remote tokenizer), loopback only. Offline, STRATA_OFFLINE=1 skips them and says so.

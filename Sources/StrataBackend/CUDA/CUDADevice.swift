@@ -49,10 +49,10 @@ public final class CUDADevice: @unchecked Sendable {
         try driver.check(driver.cuDevicePrimaryCtxRetain(&context, device), "cuDevicePrimaryCtxRetain")
         self.context = context
         try driver.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
-        compute = try CUDAStream(driver: driver, label: "compute")
-        weightLoads = try CUDAStream(driver: driver, label: "weight-load")
-        cacheLoads = try CUDAStream(driver: driver, label: "cache-load")
-        cacheStores = try CUDAStream(driver: driver, label: "cache-store")
+        compute = try CUDAStream(driver: driver, context: context, label: "compute")
+        weightLoads = try CUDAStream(driver: driver, context: context, label: "weight-load")
+        cacheLoads = try CUDAStream(driver: driver, context: context, label: "cache-load")
+        cacheStores = try CUDAStream(driver: driver, context: context, label: "cache-store")
         var handle: OpaquePointer?
         try driver.checkBLAS(driver.cublasCreate(&handle), "cublasCreate")
         try driver.checkBLAS(driver.cublasSetStream(handle, compute.handle), "cublasSetStream")
@@ -69,7 +69,7 @@ public final class CUDADevice: @unchecked Sendable {
             _ = driver.cuFuncSetAttribute(functions[kernel], CUDAConstants.funcMaxDynamicShared, Int32(maxDynamicShared - 1024))
         }
         self.functions = functions
-        allocator = CUDAAllocator(driver: driver, account: account)
+        allocator = CUDAAllocator(driver: driver, context: context, account: account)
     }
 
     /// Makes this device's context current on the calling thread (the runtime may call a backend
@@ -102,11 +102,13 @@ public final class CUDADevice: @unchecked Sendable {
 /// A CUDA stream, and events recorded on it for other streams to wait on.
 public final class CUDAStream: @unchecked Sendable {
     let driver: CUDADriver
+    let context: OpaquePointer?
     public let label: String
     let handle: OpaquePointer?
 
-    init(driver: CUDADriver, label: String) throws {
+    init(driver: CUDADriver, context: OpaquePointer?, label: String) throws {
         self.driver = driver
+        self.context = context
         self.label = label
         var s: OpaquePointer?
         try driver.check(driver.cuStreamCreate(&s, CUDAConstants.streamNonBlocking), "cuStreamCreate(\(label))")
@@ -115,7 +117,7 @@ public final class CUDAStream: @unchecked Sendable {
 
     /// An event marking everything enqueued here so far.
     public func record(timing: Bool = false) -> CUDAEvent {
-        let event = CUDAEvent(driver: driver, timing: timing)
+        let event = CUDAEvent(driver: driver, context: context, timing: timing)
         driver.must(driver.cuEventRecord(event.handle, handle), "cuEventRecord(\(label))")
         return event
     }
@@ -130,10 +132,12 @@ public final class CUDAStream: @unchecked Sendable {
 
 public final class CUDAEvent: @unchecked Sendable {
     let driver: CUDADriver
+    let context: OpaquePointer?
     let handle: OpaquePointer?
 
-    init(driver: CUDADriver, timing: Bool) {
+    init(driver: CUDADriver, context: OpaquePointer?, timing: Bool) {
         self.driver = driver
+        self.context = context
         var e: OpaquePointer?
         driver.must(driver.cuEventCreate(&e, timing ? CUDAConstants.eventDefault : CUDAConstants.eventDisableTiming), "cuEventCreate")
         handle = e
@@ -148,7 +152,11 @@ public final class CUDAEvent: @unchecked Sendable {
         return Double(ms)
     }
 
-    deinit { _ = driver.cuEventDestroy(handle) }
+    /// Events die on whichever thread drops the last fence: that thread may have no current context.
+    deinit {
+        _ = driver.cuCtxSetCurrent(context)
+        _ = driver.cuEventDestroy(handle)
+    }
 }
 
 /// Device memory with a cache of freed blocks by size, so a steady-state decode step allocates
@@ -157,11 +165,13 @@ public final class CUDAEvent: @unchecked Sendable {
 /// mark. Plain cuMemAlloc, never managed memory.
 public final class CUDAAllocator: @unchecked Sendable {
     let driver: CUDADriver
+    let context: OpaquePointer?
     public let account: MemoryAccount?
     private let cached = Mutex<[Int: [UInt64]]>([:])
 
-    init(driver: CUDADriver, account: MemoryAccount?) {
+    init(driver: CUDADriver, context: OpaquePointer?, account: MemoryAccount?) {
         self.driver = driver
+        self.context = context
         self.account = account
     }
 
@@ -202,6 +212,7 @@ public final class CUDAAllocator: @unchecked Sendable {
             defer { c.removeAll() }
             return c.flatMap { size, list in list.map { (size, $0) } }
         }
+        _ = driver.cuCtxSetCurrent(context)
         for (size, address) in blocks {
             _ = driver.cuMemFree(address)
             account?.refund(size)
@@ -214,8 +225,8 @@ public final class CUDAAllocator: @unchecked Sendable {
         var p: UnsafeMutableRawPointer?
         try driver.check(driver.cuMemHostAlloc(&p, max(bytes, 64), CUDAConstants.hostAllocPortable), "cuMemHostAlloc(\(bytes) bytes)")
         account?.charge(bytes)
-        let driver = self.driver
-        return DeviceBuffer(pointer: p!, byteCount: bytes, backendName: "cuda-pinned") { pointer in
+        return DeviceBuffer(pointer: p!, byteCount: bytes, backendName: "cuda-pinned") { [self] pointer in
+            _ = driver.cuCtxSetCurrent(context)   // released on any thread
             _ = driver.cuMemFreeHost(pointer)
             account?.refund(bytes)
         }

@@ -14,17 +14,17 @@ public enum CUDALoader {
     static let cublasNames = ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"]
     public static let nvrtcNames = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so"]
 
-    /// dlopen of the first name that loads, or the last error.
+    /// dlopen of the first name that loads, or the first error (the most specific name's).
     public static func open(_ names: [String], extraDirectories: [String] = []) -> (handle: UnsafeMutableRawPointer?, error: String) {
-        var lastError = "not found"
+        var firstError: String?
         for directory in [""] + extraDirectories {
             for name in names {
                 let path = directory.isEmpty ? name : directory + "/" + name
                 if let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) { return (handle, "") }
-                if let e = dlerror() { lastError = String(cString: e) }
+                if let e = dlerror(), firstError == nil { firstError = String(cString: e) }
             }
         }
-        return (nil, lastError)
+        return (nil, firstError ?? "not found")
     }
 
     /// Whether a CUDA device can be used, and if not, why (one line).
@@ -46,8 +46,14 @@ public enum CUDALoader {
         var devices: Int32 = 0, driverVersion: Int32 = 0
         guard count(&devices) == 0, devices > 0 else { return .unavailable(reason: "the CUDA driver reports no devices") }
         _ = version(&driverVersion)
-        guard open(cublasNames).handle != nil else { return .unavailable(reason: "cuBLAS not found (\(open(cublasNames).error))") }
-        guard open(nvrtcNames).handle != nil else { return .unavailable(reason: "NVRTC not found (\(open(nvrtcNames).error))") }
+        // pip's nvidia-* wheels keep cuBLAS and NVRTC outside the loader's path: the directories
+        // the backend searches are searched here too.
+        var directories = CUDADriver.libraryDirectories()
+        if let nvrtc = getenv("STRATA_NVRTC_DIR") { directories.append(String(cString: nvrtc)) }
+        let blas = open(cublasNames, extraDirectories: directories)
+        guard blas.handle != nil else { return .unavailable(reason: "cuBLAS not found (\(blas.error))") }
+        let nvrtc = open(nvrtcNames, extraDirectories: directories)
+        guard nvrtc.handle != nil else { return .unavailable(reason: "NVRTC not found (\(nvrtc.error))") }
         return .available(devices: Int(devices), driverVersion: Int(driverVersion))
     }
 }
