@@ -73,6 +73,11 @@ public struct BackendConformance {
                 }
             }
         }
+        // Large enough that a GPU expands it for a 12-row batch in two slabs of rows.
+        check("linear 4-bit weight 4100 x 4096, 12 rows", max(products, 1e-3)) { b in
+            let w = b.quantize(Self.halfWeight(b, n: 4100, k: 4096, seed: 33), scheme: .int4)
+            return b.download(b.linear(upload(b, [12, 4096], seed: 34), weight: w, bias: upload(b, [4100], seed: 35)))
+        }
         let axis0 = try! QuantizationScheme(bits: 4, groupSize: 8, groupAxis: 0)
         check("linear 4-bit weight grouped along axis 0", max(products, 1e-3)) { b in
             let w = b.quantize(Self.halfWeight(b, n: 16, k: 12, seed: 9), scheme: axis0)

@@ -204,23 +204,6 @@ public final class CUDABackend: Backend {
             device.launch("linear_q_small", blocks: (n + 3) / 4, threads: 128, a)
             return out
         }
-        // A quantized weight for a larger batch is expanded to the compute type first.
-        var expanded: Tensor?
-        if let q = weight.quantization {
-            let type: DType = precision == .f32 ? .f32 : .f16
-            let full = allocate(weight.shape, dtype: type)
-            dequantize(weight, layout: q, limitExtent: nil, into: full.buffer, kind: Self.kind(type))
-            expanded = full
-        }
-        let w = expanded ?? weight
-        let type = w.dtype
-        var input = x
-        if type != .f32 {
-            input = allocate(x.shape, dtype: type)
-            var a = KernelArguments()
-            a.pointer(x.buffer.deviceAddress); a.pointer(input.buffer.deviceAddress); a.size(x.elementCount); a.int(Self.kind(type))
-            device.launch("convert_f32", blocks: (x.elementCount + 255) / 256, threads: 256, a)
-        }
         var beta: Float = 0
         if let bias {
             var a = KernelArguments()
@@ -228,21 +211,64 @@ public final class CUDABackend: Backend {
             device.launch("fill_bias_rows", blocks: (m * n + 255) / 256, threads: 256, a)
             beta = 1
         }
-        var alpha: Float = 1
+        // Inputs in the weight's element type (a quantized weight is expanded to f16, or f32).
+        let type: DType = weight.quantization != nil ? (precision == .f32 ? .f32 : .f16) : weight.dtype
+        var input = x
+        if type != .f32 {
+            input = allocate(x.shape, dtype: type)
+            var a = KernelArguments()
+            a.pointer(x.buffer.deviceAddress); a.pointer(input.buffer.deviceAddress); a.size(x.elementCount); a.int(Self.kind(type))
+            device.launch("convert_f32", blocks: (x.elementCount + 255) / 256, threads: 256, a)
+        }
+        guard let q = weight.quantization else {
+            gemm(m: m, n: n, k: k, weight: weight.buffer.deviceAddress, type: type, input: input, out: out.buffer.deviceAddress, ldc: n, beta: beta)
+            return out
+        }
+        // A quantized weight for a larger batch is expanded a slab of output rows at a time
+        // (about 32 MiB), so a layer never holds its weights expanded whole beside the packed ones.
+        let rowsPerSlab = q.geometry.inner == 1 ? max(1, min(n, (32 << 20) / max(1, k * type.byteSize))) : n
+        let scratch = device.allocator.allocate(rowsPerSlab * k * type.byteSize)
+        var row = 0
+        while row < n {
+            let rows = min(rowsPerSlab, n - row)
+            if rowsPerSlab == n {
+                dequantize(weight, layout: q, limitExtent: nil, into: scratch, kind: Self.kind(type))
+            } else {
+                dequantizeRows(weight, layout: q, rows: row..<(row + rows), into: scratch, kind: Self.kind(type))
+            }
+            gemm(m: m, n: rows, k: k, weight: scratch.deviceAddress, type: type, input: input,
+                 out: out.buffer.deviceAddress + UInt64(row * 4), ldc: n, beta: beta)
+            row += rows
+        }
+        return out
+    }
+
+    /// out[m, n] (row-major, leading dimension ldc) = input[m, k] * weight[n, k]^T + beta * out,
+    /// through cuBLAS with f32 accumulation. Row-major out is column-major out^T = weight^T *
+    /// input^T, with the weight read as the column-major k x n matrix it already is.
+    func gemm(m: Int, n: Int, k: Int, weight: UInt64, type: DType, input: Tensor, out: UInt64, ldc: Int, beta: Float) {
+        var alpha: Float = 1, beta = beta
         let dataType: Int32 = type == .f16 ? CUDAConstants.realF16 : type == .bf16 ? CUDAConstants.realBF16 : CUDAConstants.realF32
-        // Row-major out[m, n] = x[m, k] * w[n, k]^T is column-major out^T[n, m] = w^T * x^T,
-        // with w read as the column-major k x n matrix it already is.
         let status = withUnsafePointer(to: &alpha) { alphaPointer in
             withUnsafePointer(to: &beta) { betaPointer in
                 driver.cublasGemmEx(device.blas, CUDAConstants.opT, CUDAConstants.opN, Int32(n), Int32(m), Int32(k),
-                                    alphaPointer, w.buffer.deviceAddress, dataType, Int32(k),
-                                    input.buffer.deviceAddress, dataType, Int32(k),
-                                    betaPointer, out.buffer.deviceAddress, CUDAConstants.realF32, Int32(n),
-                                    CUDAConstants.compute32F, CUDAConstants.gemmDefault)
+                                    alphaPointer, weight, dataType, Int32(k), input.buffer.deviceAddress, dataType, Int32(k),
+                                    betaPointer, out, CUDAConstants.realF32, Int32(ldc), CUDAConstants.compute32F, CUDAConstants.gemmDefault)
             }
         }
         do { try driver.checkBLAS(status, "cublasGemmEx(\(m) x \(n) x \(k), \(type))") } catch { fatalError("\(error)") }
-        return out
+    }
+
+    /// Rows `rows` of a weight grouped along its last axis (their groups are contiguous).
+    func dequantizeRows(_ t: Tensor, layout q: QuantizedLayout, rows: Range<Int>, into out: DeviceBuffer, kind: Int) {
+        let groupsPerRow = q.geometry.groupsAlongAxis, first = rows.lowerBound * groupsPerRow
+        var a = KernelArguments()
+        a.pointer(t.buffer.deviceAddress + UInt64(first * q.scheme.bytesPerGroup))
+        a.pointer(t.buffer.deviceAddress + UInt64(q.stepsOffset + first * 2)); a.pointer(t.buffer.deviceAddress + UInt64(q.minsOffset + first * 2))
+        a.pointer(out.deviceAddress)
+        let k = q.geometry.extent
+        a.size(rows.count); a.int(k); a.size(1); a.int(k); a.int(q.scheme.groupSize); a.int(q.scheme.bits); a.int(kind); a.int(1)
+        device.launch("dequantize_groups", blocks: min((rows.count * k + 255) / 256, 65535), threads: 256, a)
     }
 
     /// Expands a quantized tensor into `out` (kind 0 f32, 1 f16, 2 bf16). For a cache
