@@ -53,6 +53,19 @@ import Foundation
         }
     }
 
+    /// The CPU backend quantizes slabs of rows on its threads: the codes are exactly the
+    /// single-threaded quantizer's, uneven last slab included.
+    @Test(arguments: [2, 4, 8])
+    func threadedQuantizationIsExact(bits: Int) throws {
+        let scheme = try QuantizationScheme(bits: bits, groupSize: 64)
+        var rng = SeededGenerator(seed: UInt64(bits))
+        let shape = [301, 250]
+        let values = (0..<(shape[0] * shape[1])).map { _ in Float.random(in: -2...2, using: &rng) }
+        let backend = CPUBackend(threads: 3)
+        let threaded = backend.download(backend.quantize(backend.upload(floats: values, shape: shape), scheme: scheme))
+        #expect(threaded == GroupQuantizer.dequantize(GroupQuantizer.quantize(values, shape: shape, scheme: scheme)))
+    }
+
     @Test func constantGroupsAndBadSchemes() throws {
         let q = GroupQuantizer.quantize([Float](repeating: 0.5, count: 24), shape: [24], scheme: try QuantizationScheme(bits: 4, groupSize: 8))
         #expect(GroupQuantizer.dequantize(q) == [Float](repeating: 0.5, count: 24))
