@@ -114,13 +114,10 @@ public struct QualityIndicator: Sendable {
 
 /// A backend that forwards every op and, for watched weights, accumulates per-feature sums
 /// and sums of squares of the inputs `linear` sees.
-final class RecordingBackend: Backend, @unchecked Sendable {
+final class RecordingBackend: DelegatingBackend, @unchecked Sendable {
     struct Moments { var count = 0; var sum: [Double] = []; var squares: [Double] = [] }
 
-    let inner: any Backend
     private let state = Mutex<(watched: Set<ObjectIdentifier>, moments: [ObjectIdentifier: Moments])>(([], [:]))
-
-    init(inner: any Backend) { self.inner = inner }
 
     func watch(_ weights: [Tensor]) {
         state.withLock { $0.watched = Set(weights.map { ObjectIdentifier($0.buffer) }) }
@@ -135,18 +132,7 @@ final class RecordingBackend: Backend, @unchecked Sendable {
         }
     }
 
-    var name: String { inner.name }
-    func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
-        inner.upload(weight: view, dtype: dtype, shape: shape, owner: owner)
-    }
-    func upload(floats: [Float], shape: [Int]) -> Tensor { inner.upload(floats: floats, shape: shape) }
-    func zeros(shape: [Int]) -> Tensor { inner.zeros(shape: shape) }
-    func download(_ tensor: Tensor) -> [Float] { inner.download(tensor) }
-    func quantize(_ weight: Tensor, scheme: QuantizationScheme) -> Tensor { inner.quantize(weight, scheme: scheme) }
-    func upload(quantized: QuantizedTensor) -> Tensor { inner.upload(quantized: quantized) }
-    func cacheTensor(shape: [Int], compression: QuantizationScheme?) -> Tensor { inner.cacheTensor(shape: shape, compression: compression) }
-    func embedding(_ table: Tensor, ids: [Int32]) -> Tensor { inner.embedding(table, ids: ids) }
-    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+    override func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
         let key = ObjectIdentifier(weight.buffer)
         if state.withLock({ $0.watched.contains(key) }) {
             let values = inner.download(x)
@@ -165,26 +151,5 @@ final class RecordingBackend: Backend, @unchecked Sendable {
             }
         }
         return inner.linear(x, weight: weight, bias: bias)
-    }
-    func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor { inner.layerNorm(x, weight: weight, bias: bias, eps: eps) }
-    func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor { inner.rmsNorm(x, weight: weight, eps: eps) }
-    func addInPlace(_ a: Tensor, _ b: Tensor) { inner.addInPlace(a, b) }
-    func activate(_ x: Tensor, _ activation: Activation) -> Tensor { inner.activate(x, activation) }
-    func gatedActivate(gate: Tensor, up: Tensor, _ activation: Activation) -> Tensor { inner.gatedActivate(gate: gate, up: up, activation) }
-    func applyRotary(_ x: Tensor, heads: Int, headDim: Int, cos: Tensor, sin: Tensor) {
-        inner.applyRotary(x, heads: heads, headDim: headDim, cos: cos, sin: sin)
-    }
-    func storeKV(key: Tensor, value: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) {
-        inner.storeKV(key: key, value: value, keyCache: keyCache, valueCache: valueCache, layout: layout)
-    }
-    func attention(query: Tensor, keyCache: Tensor, valueCache: Tensor, layout: AttentionLayout) -> Tensor {
-        inner.attention(query: query, keyCache: keyCache, valueCache: valueCache, layout: layout)
-    }
-    func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor { inner.gatherRows(x, indices) }
-    func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { inner.rowView(x, range) }
-    func concatRows(_ parts: [Tensor]) -> Tensor { inner.concatRows(parts) }
-    func cacheRows(_ cache: Tensor, _ rows: Range<Int>) -> Tensor { inner.cacheRows(cache, rows) }
-    func copyCachePositions(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int) {
-        inner.copyCachePositions(source, row: row, positions: positions, to: destination, toRow: toRow, at: to)
     }
 }

@@ -76,8 +76,12 @@ import Testing
 }
 
 /// The CPU backend, declaring its device memory apart from host memory (see above).
-final class DetachedDeviceBackend: ForwardingBackend, TierTransfers, @unchecked Sendable {
-    init(account: MemoryAccount) { super.init(CPUBackend(threads: 2, account: account, packsWeights: false)) }
+final class DetachedDeviceBackend: DelegatingBackend, TierTransfers, @unchecked Sendable {
+    let cpu: CPUBackend
+    init(account: MemoryAccount) {
+        cpu = CPUBackend(threads: 2, account: account, packsWeights: false)
+        super.init(inner: cpu)
+    }
     override var name: String { "detached" }
     var deviceMemoryIsHost: Bool { false }
     func deviceMemory(_ bytes: Int, account: MemoryAccount?) -> DeviceBuffer { cpu.deviceMemory(bytes, account: account) }

@@ -379,13 +379,7 @@ public final class CPUBackend: Backend {
         return out
     }
 
-    public func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor {
-        precondition(x.quantization == nil && range.upperBound <= x.rows, "rowView: rows \(range) of \(x.shape)")
-        let width = x.columns * x.dtype.byteSize
-        let buffer = DeviceBuffer(pointer: x.buffer.pointer + range.lowerBound * width, byteCount: range.count * width,
-                                  backendName: name, owner: x.buffer, deallocate: nil)
-        return Tensor(shape: [range.count, x.columns], dtype: x.dtype, buffer: buffer)
-    }
+    public func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { TensorViews.rows(of: x, range, backendName: name) }
 
     public func concatRows(_ parts: [Tensor]) -> Tensor {
         let columns = parts.first?.columns ?? 0

@@ -422,13 +422,7 @@ public final class CUDABackend: Backend {
         return out
     }
 
-    public func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor {
-        precondition(x.quantization == nil && range.upperBound <= x.rows, "rowView: rows \(range) of \(x.shape)")
-        let width = x.columns * x.dtype.byteSize
-        let buffer = DeviceBuffer(pointer: x.buffer.pointer + range.lowerBound * width, byteCount: range.count * width,
-                                  backendName: name, owner: x.buffer, deallocate: nil)
-        return Tensor(shape: [range.count, x.columns], dtype: x.dtype, buffer: buffer)
-    }
+    public func rowView(_ x: Tensor, _ range: Range<Int>) -> Tensor { TensorViews.rows(of: x, range, backendName: name) }
 
     public func concatRows(_ parts: [Tensor]) -> Tensor {
         device.makeCurrent()
@@ -449,12 +443,12 @@ public final class CUDABackend: Backend {
     }
 
     public func cacheRows(_ cache: Tensor, _ rows: Range<Int>) -> Tensor {
-        CacheViews.rows(cache, rows, backendName: name)
+        TensorViews.cacheRows(cache, rows, backendName: name)
     }
 
     public func copyCachePositions(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int) {
         device.makeCurrent()
-        CacheViews.validateCopy(source, row: row, positions: positions, to: destination, toRow: toRow, at: to)
+        TensorViews.validateCopy(source, row: row, positions: positions, to: destination, toRow: toRow, at: to)
         guard !positions.isEmpty, source.buffer !== destination.buffer || row != toRow || positions.lowerBound != to else { return }
         let kvHeads = source.shape[1], d = source.shape[3]
         let sourceCapacity = source.shape[2], destinationCapacity = destination.shape[2]
