@@ -390,7 +390,7 @@ public final class CUDABackend: Backend {
         // A 4-bit cache is expanded up to the filled positions, then attended like an f32 one.
         var keys = keyCache.buffer, values = valueCache.buffer, capacity = keyCache.shape[2]
         if let kq = keyCache.quantization, let vq = valueCache.quantization {
-            let count = layout.batch * layout.kvHeads * end * layout.headDim
+            let count = keyCache.shape[0] * layout.kvHeads * end * layout.headDim
             keys = device.allocator.allocate(count * 4)
             values = device.allocator.allocate(count * 4)
             dequantize(keyCache, layout: kq, limitExtent: end, into: keys, kind: 0)
@@ -452,10 +452,15 @@ public final class CUDABackend: Backend {
         guard !positions.isEmpty, source.buffer !== destination.buffer || row != toRow || positions.lowerBound != to else { return }
         let kvHeads = source.shape[1], d = source.shape[3]
         let sourceCapacity = source.shape[2], destinationCapacity = destination.shape[2]
-        // A shift within one sequence overlaps itself: such copies go through a scratch buffer.
-        let overlapping = source.buffer.deviceAddress == destination.buffer.deviceAddress && row == toRow
         func copy(_ from: UInt64, _ into: UInt64, unitBytes: Int) {
             let segment = positions.count * unitBytes
+            // A shift within one sequence overlaps itself (also through a view of the same rows);
+            // device copies must not overlap, so such copies go through a scratch buffer.
+            let reads = from + UInt64(((row * kvHeads) * sourceCapacity + positions.lowerBound) * unitBytes)
+            let readsEnd = from + UInt64(((row * kvHeads + kvHeads - 1) * sourceCapacity + positions.lowerBound) * unitBytes + segment)
+            let writes = into + UInt64(((toRow * kvHeads) * destinationCapacity + to) * unitBytes)
+            let writesEnd = into + UInt64(((toRow * kvHeads + kvHeads - 1) * destinationCapacity + to) * unitBytes + segment)
+            let overlapping = reads < writesEnd && writes < readsEnd
             let scratch = overlapping ? device.allocator.allocate(segment * kvHeads) : nil
             for h in 0..<kvHeads {
                 let a = UInt64(((row * kvHeads + h) * sourceCapacity + positions.lowerBound) * unitBytes)
