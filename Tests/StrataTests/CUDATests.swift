@@ -29,10 +29,9 @@ import Glibc
         let backend = CUDABackend(device: try CUDADevice(), precision: precision)
         let results = BackendConformance(halfPrecisionProducts: precision == .f16).run(candidate: backend, reference: CPUBackend(threads: 2, weightFormat: .f32))
         for r in results { #expect(r.passed, "\(r.op): error \(r.error) over tolerance \(r.tolerance)") }
-        let tolerance: Float = precision == .f32 ? 1e-4 : 2e-3
         for name in Fixtures.modelNames {
             let r = try FixtureCheck.run(model: Fixtures.model(name), backend: backend)
-            #expect(r.maxLogitError <= tolerance && r.batchedTokensMatch && r.singleTokensMatch, "\(r)")
+            #expect(FixtureCheck.passes(r, sixteenBit: precision == .f16), "\(precision): \(r)")
         }
     }
 

@@ -27,8 +27,11 @@ public final class CUDADevice: @unchecked Sendable {
     /// per key position there).
     let maxDynamicShared: Int
 
-    public init(ordinal: Int = 0, account: MemoryAccount? = nil, kernelCache: String? = CUDAModuleCache.defaultDirectory()) throws {
-        let driver = try CUDADriver()
+    /// `libraryDirectories` are searched first for the driver and cuBLAS (the tests point them at
+    /// the CPU emulator); NVRTC is found as usual.
+    public init(ordinal: Int = 0, account: MemoryAccount? = nil, kernelCache: String? = CUDAModuleCache.defaultDirectory(),
+                libraryDirectories: [String] = []) throws {
+        let driver = try CUDADriver(directories: libraryDirectories)
         self.driver = driver
         self.ordinal = Int32(ordinal)
         try driver.check(driver.cuInit(0), "cuInit")

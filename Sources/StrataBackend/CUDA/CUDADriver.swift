@@ -54,12 +54,13 @@ public final class CUDADriver: @unchecked Sendable {
                                       UInt64, Int32, Int32, UnsafeRawPointer, UInt64, Int32, Int32, Int32, Int32) -> Status
 
     /// Opens the driver and cuBLAS (`STRATA_CUDA_LIB_DIRS`, colon-separated, is searched too:
-    /// pip's nvidia-cublas wheels put the library outside the loader's path).
-    public init() throws {
-        let extra = CUDADriver.libraryDirectories()
-        let (driver, driverError) = CUDALoader.open(CUDALoader.driverNames, extraDirectories: extra)
+    /// pip's nvidia-cublas wheels put the library outside the loader's path; `directories` come
+    /// first, as the tests' CPU emulator of the CUDA libraries does).
+    public init(directories: [String] = []) throws {
+        let extra = directories + CUDADriver.libraryDirectories()
+        let (driver, driverError) = CUDALoader.open(CUDALoader.driverNames, extraDirectories: extra, directoriesFirst: !directories.isEmpty)
         guard let driver else { throw CUDAError(call: "dlopen(libcuda)", status: -1, detail: driverError) }
-        let (blas, blasError) = CUDALoader.open(CUDALoader.cublasNames, extraDirectories: extra)
+        let (blas, blasError) = CUDALoader.open(CUDALoader.cublasNames, extraDirectories: extra, directoriesFirst: !directories.isEmpty)
         guard let blas else { throw CUDAError(call: "dlopen(libcublas)", status: -1, detail: blasError) }
         func symbol<T>(_ handle: UnsafeMutableRawPointer, _ name: String, _ type: T.Type = T.self) throws -> T {
             guard let s = dlsym(handle, name) else { throw CUDAError(call: "dlsym(\(name))", status: -1, detail: "symbol missing") }

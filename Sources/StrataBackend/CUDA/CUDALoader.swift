@@ -15,9 +15,10 @@ public enum CUDALoader {
     public static let nvrtcNames = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so"]
 
     /// dlopen of the first name that loads, or the first error (the most specific name's).
-    public static func open(_ names: [String], extraDirectories: [String] = []) -> (handle: UnsafeMutableRawPointer?, error: String) {
+    public static func open(_ names: [String], extraDirectories: [String] = [], directoriesFirst: Bool = false)
+        -> (handle: UnsafeMutableRawPointer?, error: String) {
         var firstError: String?
-        for directory in [""] + extraDirectories {
+        for directory in directoriesFirst ? extraDirectories + [""] : [""] + extraDirectories {
             for name in names {
                 let path = directory.isEmpty ? name : directory + "/" + name
                 if let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) { return (handle, "") }
