@@ -59,6 +59,13 @@ public struct QuantizedLayout: Sendable {
         byteCount = minsOffset + geometry.groupCount * 2
     }
 
+    /// The layout of `q`'s parts, checked against their sizes.
+    public init(of q: QuantizedTensor) {
+        self.init(scheme: q.scheme, shape: q.shape)
+        precondition(q.data.count == geometry.groupCount * q.scheme.bytesPerGroup && q.steps.count == geometry.groupCount
+                     && q.mins.count == geometry.groupCount, "quantized tensor parts do not match shape \(q.shape) at \(q.scheme)")
+    }
+
     /// The layout of groups `groups` of this one, read from a buffer that starts at the first of
     /// their codes (a view of some rows of a cache tensor): steps and minimums sit at the same
     /// places as before, now counted from the view's start.

@@ -32,7 +32,7 @@ enum TensorViews {
         return Tensor(shape: shape, dtype: cache.dtype, buffer: buffer)
     }
 
-    static func validateCopy(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int) {
+    private static func validateCopy(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int) {
         precondition(destination.shape[1] == source.shape[1] && destination.shape[3] == source.shape[3]
                      && (source.quantization == nil) == (destination.quantization == nil)
                      && source.quantization?.scheme == destination.quantization?.scheme,
@@ -40,5 +40,28 @@ enum TensorViews {
         precondition(row < source.shape[0] && toRow < destination.shape[0] && positions.upperBound <= source.shape[2]
                      && to + positions.count <= destination.shape[2],
                      "copyCachePositions: \(positions) of row \(row) of \(source.shape) to \(to) of row \(toRow) of \(destination.shape)")
+    }
+
+    /// What `copyCachePositions` moves, as byte ranges from the source's and the destination's
+    /// buffer addresses: per head, and for a quantized cache per part (codes, steps, minimums).
+    /// Empty when there is nothing to move.
+    static func cacheCopySegments(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int)
+        -> [(from: Int, to: Int, count: Int)] {
+        validateCopy(source, row: row, positions: positions, to: destination, toRow: toRow, at: to)
+        guard !positions.isEmpty, source.buffer !== destination.buffer || row != toRow || positions.lowerBound != to else { return [] }
+        let kvHeads = source.shape[1], sourceCapacity = source.shape[2], destinationCapacity = destination.shape[2]
+        let parts: [(from: Int, to: Int, unit: Int)]
+        if let q = source.quantization, let r = destination.quantization {
+            let groups = q.geometry.groupsAlongAxis
+            parts = [(0, 0, groups * q.scheme.bytesPerGroup), (q.stepsOffset, r.stepsOffset, groups * 2), (q.minsOffset, r.minsOffset, groups * 2)]
+        } else {
+            parts = [(0, 0, source.shape[3] * source.dtype.byteSize)]
+        }
+        return parts.flatMap { p in
+            (0..<kvHeads).map { h in
+                (p.from + ((row * kvHeads + h) * sourceCapacity + positions.lowerBound) * p.unit,
+                 p.to + ((toRow * kvHeads + h) * destinationCapacity + to) * p.unit, positions.count * p.unit)
+            }
+        }
     }
 }

@@ -42,10 +42,7 @@ extension CPUBackend {
     }
 
     public func upload(quantized q: QuantizedTensor) -> Tensor {
-        let layout = QuantizedLayout(scheme: q.scheme, shape: q.shape)
-        precondition(q.data.count == layout.geometry.groupCount * q.scheme.bytesPerGroup
-                     && q.steps.count == layout.geometry.groupCount && q.mins.count == layout.geometry.groupCount,
-                     "quantized tensor parts do not match shape \(q.shape) at \(q.scheme)")
+        let layout = QuantizedLayout(of: q)
         let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
         q.data.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         q.steps.withUnsafeBytes { (buffer.pointer + layout.stepsOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }

@@ -10,6 +10,9 @@ import Foundation
 
 /// Process-wide settings that decide CPU backend speed and must be made before work starts.
 public enum CPUSetup {
+    /// The cores this process may use (load-time work such as quantizing is spread over them).
+    public static var cores: Int { ProcessInfo.processInfo.activeProcessorCount }
+
     /// OpenBLAS 0.3.21 detects AVX-512 Zen/Sapphire Rapids CPUs as Haswell and picks AVX2
     /// kernels; its SkylakeX kernels run GEMM 1.2-1.9x faster there (PLATFORM-NOTES). OpenBLAS
     /// reads OPENBLAS_CORETYPE when the library loads, before `main`, so the only way to pick

@@ -72,7 +72,7 @@ public enum StoreConverter {
                 // so chunks can be produced in any order and a resumed run writes the same bytes.
                 let stream = seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15
                 // Spread over the cores: an OPT-30B store is 30G values, minutes on one core.
-                parallelFor(bytes / 2, threads: ProcessInfo.processInfo.activeProcessorCount, minimumPerThread: 1 << 16) { range in
+                parallelFor(bytes / 2, threads: CPUSetup.cores, minimumPerThread: 1 << 16) { range in
                     for j in range {
                         if isNorm { values[j] = 1; continue }
                         if isBias { values[j] = 0; continue }
