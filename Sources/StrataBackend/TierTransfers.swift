@@ -1,5 +1,4 @@
 import StrataCore
-import Synchronization
 
 /// The lanes FlexGen's schedule moves data on. On a GPU each is its own stream, so a weight
 /// load, a cache load and a cache store run beside the computation and beside each other.
@@ -11,12 +10,11 @@ public enum TransferLane: String, Sendable, CaseIterable {
 /// A copy that reads what the computation wrote, or overwrites what it read, waits on one.
 public final class ComputeFence: @unchecked Sendable {
     public let label: String
-    public let serial: Int
     /// The CUDA event (nil on the CPU, whose computation has finished when the fence is made).
     let event: CUDAEvent?
 
-    init(label: String, serial: Int, event: CUDAEvent?) {
-        self.label = label; self.serial = serial; self.event = event
+    init(label: String, event: CUDAEvent?) {
+        self.label = label; self.event = event
     }
 }
 
@@ -49,12 +47,6 @@ public protocol TierTransfers: Backend {
     func transfer(_ copies: [TransferCopy], lane: TransferLane, after: [ComputeFence])
 }
 
-/// Fence serial numbers, process-wide (only their order matters).
-enum FenceSerial {
-    static let next = Atomic<Int>(0)
-    static func take() -> Int { next.add(1, ordering: .relaxed).newValue }
-}
-
 extension CPUBackend: TierTransfers {
     public var deviceMemoryIsHost: Bool { true }
 
@@ -67,7 +59,7 @@ extension CPUBackend: TierTransfers {
     }
 
     /// The CPU computes synchronously: what was enqueued has run.
-    public func computeFence(_ label: String) -> ComputeFence { ComputeFence(label: label, serial: FenceSerial.take(), event: nil) }
+    public func computeFence(_ label: String) -> ComputeFence { ComputeFence(label: label, event: nil) }
 
     public func transfer(_ copies: [TransferCopy], lane: TransferLane, after: [ComputeFence]) {
         for c in copies where c.count > 0 { c.destination.copyMemory(from: c.source, byteCount: c.count) }
@@ -97,7 +89,7 @@ extension CUDABackend: TierTransfers {
 
     public func computeFence(_ label: String) -> ComputeFence {
         device.makeCurrent()
-        return ComputeFence(label: label, serial: FenceSerial.take(), event: device.compute.record())
+        return ComputeFence(label: label, event: device.compute.record())
     }
 
     public func transfer(_ copies: [TransferCopy], lane: TransferLane, after: [ComputeFence]) {

@@ -92,10 +92,10 @@ public enum FixtureCheck {
 
     /// Whether `r` meets the criteria above; `tolerance` overrides the logit bound (absolute).
     public static func passes(_ r: Result, sixteenBit: Bool, tolerance: Float? = nil) -> Bool {
-        let bound = tolerance ?? (sixteenBit ? 0.02 * r.referenceScale : 1e-4)
-        return r.maxLogitError <= bound && (sixteenBit || (r.batchedTokensMatch && r.singleTokensMatch))
+        r.maxLogitError <= bound(r, sixteenBit: sixteenBit, tolerance: tolerance) && (sixteenBit || (r.batchedTokensMatch && r.singleTokensMatch))
     }
 
+    /// The logit bound the criteria above set for `r`.
     public static func bound(_ r: Result, sixteenBit: Bool, tolerance: Float? = nil) -> Float {
         tolerance ?? (sixteenBit ? 0.02 * r.referenceScale : 1e-4)
     }

@@ -21,7 +21,7 @@ struct CheckedBackendOptions: ParsableArguments {
                            cpu: .cpu(threads: threads, weightFormat: .asStored, int8Activations: false))
     }
 
-    var label: String { (try? choice()).map { $0.isCUDA ? "cuda (\(computePrecision))" : "cpu" } ?? backend }
+    func label(_ choice: BackendChoice) -> String { choice.isCUDA ? "cuda (\(computePrecision))" : "cpu" }
 }
 
 struct CheckBackend: ParsableCommand {
@@ -43,14 +43,14 @@ struct CheckBackend: ParsableCommand {
             let failed = results.filter { !$0.passed }
             if options.json {
                 print(JSONValue.object([
-                    "backend": .string(options.label), "ops": .number(Double(results.count)), "failed": .number(Double(failed.count)),
+                    "backend": .string(options.label(choice)), "ops": .number(Double(results.count)), "failed": .number(Double(failed.count)),
                     "results": .array(results.map { .object(["op": .string($0.op), "error": .number(Double($0.error)),
                                                              "tolerance": .number(Double($0.tolerance)), "passed": .bool($0.passed)]) }),
                 ]).serialized())
             } else {
                 print("op | error | tolerance | ok")
                 for r in results { print("\(r.op) | \(String(format: "%.2e", r.error)) | \(String(format: "%.0e", r.tolerance)) | \(r.passed ? "yes" : "NO")") }
-                print("\(options.label): \(results.count - failed.count) of \(results.count) ops within tolerance")
+                print("\(options.label(choice)): \(results.count - failed.count) of \(results.count) ops within tolerance")
             }
             if !failed.isEmpty { throw ExitCode(1) }
         }
@@ -91,7 +91,7 @@ struct CheckFixtures: ParsableCommand {
                 }
             }
             if options.json {
-                print(JSONValue.object(["backend": .string(options.label), "tokens_required": .bool(!sixteenBit), "models": .array(rows),
+                print(JSONValue.object(["backend": .string(options.label(choice)), "tokens_required": .bool(!sixteenBit), "models": .array(rows),
                                         "failed": .number(Double(failures))]).serialized())
             }
             if failures > 0 { throw ExitCode(1) }
@@ -127,14 +127,14 @@ struct BenchTransfer: ParsableCommand {
         try reportingErrors {
             let choice = try options.choice()
             let count = try ByteSize.parse(bytes, option: "--bytes")
-            let compute = try explainingCUDAFailures(flag: options.backend) { try choice.makeTransfers(account: nil) }
+            let compute = try explainingCUDAFailures(flag: options.backend) { try choice.make() }
             let r = TransferBandwidth.measure(compute, bytes: count)
             if options.json {
-                print(JSONValue.object(["backend": .string(options.label), "bytes": .number(Double(count)),
+                print(JSONValue.object(["backend": .string(options.label(choice)), "bytes": .number(Double(count)),
                                         "host_to_device_bytes_per_s": .number(r.hostToDevice),
                                         "device_to_host_bytes_per_s": .number(r.deviceToHost)]).serialized())
             } else {
-                print("\(options.label): host to device \((r.hostToDevice / 1e9).formatted(2)) GB/s, device to host \((r.deviceToHost / 1e9).formatted(2)) GB/s (\(ByteSize.format(count)) copies, median of 5)")
+                print("\(options.label(choice)): host to device \((r.hostToDevice / 1e9).formatted(2)) GB/s, device to host \((r.deviceToHost / 1e9).formatted(2)) GB/s (\(ByteSize.format(count)) copies, median of 5)")
             }
         }
     }

@@ -80,13 +80,7 @@ struct BackendOptions: ParsableArguments {
     func offloadCompute() throws -> (@Sendable (MemoryAccount) throws -> any TierTransfers)? {
         let choice = try backendChoice(), flag = backend
         guard choice.isCUDA else { return nil }
-        return { account in try explainingCUDAFailures(flag: flag) { try choice.makeTransfers(account: account) } }
-    }
-
-    /// Commands that measure or plan the CPU itself (profiles, calibration on a CPU rank).
-    func makeCPUBackend() throws -> CPUBackend {
-        guard threads > 0 else { throw StrataError.invalidRequest("--threads must be positive") }
-        return CPUBackend(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations)
+        return { account in try explainingCUDAFailures(flag: flag) { try choice.make(account: account, packsWeights: false) } }
     }
 
     func weightFormatOption() throws -> CPUBackend.WeightFormat {

@@ -32,7 +32,7 @@ import Testing
         let (expected, _) = try OffloadTests.reference("opt-tiny", count: 4, newTokens: 5)
         let (tokens, log) = try Self.run(Self.everyTier, detached: detached)
         #expect(tokens == expected)
-        func waits(_ e: TransferLog.Entry, on label: String) -> Bool { e.after.contains { $0.label == label } }
+        func waits(_ e: TransferLog.Entry, on label: String) -> Bool { e.after.contains(label) }
         let stores = log.filter { $0.purpose.hasPrefix("cache store") }
         #expect(!stores.isEmpty)
         for e in stores {
@@ -45,7 +45,7 @@ import Testing
         #expect(!activationStores.isEmpty)
         for e in activationStores {
             let batch = e.purpose.split(separator: " ")[2]
-            #expect(e.after.contains { $0.label.hasSuffix(" \(batch) computed") }, "\(e.purpose) waited on \(e.after)")
+            #expect(e.after.contains { $0.hasSuffix(" \(batch) computed") }, "\(e.purpose) waited on \(e.after)")
         }
         for e in log where e.purpose.hasPrefix("activation load") {
             let batch = e.purpose.split(separator: " ")[2]

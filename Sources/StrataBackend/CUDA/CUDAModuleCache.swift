@@ -1,6 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 /// The kernel module for one device: compiled by NVRTC once per (kernel source, NVRTC version,
 /// compute capability) and kept on disk, so later runs skip the compile.
@@ -39,10 +44,18 @@ public struct CUDAModuleCache: Sendable {
     public func ptx(capability: (major: Int, minor: Int)) throws -> String {
         let compiler = try NVRTC(directories: CUDADriver.libraryDirectories())
         let file = path(capability: capability, nvrtcVersion: compiler.version)
-        if let file, let cached = Self.read(file), cached.contains(".entry") { return cached }
+        if let file, let data = FileManager.default.contents(atPath: file) {
+            let cached = String(decoding: data, as: UTF8.self)
+            if cached.contains(".entry") { return cached }
+        }
         let ptx = try compiler.ptx(source: CUDAKernels.source, name: "strata_kernels.cu",
                                    architecture: "compute_\(capability.major)\(capability.minor)")
-        if let file, let directory { Self.makeDirectories(directory); Self.write(ptx, to: file) }
+        if let file, let directory {
+            // Best effort: a cache that cannot be written only costs the next run a compile.
+            // Atomic, so a concurrent reader never sees half a file.
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try? Data(ptx.utf8).write(to: URL(fileURLWithPath: file), options: .atomic)
+        }
         return ptx
     }
 
@@ -51,36 +64,5 @@ public struct CUDAModuleCache: Sendable {
         var module: OpaquePointer?
         try text.withCString { p in try driver.check(driver.cuModuleLoadData(&module, p), "cuModuleLoadData(strata kernels)") }
         return module
-    }
-
-    static func read(_ path: String) -> String? {
-        guard let f = fopen(path, "rb") else { return nil }
-        defer { fclose(f) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, f)
-            if n <= 0 { break }
-            bytes += chunk[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    /// Written to a temporary name and renamed, so a concurrent reader never sees half a file.
-    static func write(_ text: String, to path: String) {
-        let temporary = path + ".\(getpid()).tmp"
-        guard let f = fopen(temporary, "wb") else { return }
-        let bytes = Array(text.utf8)
-        let written = fwrite(bytes, 1, bytes.count, f)
-        fclose(f)
-        if written == bytes.count { rename(temporary, path) } else { unlink(temporary) }
-    }
-
-    static func makeDirectories(_ path: String) {
-        var prefix = ""
-        for part in path.split(separator: "/", omittingEmptySubsequences: false) {
-            prefix += (prefix.isEmpty && path.hasPrefix("/") ? "/" : (prefix.isEmpty ? "" : "/")) + part
-            if !part.isEmpty { mkdir(prefix, 0o755) }
-        }
     }
 }

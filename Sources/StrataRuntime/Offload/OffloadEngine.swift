@@ -85,7 +85,7 @@ public final class OffloadEngine: @unchecked Sendable {
         let host = MemoryAccount(name: "host", budget: budgets.host)
         let disk = MemoryAccount(name: "disk", budget: budgets.disk)
         accounts = (device, host, disk)
-        // The CPU backend unless the caller names another (a GPU: `BackendChoice.makeTransfers`).
+        // The CPU backend unless the caller names another (a GPU: `BackendChoice.make`).
         let compute = try makeCompute?(device) ?? CPUBackend(threads: threads, weightFormat: weightFormat, account: device, packsWeights: false)
         self.compute = compute
         transferLog = recordTransfers ? TransferLog() : nil
@@ -335,14 +335,14 @@ public final class TransferLog: Sendable {
         public let purpose: String
         public let directions: [TransferCopy.Direction]
         public let bytes: Int
-        /// Labels and serial numbers of the fences the copies waited on.
-        public let after: [(label: String, serial: Int)]
+        /// Labels of the fences the copies waited on.
+        public let after: [String]
     }
     private let entries = Mutex<[Entry]>([])
 
     func append(lane: TransferLane, purpose: String, copies: [TransferCopy], after: [ComputeFence]) {
         let entry = Entry(lane: lane, purpose: purpose, directions: copies.map(\.direction), bytes: copies.reduce(0) { $0 + $1.count },
-                          after: after.map { ($0.label, $0.serial) })
+                          after: after.map(\.label))
         entries.withLock { $0.append(entry) }
     }
 

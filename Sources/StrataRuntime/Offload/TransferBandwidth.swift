@@ -10,7 +10,6 @@ public enum TransferBandwidth {
         /// Bytes per second, median of the repeats.
         public let hostToDevice: Double
         public let deviceToHost: Double
-        public let backend: String
     }
 
     public static func measure(_ compute: any TierTransfers, bytes: Int = 256 << 20, repeats: Int = 5) -> Result {
@@ -28,8 +27,7 @@ public enum TransferBandwidth {
             }.sorted()
             return rates[rates.count / 2]
         }
-        return Result(bytes: bytes, hostToDevice: median(.hostToDevice, lane: .weights), deviceToHost: median(.deviceToHost, lane: .cacheStores),
-                      backend: compute.name)
+        return Result(bytes: bytes, hostToDevice: median(.hostToDevice, lane: .weights), deviceToHost: median(.deviceToHost, lane: .cacheStores))
     }
 }
 
