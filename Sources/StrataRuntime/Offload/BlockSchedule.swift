@@ -146,15 +146,8 @@ extension OffloadEngine {
             let rows = unit.rows.disk.count, most = stagedCacheRows.disk
             let key = stagingCacheTensor(rows: rows, maxRows: most), value = stagingCacheTensor(rows: rows, maxRows: most)
             let padded = DiskFile.alignUp(unit.diskTensorBytes)
-            var jobs: [DiskReader.Job] = []
-            for (base, tensor) in [(0, key.tensor), (padded, value.tensor)] {
-                var offset = 0
-                while offset < padded {
-                    let n = min(DiskFile.chunk, padded - offset)
-                    jobs.append(.init(file: file, fileOffset: base + offset, destination: tensor.buffer.pointer + offset, count: n))
-                    offset += n
-                }
-            }
+            let jobs = DiskReader.chunks(of: file, at: 0, into: key.tensor.buffer.pointer, count: padded)
+                + DiskReader.chunks(of: file, at: padded, into: value.tensor.buffer.pointer, count: padded)
             try readFromDisk(jobs, lane: .cacheLoads, after: [key.reusable, value.reusable].compactMap { $0 }, purpose: "cache load L\(j) B\(k) disk")
             parts.append(.init(rows: unit.rows.disk, key: key.tensor, value: value.tensor))
             staged.diskCopy = (key.tensor, value.tensor)

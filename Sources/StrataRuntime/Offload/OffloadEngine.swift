@@ -263,14 +263,8 @@ public final class OffloadEngine: @unchecked Sendable {
             var reads: [DiskReader.Job] = []
             for (i, t) in p.tensors.enumerated() where t.slot + t.slotBytes > diskStart {
                 let from = max(t.slot, diskStart)
-                var offset = 0
-                let total = t.slot + t.slotBytes - from
-                while offset < total {
-                    let n = min(DiskFile.chunk, total - offset)
-                    reads.append(.init(file: weightFiles[j][i]!, fileOffset: from - t.slot + offset, destination: staging.pointer + (from - start + offset),
-                                       count: n))
-                    offset += n
-                }
+                reads += DiskReader.chunks(of: weightFiles[j][i]!, at: from - t.slot, into: staging.pointer + (from - start),
+                                           count: t.slot + t.slotBytes - from)
             }
             try readFromDisk(reads, lane: .weights, after: after, purpose: "weights L\(j) from disk")
         }
@@ -363,6 +357,13 @@ public enum DiskReader {
     }
 
     public static let lanes = 4
+
+    /// `count` bytes of `file` from `offset` into `destination`, as jobs of at most one chunk.
+    public static func chunks(of file: DiskFile, at offset: Int, into destination: UnsafeMutableRawPointer, count: Int) -> [Job] {
+        stride(from: 0, to: count, by: DiskFile.chunk).map {
+            Job(file: file, fileOffset: offset + $0, destination: destination + $0, count: min(DiskFile.chunk, count - $0))
+        }
+    }
     static let queue = DispatchQueue(label: "strata.disk-read", attributes: .concurrent)
 
     public static func read(_ jobs: [Job]) throws {
