@@ -12,7 +12,6 @@ public final class CUDADevice: @unchecked Sendable {
     public let ordinal: Int32
     public let name: String
     public let computeCapability: (major: Int, minor: Int)
-    public let multiprocessors: Int
     let context: OpaquePointer?
     /// Kernels and cuBLAS run here, in order: a buffer freed after an op is safe to hand to the
     /// next op on the same stream, which is what lets the allocator reuse memory at once.
@@ -43,7 +42,6 @@ public final class CUDADevice: @unchecked Sendable {
             return Int(v)
         }
         computeCapability = (try attribute(CUDAConstants.attributeComputeMajor), try attribute(CUDAConstants.attributeComputeMinor))
-        multiprocessors = try attribute(CUDAConstants.attributeMultiprocessors)
         maxDynamicShared = (try? attribute(97)) ?? 48 * 1024   // CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
         var text = [CChar](repeating: 0, count: 256)
         _ = driver.cuDeviceGetName(&text, 256, device)
@@ -92,14 +90,6 @@ public final class CUDADevice: @unchecked Sendable {
             }
         }
     }
-
-    /// Free and total device memory as the driver reports them.
-    public func memoryInfo() -> (free: Int, total: Int) {
-        makeCurrent()
-        var free = 0, total = 0
-        _ = driver.cuMemGetInfo(&free, &total)
-        return (free, total)
-    }
 }
 
 /// A CUDA stream, and events recorded on it for other streams to wait on.
@@ -119,8 +109,8 @@ public final class CUDAStream: @unchecked Sendable {
     }
 
     /// An event marking everything enqueued here so far.
-    public func record(timing: Bool = false) -> CUDAEvent {
-        let event = CUDAEvent(driver: driver, context: context, timing: timing)
+    public func record() -> CUDAEvent {
+        let event = CUDAEvent(driver: driver, context: context)
         driver.must(driver.cuEventRecord(event.handle, handle), "cuEventRecord(\(label))")
         return event
     }
@@ -138,21 +128,12 @@ public final class CUDAEvent: @unchecked Sendable {
     let context: OpaquePointer?
     let handle: OpaquePointer?
 
-    init(driver: CUDADriver, context: OpaquePointer?, timing: Bool) {
+    init(driver: CUDADriver, context: OpaquePointer?) {
         self.driver = driver
         self.context = context
         var e: OpaquePointer?
-        driver.must(driver.cuEventCreate(&e, timing ? CUDAConstants.eventDefault : CUDAConstants.eventDisableTiming), "cuEventCreate")
+        driver.must(driver.cuEventCreate(&e, CUDAConstants.eventDisableTiming), "cuEventCreate")
         handle = e
-    }
-
-    public func synchronize() { driver.must(driver.cuEventSynchronize(handle), "cuEventSynchronize") }
-
-    /// Milliseconds from `start` to this event (both recorded with timing).
-    public func milliseconds(since start: CUDAEvent) -> Double {
-        var ms: Float = 0
-        driver.must(driver.cuEventElapsedTime(&ms, start.handle, handle), "cuEventElapsedTime")
-        return Double(ms)
     }
 
     /// Events die on whichever thread drops the last fence: that thread may have no current context.

@@ -25,7 +25,6 @@ public final class CUDADriver: @unchecked Sendable {
     let cuCtxSetCurrent: @convention(c) (OpaquePointer?) -> Status
     let cuMemAlloc: @convention(c) (UnsafeMutablePointer<UInt64>, Int) -> Status
     let cuMemFree: @convention(c) (UInt64) -> Status
-    let cuMemGetInfo: @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> Status
     let cuMemHostAlloc: @convention(c) (UnsafeMutablePointer<Pointer?>, Int, UInt32) -> Status
     let cuMemFreeHost: @convention(c) (Pointer?) -> Status
     let cuMemcpyHtoDAsync: @convention(c) (UInt64, UnsafeRawPointer?, Int, OpaquePointer?) -> Status
@@ -37,8 +36,6 @@ public final class CUDADriver: @unchecked Sendable {
     let cuStreamWaitEvent: @convention(c) (OpaquePointer?, OpaquePointer?, UInt32) -> Status
     let cuEventCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
     let cuEventRecord: @convention(c) (OpaquePointer?, OpaquePointer?) -> Status
-    let cuEventSynchronize: @convention(c) (OpaquePointer?) -> Status
-    let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, OpaquePointer?, OpaquePointer?) -> Status
     let cuEventDestroy: @convention(c) (OpaquePointer?) -> Status
     let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Status
     let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UnsafePointer<CChar>) -> Status
@@ -74,7 +71,6 @@ public final class CUDADriver: @unchecked Sendable {
         cuCtxSetCurrent = try symbol(driver, "cuCtxSetCurrent")
         cuMemAlloc = try symbol(driver, "cuMemAlloc_v2")
         cuMemFree = try symbol(driver, "cuMemFree_v2")
-        cuMemGetInfo = try symbol(driver, "cuMemGetInfo_v2")
         cuMemHostAlloc = try symbol(driver, "cuMemHostAlloc")
         cuMemFreeHost = try symbol(driver, "cuMemFreeHost")
         cuMemcpyHtoDAsync = try symbol(driver, "cuMemcpyHtoDAsync_v2")
@@ -86,8 +82,6 @@ public final class CUDADriver: @unchecked Sendable {
         cuStreamWaitEvent = try symbol(driver, "cuStreamWaitEvent")
         cuEventCreate = try symbol(driver, "cuEventCreate")
         cuEventRecord = try symbol(driver, "cuEventRecord")
-        cuEventSynchronize = try symbol(driver, "cuEventSynchronize")
-        cuEventElapsedTime = try symbol(driver, "cuEventElapsedTime")
         cuEventDestroy = try symbol(driver, "cuEventDestroy_v2")
         cuModuleLoadData = try symbol(driver, "cuModuleLoadData")
         cuModuleGetFunction = try symbol(driver, "cuModuleGetFunction")
@@ -128,10 +122,9 @@ public final class CUDADriver: @unchecked Sendable {
 /// cuBLAS and CUDA enumerations used here (values from the CUDA 11-13 headers).
 enum CUDAConstants {
     static let attributeComputeMajor: Int32 = 75, attributeComputeMinor: Int32 = 76
-    static let attributeMultiprocessors: Int32 = 16
     static let funcMaxDynamicShared: Int32 = 8
     static let streamNonBlocking: UInt32 = 1
-    static let eventDefault: UInt32 = 0, eventDisableTiming: UInt32 = 2
+    static let eventDisableTiming: UInt32 = 2
     static let hostAllocPortable: UInt32 = 1
     static let opN: Int32 = 0, opT: Int32 = 1
     static let realF32: Int32 = 0, realF16: Int32 = 2, realBF16: Int32 = 14
