@@ -4,15 +4,16 @@
 Two models, both random weights at real shapes, made here on first use (not committed):
   - OPT-125m-shaped (transformers and Strata; llama.cpp has no OPT),
   - a Llama-shaped 250M model (hidden 1024, 16 layers, 16 heads, ffn 2816, vocab 32000):
-    all three, llama.cpp reading it through its own convert_hf_to_gguf.py (f16), then its
-    llama-quantize for Q4_0 and Q8_0.
+    all three, llama.cpp reading it through its own convert_hf_to_gguf.py (f16 and bf16), then
+    its llama-quantize for Q4_0 and Q8_0.
 Workload: batch 1, 16 and 32, prompt 128, gen 32, 2 threads (FlexGen's metric: total = new
 tokens / (prefill + decode time)). Every measurement is its own process, and the systems
 alternate within each repeat so they share the machine's noise. Medians and ratios are
 printed as one JSON object per (model, batch), then a markdown table.
 
 Strata runs as-stored f16 (its exact default), `--weight-format bf16` (matmuls on AMX /
-AVX512-BF16 where the CPU has them), and the very Q4_0 / Q8_0 GGUF files llama.cpp runs.
+AVX512-BF16 where the CPU has them), `--weight-format int8` (W8A8 on AMX-INT8; opt-in), and
+the very Q4_0 / Q8_0 GGUF files llama.cpp runs.
 llama.cpp: llama-batched-bench (-npp 128 -ntg 32 -npl B), gen tok/s = B*32/(T_PP+T_TG).
 
     python3 benchmarks/cpu_side_by_side.py --llama-cpp /path/to/llama.cpp --repeat 3
@@ -68,6 +69,12 @@ def make_llama(directory, llama_cpp):
             subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), directory, "--outtype", "f16",
                             "--outfile", f16], check=True, capture_output=True)
         ggufs["f16"] = f16
+        # llama.cpp's own bf16 file: the same 16-bit type as Strata's --weight-format bf16.
+        bf16 = os.path.join(directory, "model-bf16.gguf")
+        if not os.path.exists(bf16):
+            subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), directory, "--outtype", "bf16",
+                            "--outfile", bf16], check=True, capture_output=True)
+        ggufs["bf16"] = bf16
         for kind in ["Q4_0", "Q8_0"]:
             path = os.path.join(directory, f"model-{kind.lower()}.gguf")
             if not os.path.exists(path):
@@ -132,6 +139,7 @@ def main():
         systems["opt-125m"] = {
             "strata-f16": lambda b: strata(args, opt_dir, b, "as-stored"),
             "strata-bf16": lambda b: strata(args, opt_dir, b, "bf16"),
+            "strata-int8": lambda b: strata(args, opt_dir, b, "int8"),
             "hf-fp32": lambda b: transformers(args, opt_dir, b, "float32"),
             "hf-bf16": lambda b: transformers(args, opt_dir, b, "bfloat16"),
         }
@@ -140,12 +148,13 @@ def main():
         llama = {
             "strata-f16": lambda b: strata(args, llama_dir, b, "as-stored"),
             "strata-bf16": lambda b: strata(args, llama_dir, b, "bf16"),
+            "strata-int8": lambda b: strata(args, llama_dir, b, "int8"),
             "hf-fp32": lambda b: transformers(args, llama_dir, b, "float32"),
             "hf-bf16": lambda b: transformers(args, llama_dir, b, "bfloat16"),
         }
         for kind, path in ggufs.items():
             llama["llamacpp-" + kind.lower()] = (lambda p: lambda b: llama_cpp(args, p, b))(path)
-            if kind != "f16":
+            if kind not in ("f16", "bf16"):
                 llama["strata-" + kind.lower()] = (lambda p: lambda b: strata(args, p, b, "bf16"))(path)
                 # The same file with int8 activations on the CPU's integer dot products (opt-in).
                 llama["strata-" + kind.lower() + "-int8"] = (lambda p: lambda b: strata(args, p, b, "bf16", ["--int8-activations"]))(path)
@@ -171,7 +180,11 @@ def main():
                 best_strata = max(sixteen, key=lambda n: med[n]["total"])
                 best_hf = max(hf, key=lambda n: med[n]["total"])
                 ratios[f"{best_strata}/{best_hf}"] = round(med[best_strata]["total"] / med[best_hf]["total"], 2)
-            for strata_name, peer in [("strata-bf16", "llamacpp-f16"), ("strata-f16", "llamacpp-f16"),
+                # int8 weights and activations (opt-in, W8A8) against transformers' best dtype.
+                if "strata-int8" in med:
+                    ratios[f"strata-int8/{best_hf}"] = round(med["strata-int8"]["total"] / med[best_hf]["total"], 2)
+            for strata_name, peer in [("strata-bf16", "llamacpp-bf16"), ("strata-int8", "llamacpp-q8_0"),
+                                      ("strata-bf16", "llamacpp-f16"), ("strata-f16", "llamacpp-f16"),
                                       ("strata-q4_0", "llamacpp-q4_0"), ("strata-q8_0", "llamacpp-q8_0"),
                                       ("strata-q4_0-int8", "llamacpp-q4_0"), ("strata-q8_0-int8", "llamacpp-q8_0")]:
                 if strata_name in med and peer in med:

@@ -60,6 +60,10 @@ public protocol Backend: AnyObject, Sendable {
     func embedding(_ table: Tensor, ids: [Int32]) -> Tensor
     /// x [M, K] * weight[N, K]^T + bias -> [M, N]
     func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor
+    /// x * weights[i]^T + biases[i] for each i: several projections of one input (attention's q,
+    /// k and v; a gated MLP's gate and up). A backend that prepares the input for each matmul
+    /// (rounding or quantizing it) can do it once.
+    func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor]
     func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor
     func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor
     /// a += b (same shape).
@@ -90,4 +94,11 @@ public protocol Backend: AnyObject, Sendable {
     /// starting at `to` of sequence `toRow` of `destination` (the same kind of cache tensor, or
     /// the same tensor: the ranges may then overlap, as when a sequence shifts in place).
     func copyCachePositions(_ source: Tensor, row: Int, positions: Range<Int>, to destination: Tensor, toRow: Int, at to: Int)
+}
+
+extension Backend {
+    public func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor] {
+        precondition(weights.count == biases.count, "one bias (or nil) per weight")
+        return zip(weights, biases).map { linear(x, weight: $0, bias: $1) }
+    }
 }

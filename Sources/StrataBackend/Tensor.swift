@@ -80,44 +80,84 @@ public struct QuantizedLayout: Sendable {
     }
 }
 
-/// A bf16 weight [n, k] laid out as the k x n matrix in the panels oneDNN's AMX and
-/// AVX512-BF16 matmul kernels read (its tag BA16a64b2a): 64-column panels, one after another;
-/// in each, blocks of 32 k; in each block, 16 rows of k pairs, each row all 64 columns of one
-/// pair (k even, k odd). k and n are zero-padded to whole blocks. Packed once at load, the
+/// A weight [n, k] laid out as the k x n matrix in the panels oneDNN's matrix-unit kernels
+/// read: 64-column panels, one after another; in each, blocks of k; in each block, 16 rows of
+/// k words, each row all 64 columns of one word. A word is the run of consecutive k one
+/// dot-product instruction takes: 2 bf16 (tag BA16a64b2a, AMX-BF16 and AVX512-BF16) or 4 int8
+/// (BA16a64b4a, AMX-INT8). k and n are zero-padded to whole blocks. Packed once at load, the
 /// kernels skip the per-call repacking a row-major weight costs them (~30% of their time).
 public struct PanelLayout: Sendable, Equatable {
-    public static let panelWidth = 64, blockDepth = 32
+    public enum Element: Sendable, Equatable {
+        case bf16, int8
+        /// Consecutive k values per word.
+        var word: Int { self == .bf16 ? 2 : 4 }
+        var bytes: Int { self == .bf16 ? 2 : 1 }
+    }
+
+    public static let panelWidth = 64
     public let n: Int
     public let k: Int
+    public let element: Element
 
-    public init(n: Int, k: Int) { self.n = n; self.k = k }
+    public init(n: Int, k: Int, element: Element = .bf16) { self.n = n; self.k = k; self.element = element }
 
+    /// k values per block: 16 words.
+    public var blockDepth: Int { 16 * element.word }
     public var panels: Int { (n + Self.panelWidth - 1) / Self.panelWidth }
-    public var blocks: Int { (k + Self.blockDepth - 1) / Self.blockDepth }
+    public var blocks: Int { (k + blockDepth - 1) / blockDepth }
     /// Elements of one 64-column panel (all of k, padded).
-    public var panelElements: Int { blocks * Self.blockDepth * Self.panelWidth }
-    public var byteCount: Int { panels * panelElements * 2 }
+    public var panelElements: Int { blocks * blockDepth * Self.panelWidth }
+    public var byteCount: Int { panels * panelElements * element.bytes }
 
     /// Element index of weight[row, column] (row < n, column < k).
     @inline(__always) public func index(row: Int, column: Int) -> Int {
-        let within = column % Self.blockDepth
-        return (row / Self.panelWidth) * panelElements + (column / Self.blockDepth) * (Self.blockDepth * Self.panelWidth)
-            + (within / 2) * (2 * Self.panelWidth) + (row % Self.panelWidth) * 2 + (within & 1)
+        let word = element.word, depth = 16 * word
+        let within = column % depth
+        return (row / Self.panelWidth) * panelElements + (column / depth) * (depth * Self.panelWidth)
+            + (within / word) * (word * Self.panelWidth) + (row % Self.panelWidth) * word + within % word
+    }
+}
+
+/// A weight [n, k] held as symmetric int8 per output row (`--weight-format int8`): row r is
+/// codes[r, :] * scale[r], codes in -127...127. The codes come first, in `panels` (int8 words)
+/// where oneDNN's AMX-INT8 kernels serve, else row-major; the f32 scales follow at `scalesOffset`.
+public struct Int8Layout: Sendable, Equatable {
+    public let n: Int
+    public let k: Int
+    public let panels: PanelLayout?
+    public let scalesOffset: Int
+
+    public init(n: Int, k: Int, packed: Bool) {
+        self.n = n
+        self.k = k
+        panels = packed ? PanelLayout(n: n, k: k, element: .int8) : nil
+        scalesOffset = ((panels?.byteCount ?? n * k) + 63) & ~63
+    }
+
+    public var byteCount: Int { scalesOffset + n * 4 }
+
+    /// Byte offset of code [row, column].
+    @inline(__always) public func index(row: Int, column: Int) -> Int {
+        panels?.index(row: row, column: column) ?? row * k + column
     }
 }
 
 /// A tensor handle: shape, element type and the backend buffer holding it. Row-major.
 /// A quantized tensor has dtype `.u8` and a `quantization` layout; `shape` is the logical one.
-/// A panel-packed bf16 weight has dtype `.bf16` and a `panels` layout.
+/// A panel-packed bf16 weight has dtype `.bf16` and a `panels` layout; an int8 weight dtype
+/// `.u8` and an `int8` layout.
 public struct Tensor: @unchecked Sendable {
     public let shape: [Int]
     public let dtype: DType
     public let buffer: DeviceBuffer
     public let quantization: QuantizedLayout?
     public let panels: PanelLayout?
+    public let int8: Int8Layout?
 
-    public init(shape: [Int], dtype: DType, buffer: DeviceBuffer, quantization: QuantizedLayout? = nil, panels: PanelLayout? = nil) {
+    public init(shape: [Int], dtype: DType, buffer: DeviceBuffer, quantization: QuantizedLayout? = nil, panels: PanelLayout? = nil,
+                int8: Int8Layout? = nil) {
         self.panels = panels
+        self.int8 = int8
         self.shape = shape
         self.dtype = dtype
         self.buffer = buffer
@@ -128,7 +168,7 @@ public struct Tensor: @unchecked Sendable {
     public var rows: Int { shape.count >= 2 ? shape.dropLast().reduce(1, *) : 1 }
     public var columns: Int { shape.last ?? 1 }
     /// Bytes this tensor occupies (packed size for quantized tensors).
-    public var byteCount: Int { quantization?.byteCount ?? panels?.byteCount ?? elementCount * dtype.byteSize }
+    public var byteCount: Int { quantization?.byteCount ?? int8?.byteCount ?? panels?.byteCount ?? elementCount * dtype.byteSize }
 
     /// f32 element pointer; only for backends whose buffers are host memory.
     @inline(__always) public var floats: UnsafeMutablePointer<Float> {

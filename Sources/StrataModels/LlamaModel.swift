@@ -85,9 +85,10 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let c = config
         let eps = Float(c.normEps)
         var h = backend.rmsNorm(x, weight: l["input_layernorm.weight"], eps: eps)
-        let q = backend.linear(h, weight: l["self_attn.q_proj.weight"], bias: l.optional("self_attn.q_proj.bias"))
-        let k = backend.linear(h, weight: l["self_attn.k_proj.weight"], bias: l.optional("self_attn.k_proj.bias"))
-        let v = backend.linear(h, weight: l["self_attn.v_proj.weight"], bias: l.optional("self_attn.v_proj.bias"))
+        let names = ["q_proj", "k_proj", "v_proj"]
+        let qkv = backend.linear(h, weights: names.map { l["self_attn.\($0).weight"] },
+                                 biases: names.map { l.optional("self_attn.\($0).bias") })
+        let (q, k, v) = (qkv[0], qkv[1], qkv[2])
         let (cos, sin) = rotaryTensors(for: step.positions)
         backend.applyRotary(q, heads: c.numHeads, headDim: c.headDim, cos: cos, sin: sin)
         backend.applyRotary(k, heads: c.numKVHeads, headDim: c.headDim, cos: cos, sin: sin)
@@ -98,8 +99,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         backend.addInPlace(h, x)
 
         let n = backend.rmsNorm(h, weight: l["post_attention_layernorm.weight"], eps: eps)
-        let gate = backend.linear(n, weight: l["mlp.gate_proj.weight"], bias: l.optional("mlp.gate_proj.bias"))
-        let up = backend.linear(n, weight: l["mlp.up_proj.weight"], bias: l.optional("mlp.up_proj.bias"))
+        let gateUp = backend.linear(n, weights: [l["mlp.gate_proj.weight"], l["mlp.up_proj.weight"]],
+                                    biases: [l.optional("mlp.gate_proj.bias"), l.optional("mlp.up_proj.bias")])
+        let (gate, up) = (gateUp[0], gateUp[1])
         let m = backend.linear(backend.gatedActivate(gate: gate, up: up, activation), weight: l["mlp.down_proj.weight"],
                                bias: l.optional("mlp.down_proj.bias"))
         backend.addInPlace(m, h)

@@ -94,9 +94,10 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         let residual = x
         let attentionNorm = l.optional("self_attn_layer_norm.weight"), attentionNormBias = l.optional("self_attn_layer_norm.bias")
         var h = preNorm ? backend.layerNorm(x, weight: attentionNorm, bias: attentionNormBias, eps: eps) : x
-        let q = backend.linear(h, weight: l["self_attn.q_proj.weight"], bias: l.optional("self_attn.q_proj.bias"))
-        let k = backend.linear(h, weight: l["self_attn.k_proj.weight"], bias: l.optional("self_attn.k_proj.bias"))
-        let v = backend.linear(h, weight: l["self_attn.v_proj.weight"], bias: l.optional("self_attn.v_proj.bias"))
+        let names = ["q_proj", "k_proj", "v_proj"]
+        let qkv = backend.linear(h, weights: names.map { l["self_attn.\($0).weight"] },
+                                 biases: names.map { l.optional("self_attn.\($0).bias") })
+        let (q, k, v) = (qkv[0], qkv[1], qkv[2])
         let layout = step.attentionLayout(heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim,
                                           scale: 1 / Float(c.headDim).squareRoot())
         h = backend.cachedAttention(query: q, key: k, value: v, cache: cache, layout: layout)

@@ -68,6 +68,11 @@ struct PolicyOptions: ParsableArguments {
     func makeGenerator(_ backend: BackendOptions, promptLength: Int, capacity: Int, batchSize: Int?) throws
         -> (generator: Generator, engine: OffloadEngine?, prediction: CostModel.Prediction?) {
         guard active else { return (Generator(bundle: try backend.loadBundle()), nil, nil) }
+        if try backend.weightFormatOption() == .int8 {
+            // The engine moves weights between tiers as row-major images of one stored type;
+            // int8 codes with their row scales are not one of them yet.
+            throw StrataError.invalidRequest("--weight-format int8 holds a resident model; it does not combine with an offloading policy (--policy, --percent)")
+        }
         let (policy, prediction) = try makePolicy(compressWeight: backend.compressWeight, compressCache: backend.compressCache) {
             try autoPolicy(backend, promptLength: promptLength, capacity: capacity, batchSize: batchSize)
         }

@@ -9,6 +9,8 @@ import StrataRuntime
 enum Main {
     static func main() async {
         CPUSetup.selectOpenBLASKernels()
+        // Before the first worker thread allocates: the arena limit binds threads created later.
+        CPUSetup.retainFreedMemory()
         await Strata.main()
     }
 }
@@ -30,7 +32,7 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "Compute threads (OpenBLAS and Strata's own kernels).")
     var threads: Int = 2
 
-    @Option(help: "How f16/bf16 weights are held on the CPU: as-stored (half the memory; widened in registers for decode, in slabs for prefill) or f32 (converted once at load).")
+    @Option(help: "How f16/bf16 weights are held on the CPU: as-stored (half the memory; widened in registers for decode, in slabs for prefill), f32 (converted once at load), bf16 (bf16 matrix units: AMX or AVX512-BF16; opt-in, logits move by ~1e-2) or int8 (int8 per row with int8 activations on AMX-INT8, W8A8; opt-in, resident models only).")
     var weightFormat: String = "as-stored"
 
     @Flag(help: "Store decoder-layer weights 4-bit group-quantized (FlexGen's compress_weight).")

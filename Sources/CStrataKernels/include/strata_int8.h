@@ -26,4 +26,14 @@ void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int gro
 void strata_int8_gemm(const strata_int8_rows *x, int rows, int k, int group_size, int bits,
                       const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
                       int n0, int n1, float *out, int ldc, float beta);
+
+/// Symmetric int8 codes of one row, x ~ scale * code, code = round-to-nearest-even(x * 127 / max|x|);
+/// returns the scale (max|x| / 127). A row of zeros gets codes 0 and scale 0; a row with a NaN
+/// or an infinity, codes 0 and a NaN scale (so the product is NaN, as in f32).
+float strata_quantize_row_s8(const float *x, int count, int8_t *codes);
+
+/// out[i] = sums[i] * (column_scales[i] * row_scale) + bias[i] (bias may be NULL); `out` may be
+/// `sums` itself (the s32 sums are read before each f32 is written).
+void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const float *column_scales, const float *bias,
+                        float *out);
 #endif

@@ -32,15 +32,33 @@ enum BF16GEMM {
             }
             return
         }
-        guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("BF16GEMM runs only where oneDNN serves (usesMatrixUnits)") }
-        // Rounded activations: 2 bytes per element, held in an f32 scratch of half the count.
-        let floats = (m * k + 1) / 2
-        let rounded = scratch(floats)
+        let floats = roundedFloats(m: m, k: k)
+        let rounded = round(x, m: m, k: k, threads: threads, scratch: scratch)
         defer { release(rounded, floats) }
+        multiply(m: m, n: n, k: k, a: rounded, w: w, panels: panels, bias: bias, out: out, threads: threads, scratch: scratch, release: release)
+    }
+
+    /// Rounded activations: 2 bytes per element, held in an f32 scratch of this many values.
+    static func roundedFloats(m: Int, k: Int) -> Int { (m * k + 1) / 2 }
+
+    /// x [m, k] rounded to bf16 (rows in parallel) into a scratch of `roundedFloats` values that
+    /// the caller releases; one rounding serves every weight it meets.
+    static func round(_ x: UnsafePointer<Float>, m: Int, k: Int, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>)
+        -> UnsafeMutablePointer<Float> {
+        let rounded = scratch(roundedFloats(m: m, k: k))
         let a = UnsafeMutableRawPointer(rounded).assumingMemoryBound(to: UInt16.self)
         parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { rows in
             roundToBF16(x + rows.lowerBound * k, a + rows.lowerBound * k, count: rows.count * k)
         }
+        return rounded
+    }
+
+    /// out = a * w^T (+ bias) for activations already rounded by `round`.
+    static func multiply(m: Int, n: Int, k: Int, a rounded: UnsafeMutablePointer<Float>, w: UnsafeRawPointer, panels: PanelLayout?,
+                         bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int,
+                         scratch: (Int) -> UnsafeMutablePointer<Float>, release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("BF16GEMM runs only where oneDNN serves (usesMatrixUnits)") }
+        let a = UnsafeRawPointer(rounded)
         // oneDNN takes dense outputs only (see `OneDNN.matmul`). Prefill-sized
         // products are one call threaded by oneDNN's OpenMP team (it splits rows and columns
         // for the matrix units: 687 vs ~500 GFLOP/s for a row split over Strata's workers, 2048 x
@@ -51,11 +69,7 @@ enum BF16GEMM {
             dnnl.matmul(m: m, n: n, k: k, a: a, b: w, panels: panels != nil, bias: bias, c: out, threads: threads)
             return
         }
-        let blocks = (n + PanelLayout.panelWidth - 1) / PanelLayout.panelWidth
-        parallelFor(blocks, threads: threads) { range in
-            let first = range.lowerBound * PanelLayout.panelWidth, last = min(n, range.upperBound * PanelLayout.panelWidth)
-            let width = last - first
-            // Slabs start on a panel boundary, so a packed slab is one contiguous run of panels.
+        PanelLayout.forEachSlab(n: n, threads: threads) { first, width in
             let slab = panels.map { w + (first / PanelLayout.panelWidth) * $0.panelElements * 2 } ?? w + first * k * 2
             if width == n {
                 dnnl.matmul(m: m, n: n, k: k, a: a, b: slab, panels: panels != nil, bias: bias, c: out, threads: 1)
@@ -151,6 +165,19 @@ enum BF16GEMM {
                 roundToBF16(buffer.baseAddress!, destination + i, count: n)
                 i += n
             }
+        }
+    }
+}
+
+extension PanelLayout {
+    /// Decode-sized matmuls against panel-packed weights: the output columns in whole 64-column
+    /// panels, spread over the workers (a slab starts on a panel boundary, so its weight is one
+    /// contiguous run of panels; row-major weights split the same way).
+    static func forEachSlab(n: Int, threads: Int, _ body: (_ first: Int, _ width: Int) -> Void) {
+        let blocks = (n + panelWidth - 1) / panelWidth
+        parallelFor(blocks, threads: threads) { range in
+            let first = range.lowerBound * panelWidth
+            body(first, min(n, range.upperBound * panelWidth) - first)
         }
     }
 }

@@ -10,16 +10,19 @@ public final class CPUBackend: Backend {
     /// How checkpoint weights are held: converted to f32 once at load, kept in their stored
     /// dtype (f16/bf16) and widened on each use (half the memory, extra conversion per matmul),
     /// or converted to bf16 for the CPU's bf16 matrix units (`BF16GEMM`: AMX or AVX512-BF16,
-    /// matmul inputs rounded to bf16, f32 accumulation; an opt-in, as its logits move by ~1e-2).
+    /// matmul inputs rounded to bf16, f32 accumulation; an opt-in, as its logits move by ~1e-2),
+    /// or quantized to int8 per row with int8 activations (`Int8Weights`: AMX-INT8; opt-in too).
     public enum WeightFormat: String, Sendable, CaseIterable {
         case f32
         case asStored = "as-stored"
         case bf16
+        case int8
 
         /// The element type a stored tensor is held in (row-major; packing keeps 2 bytes an
         /// element up to panel padding).
         public func heldType(stored: DType, shape: [Int]) -> DType {
             if self == .bf16 && shape.count == 2 && stored != .u8 { return .bf16 }
+            if self == .int8 && shape.count == 2 { return .u8 }
             return (shape.count < 2 || self == .f32) ? .f32 : stored
         }
     }
@@ -84,6 +87,13 @@ public final class CPUBackend: Backend {
                           into: packed.pointer.assumingMemoryBound(to: UInt16.self), threads: threads)
             return Tensor(shape: shape, dtype: .bf16, buffer: packed, panels: layout)
         }
+        if weightFormat == .int8 && shape.count == 2 && dtype != .u8 {
+            let layout = Int8Layout(n: shape[0], k: shape[1], packed: packsWeights && Int8Weights.usesMatrixUnits)
+            let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
+            Int8Weights.make(view.baseAddress ?? UnsafeRawPointer(buffer.pointer), dtype: dtype, layout: layout, into: buffer.pointer,
+                             threads: threads)
+            return Tensor(shape: shape, dtype: .u8, buffer: buffer, int8: layout)
+        }
         // Vectors (norms, biases) are tiny and read element-wise by kernels: always f32.
         if dtype == .f32 || weightFormat == .f32 || shape.count < 2 {
             let t = allocate(shape)
@@ -112,7 +122,9 @@ public final class CPUBackend: Backend {
         let count = tensor.elementCount
         return [Float](unsafeUninitializedCapacity: count) { b, n in
             if count > 0 {
-                if let layout = tensor.panels {
+                if tensor.int8 != nil {
+                    for r in 0..<tensor.rows { Int8Weights.unpackRow(tensor, row: r, into: b.baseAddress! + r * tensor.columns) }
+                } else if let layout = tensor.panels {
                     for r in 0..<layout.n {
                         BF16GEMM.unpackRow(tensor.buffer.pointer.assumingMemoryBound(to: UInt16.self), layout: layout, row: r,
                                            into: b.baseAddress! + r * layout.k)
@@ -132,6 +144,10 @@ public final class CPUBackend: Backend {
     public func embedding(_ table: Tensor, ids: [Int32]) -> Tensor {
         let dim = table.columns
         let out = allocate([ids.count, dim])
+        if table.int8 != nil {
+            for (r, id) in ids.enumerated() { Int8Weights.unpackRow(table, row: Int(id), into: out.floats + r * dim) }
+            return out
+        }
         if let layout = table.panels {
             // A tied LM head packed for the matmul: its rows are gathered out of the panels.
             for (r, id) in ids.enumerated() {
@@ -182,6 +198,13 @@ public final class CPUBackend: Backend {
         let m = x.rows, k = x.columns, n = weight.shape[0]
         precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")
         let out = allocate(x.shape.dropLast() + [n])
+        if weight.int8 != nil {
+            let codes = Int8Weights.quantize(x.floats, m: m, k: k, threads: threads, scratch: scratch)
+            defer { release(codes.storage, codes.floats) }
+            Int8Weights.run(codes, n: n, weight: weight, bias: bias?.floats, out: out.floats, threads: threads,
+                            scratch: scratch, release: release)
+            return out
+        }
         // Only `--weight-format bf16` opts into rounded inputs; a checkpoint stored in bf16 and held
         // as stored keeps exact f32 arithmetic.
         // Packed weights exist only where oneDNN serves them.
@@ -248,6 +271,37 @@ public final class CPUBackend: Backend {
             }
         }
         return out
+    }
+
+    /// Projections of one input: int8 weights share one quantization of it, bf16 weights on the
+    /// matrix units one rounding (for a prefill, each pass over the activations costs about what
+    /// a small projection's matmul does).
+    public func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor] {
+        precondition(weights.count == biases.count, "one bias (or nil) per weight")
+        let m = x.rows, k = x.columns
+        for w in weights { precondition(w.columns == k, "linear: input has \(k) features, weight expects \(w.columns)") }
+        let shared = m > 0 && k > 0 && weights.count > 1
+        if shared, weights.allSatisfy({ $0.int8 != nil }) {
+            let outputs = weights.map { allocate(x.shape.dropLast() + [$0.shape[0]]) }
+            let codes = Int8Weights.quantize(x.floats, m: m, k: k, threads: threads, scratch: scratch)
+            defer { release(codes.storage, codes.floats) }
+            for (i, w) in weights.enumerated() {
+                Int8Weights.run(codes, n: w.shape[0], weight: w, bias: biases[i]?.floats, out: outputs[i].floats, threads: threads,
+                                scratch: scratch, release: release)
+            }
+            return outputs
+        }
+        if shared, weightFormat == .bf16, BF16GEMM.usesMatrixUnits, weights.allSatisfy({ $0.dtype == .bf16 && $0.quantization == nil }) {
+            let outputs = weights.map { allocate(x.shape.dropLast() + [$0.shape[0]]) }
+            let rounded = BF16GEMM.round(x.floats, m: m, k: k, threads: threads, scratch: scratch)
+            defer { release(rounded, BF16GEMM.roundedFloats(m: m, k: k)) }
+            for (i, w) in weights.enumerated() where w.shape[0] > 0 {
+                BF16GEMM.multiply(m: m, n: w.shape[0], k: k, a: rounded, w: w.buffer.pointer, panels: w.panels, bias: biases[i]?.floats,
+                                  out: outputs[i].floats, threads: threads, scratch: scratch, release: release)
+            }
+            return outputs
+        }
+        return zip(weights, biases).map { linear(x, weight: $0, bias: $1) }
     }
 
     public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {

@@ -10,7 +10,7 @@ extension CPUBackend {
         let count = weight.elementCount
         let values = scratch(count)
         defer { release(values, count) }
-        if weight.panels != nil {
+        if weight.panels != nil || weight.int8 != nil {
             download(weight).withUnsafeBufferPointer { values.update(from: $0.baseAddress!, count: count) }
         } else if count > 0 {
             Precision.convertToFloat(weight.buffer.pointer, dtype: weight.dtype, count: count, into: values)

@@ -47,6 +47,11 @@ public enum CPUSetup {
         #if canImport(Glibc)
         _ = mallopt(M_MMAP_THRESHOLD, 512 << 20)
         _ = mallopt(M_TRIM_THRESHOLD, Int32.max)
+        // The model runs on worker threads, whose per-thread arenas live in 64 MiB heaps that
+        // glibc unmaps as soon as they empty, whatever the thresholds above: a prefill's 50 MB
+        // activations were faulted in afresh on every layer (strace: hundreds of mmap/munmap
+        // per prefill). One arena keeps them in the main heap.
+        _ = mallopt(M_ARENA_MAX, 1)
         #endif
     }
 }

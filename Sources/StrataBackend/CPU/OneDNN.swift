@@ -13,6 +13,9 @@ final class OneDNN: @unchecked Sendable {
     let kernel: String
     /// Whether its kernels take weights packed in `PanelLayout` (BA16a64b2a) as they are.
     let takesPanels: Bool
+    /// The AMX-INT8 kernel for int8 panels (BA16a64b4a), or nil: without AMX, oneDNN's int8
+    /// kernels want weights with compensation terms and would fall back to its reference code.
+    let int8Kernel: String?
     private let fn: Functions
     private let primitives = Mutex<[Key: Primitive]>([:])
     private let streams = Mutex<[Stream]>([])
@@ -48,6 +51,8 @@ final class OneDNN: @unchecked Sendable {
 
     struct Key: Hashable {
         let m: Int, n: Int, k: Int, bias: Bool, panels: Bool
+        /// int8: s8 activations and s8 panels into s32 sums (always panels, never a bias).
+        var element = PanelLayout.Element.bf16
     }
 
     final class Primitive: @unchecked Sendable {
@@ -99,7 +104,7 @@ final class OneDNN: @unchecked Sendable {
             guard fn.engineCreate(&engine, dnnl_cpu, 0) == dnnl_success, let engine else {
                 throw LoadError(reason: "oneDNN could not create a CPU engine")
             }
-            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "", takesPanels: false)
+            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "", takesPanels: false, int8Kernel: nil)
             let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, bias: false, panels: false))
             guard probe.kernel.contains("amx") || probe.kernel.contains("bf16") else {
                 throw LoadError(reason: "oneDNN has no bf16 matrix kernel for this CPU (it offers \(probe.kernel))")
@@ -108,8 +113,10 @@ final class OneDNN: @unchecked Sendable {
             // implementation would take them too, at a hundredth of the speed).
             let packed = try? dnnl.primitive(Key(m: 32, n: 192, k: 96, bias: false, panels: true))
             let takesPanels = packed.map { $0.kernel.hasPrefix("brg") && probe.kernel.hasPrefix("brg") } ?? false
-            for p in [probe, packed].compactMap({ $0 }) { _ = fn.primitiveDestroy(p.handle) }
-            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels))
+            let int8 = try? dnnl.primitive(Key(m: 32, n: 192, k: 128, bias: false, panels: true, element: .int8))
+            let int8Kernel = int8.flatMap { $0.kernel.contains("amx_int8") ? $0.kernel : nil }
+            for p in [probe, packed, int8].compactMap({ $0 }) { _ = fn.primitiveDestroy(p.handle) }
+            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels, int8Kernel: int8Kernel))
         } catch {
             return .failure(error)
         }
@@ -117,27 +124,29 @@ final class OneDNN: @unchecked Sendable {
 
     struct LoadError: Error, Sendable { let reason: String }
 
-    private init(engine: dnnl_engine_t, fn: Functions, kernel: String, takesPanels: Bool) {
+    private init(engine: dnnl_engine_t, fn: Functions, kernel: String, takesPanels: Bool, int8Kernel: String?) {
         self.engine = engine
         self.fn = fn
         self.kernel = kernel
         self.takesPanels = takesPanels
+        self.int8Kernel = int8Kernel
     }
 
     /// c[m, n] = a[m, k] (bf16) * b^T + bias, where b is a bf16 weight [n, k] stored row-major
     /// (oneDNN sees a k x n matrix with strides (1, k)) or, with `panels`, packed in
     /// `PanelLayout`. a and c are dense: a strided c (a column slab of a wider output) sends
     /// oneDNN 2.6 to its reference implementation, ~1000x slower, so the API has no strides.
+    /// With `element` int8, a is s8, b int8 panels and c receives s32 sums.
     func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, b: UnsafeRawPointer, panels: Bool = false,
-                bias: UnsafePointer<Float>?, c: UnsafeMutablePointer<Float>, threads: Int) {
-        let key = Key(m: m, n: n, k: k, bias: bias != nil, panels: panels)
+                element: PanelLayout.Element = .bf16, bias: UnsafePointer<Float>?, c: UnsafeMutableRawPointer, threads: Int) {
+        let key = Key(m: m, n: n, k: k, bias: bias != nil, panels: panels || element == .int8, element: element)
         let cached = primitives.withLock { $0[key] }
         let p: Primitive
         if let cached {
             p = cached
         } else {
             do throws(LoadError) { p = try primitive(key) } catch {
-                fatalError("oneDNN refused a \(m)x\(k) by \(k)x\(n) bf16 matmul it accepted before: \(error.reason)")
+                fatalError("oneDNN refused a \(m)x\(k) by \(k)x\(n) \(element) matmul it accepted before: \(error.reason)")
             }
         }
         if cached == nil {
@@ -194,14 +203,16 @@ final class OneDNN: @unchecked Sendable {
                 // The C function reads `ndims` entries of each dims array.
                 ok = ok && fn.descByStrides(&desc, 2, d.baseAddress!, type, d.baseAddress! + 2) == dnnl_success
             }
-            set(&a, key.m, key.k, key.k, 1, dnnl_bf16)
+            let int8 = key.element == .int8
+            set(&a, key.m, key.k, key.k, 1, int8 ? dnnl_s8 : dnnl_bf16)
             if key.panels {
                 d[0] = dnnl_dim_t(key.k); d[1] = dnnl_dim_t(key.n)
-                ok = ok && fn.descByTag(&b, 2, d.baseAddress!, dnnl_bf16, dnnl_BA16a64b2a) == dnnl_success
+                ok = ok && fn.descByTag(&b, 2, d.baseAddress!, int8 ? dnnl_s8 : dnnl_bf16,
+                                        int8 ? dnnl_BA16a64b4a : dnnl_BA16a64b2a) == dnnl_success
             } else {
                 set(&b, key.k, key.n, 1, key.k, dnnl_bf16)
             }
-            set(&c, key.m, key.n, key.n, 1, dnnl_f32)
+            set(&c, key.m, key.n, key.n, 1, int8 ? dnnl_s32 : dnnl_f32)
             if key.bias { set(&bias, 1, key.n, key.n, 1, dnnl_f32) }
         }
         guard ok else { throw LoadError(reason: "bad memory descriptor for \(key)") }

@@ -1,0 +1,172 @@
+import COpenBLAS
+import CStrataKernels
+import StrataCore
+
+/// `--weight-format int8` (W8A8): each weight row held as symmetric int8 codes with one f32
+/// scale, and each matmul's activations quantized the same way per row, on the fly. The integer
+/// sums run on AMX-INT8 through oneDNN (twice the bf16 tiles' rate, half the weight bytes);
+/// where oneDNN has no AMX-INT8 kernel, the same integers are multiplied by OpenBLAS in f32
+/// (exact while a sum stays under 2^24, then within one f32 rounding), so both give the same
+/// results to ~1e-7. Opt-in: the logits move by the quantization, ~1e-2 of their range.
+enum Int8Weights {
+    static var usesMatrixUnits: Bool { MatrixUnits.oneDNN?.int8Kernel != nil }
+
+    /// The kernel that serves int8 weights, by name (bench-gemm and `--verbose` report it).
+    static var kernel: String { MatrixUnits.oneDNN?.int8Kernel.map { "onednn " + $0 } ?? "int8-sgemm" }
+
+    /// Quantizes a row-major weight [n, k] stored as `dtype` into `buffer` (`layout.byteCount`
+    /// bytes), rows in parallel. Panel padding is zero, so it adds nothing to the sums.
+    static func make(_ source: UnsafeRawPointer, dtype: DType, layout: Int8Layout, into buffer: UnsafeMutableRawPointer,
+                     threads: Int) {
+        let n = layout.n, k = layout.k
+        let codes = buffer.assumingMemoryBound(to: Int8.self)
+        let scales = (buffer + layout.scalesOffset).assumingMemoryBound(to: Float.self)
+        codes.initialize(repeating: 0, count: layout.scalesOffset)
+        parallelFor(n, threads: threads, minimumPerThread: 16) { rows in
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: max(k, 1))
+            let row = UnsafeMutablePointer<Int8>.allocate(capacity: max(k, 1))
+            defer { values.deallocate(); row.deallocate() }
+            for r in rows {
+                Precision.convertToFloat(source + r * k * dtype.byteSize, dtype: dtype, count: k, into: values)
+                scales[r] = quantizeRow(values, count: k, into: row)
+                if layout.panels == nil {
+                    (codes + r * k).update(from: row, count: k)
+                } else {
+                    // A word (4 consecutive k) is contiguous in the panels: copy words, then the tail.
+                    var c = 0
+                    while c + 4 <= k {
+                        (codes + layout.index(row: r, column: c)).update(from: row + c, count: 4)
+                        c += 4
+                    }
+                    while c < k { codes[layout.index(row: r, column: c)] = row[c]; c += 1 }
+                }
+            }
+        }
+    }
+
+    /// Row `row` of an int8 weight as f32 (codes times the row's scale).
+    static func unpackRow(_ weight: Tensor, row: Int, into destination: UnsafeMutablePointer<Float>) {
+        guard let layout = weight.int8 else { preconditionFailure("not an int8 weight") }
+        let codes = weight.buffer.pointer.assumingMemoryBound(to: Int8.self)
+        let scale = (weight.buffer.pointer + layout.scalesOffset).assumingMemoryBound(to: Float.self)[row]
+        for c in 0..<layout.k { destination[c] = Float(codes[layout.index(row: row, column: c)]) * scale }
+    }
+
+    /// Symmetric int8 codes of `count` values and their scale (`strata_quantize_row_s8`).
+    @inline(__always)
+    static func quantizeRow(_ x: UnsafePointer<Float>, count: Int, into codes: UnsafeMutablePointer<Int8>) -> Float {
+        strata_quantize_row_s8(x, Int32(count), codes)
+    }
+
+    /// Activations quantized for int8 weights: m rows of k codes and one scale per row, in one
+    /// f32 scratch of `floats` values (the caller releases it).
+    struct QuantizedRows {
+        let m: Int, k: Int
+        let storage: UnsafeMutablePointer<Float>
+        static func floats(m: Int, k: Int) -> Int { (m * k + 3) / 4 + m }
+        var floats: Int { Self.floats(m: m, k: k) }
+        var codes: UnsafeMutablePointer<Int8> { UnsafeMutableRawPointer(storage).assumingMemoryBound(to: Int8.self) }
+        var scales: UnsafeMutablePointer<Float> { storage + (m * k + 3) / 4 }
+    }
+
+    /// Quantizes x [m, k] per row (rows in parallel); one set of codes serves every weight it
+    /// meets (attention's q, k and v projections share one).
+    static func quantize(_ x: UnsafePointer<Float>, m: Int, k: Int, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>) -> QuantizedRows {
+        let rows = QuantizedRows(m: m, k: k, storage: scratch(QuantizedRows.floats(m: m, k: k)))
+        let codes = rows.codes, scales = rows.scales
+        parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { range in
+            for r in range { scales[r] = quantizeRow(x + r * k, count: k, into: codes + r * k) }
+        }
+        return rows
+    }
+
+    /// out[m, n] = x * weight^T (+ bias) for x quantized by `quantize`, the weight in
+    /// `Int8Layout`; `out` [m, n] is fully written.
+    static func run(_ x: QuantizedRows, n: Int, weight: Tensor, bias: UnsafePointer<Float>?,
+                    out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
+                    release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard let layout = weight.int8 else { preconditionFailure("not an int8 weight") }
+        let m = x.m, k = x.k
+        guard m > 0, n > 0 else { return }
+        let weightScales = UnsafePointer((weight.buffer.pointer + layout.scalesOffset).assumingMemoryBound(to: Float.self))
+        let codes = x.codes, rowScales = x.scales
+        func rescale(_ sums: UnsafeRawPointer, integers: Bool, rows: Range<Int>, width: Int, first: Int) {
+            for r in rows {
+                rescaleRow(sums + r * width * 4, integers: integers, count: width, rowScale: rowScales[r],
+                           columnScales: weightScales + first, bias: bias.map { $0 + first }, into: out + r * n + first)
+            }
+        }
+        guard k > 0 else {
+            for r in 0..<m { (out + r * n).update(repeating: 0, count: n) }
+            rescale(out, integers: false, rows: 0..<m, width: n, first: 0)
+            return
+        }
+        guard let dnnl = MatrixUnits.oneDNN, dnnl.int8Kernel != nil, let panels = layout.panels else {
+            multiplyInFloat(m: m, n: n, k: k, codes: codes, weight: weight, out: out, threads: threads, scratch: scratch, release: release)
+            parallelFor(m, threads: threads) { rows in rescale(out, integers: false, rows: rows, width: n, first: 0) }
+            return
+        }
+        let w = UnsafeRawPointer(weight.buffer.pointer)
+        // Prefill-sized products in blocks of 128 rows over Strata's workers, one-thread oneDNN
+        // calls whose s32 sums land in `out` and are rescaled in place while still in L2 (Llama-
+        // 250M prefill, B=32, alternating runs: median 1175 vs 1094 tokens/s for one call on
+        // oneDNN's team, then a rescaling pass). Decode-sized ones split by panels instead.
+        if m >= BF16GEMM.minTeamRows || threads == 1 {
+            let block = 128, blocks = (m + block - 1) / block
+            parallelFor(blocks, threads: threads) { range in
+                for b in range {
+                    let first = b * block, rows = min(block, m - first)
+                    dnnl.matmul(m: rows, n: n, k: k, a: codes + first * k, b: w, element: .int8, bias: nil, c: out + first * n, threads: 1)
+                    rescale(out, integers: true, rows: first..<(first + rows), width: n, first: 0)
+                }
+            }
+            return
+        }
+        PanelLayout.forEachSlab(n: n, threads: threads) { first, width in
+            let sums = scratch(m * width)
+            defer { release(sums, m * width) }
+            let slab = w + (first / PanelLayout.panelWidth) * panels.panelElements
+            dnnl.matmul(m: m, n: width, k: k, a: codes, b: slab, element: .int8, bias: nil, c: sums, threads: 1)
+            rescale(sums, integers: true, rows: 0..<m, width: width, first: first)
+        }
+    }
+
+    /// out[r, c] = sum[r, c] * rowScale * columnScales[c] + bias[c], the sums s32 or f32.
+    static func rescaleRow(_ sums: UnsafeRawPointer, integers: Bool, count: Int, rowScale: Float, columnScales: UnsafePointer<Float>,
+                           bias: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>) {
+        if integers {
+            strata_rescale_s32(sums.assumingMemoryBound(to: Int32.self), Int32(count), rowScale, columnScales, bias, out)
+            return
+        }
+        let s = sums.assumingMemoryBound(to: Float.self)
+        for c in 0..<count { out[c] = s[c] * (columnScales[c] * rowScale) + (bias?[c] ?? 0) }
+    }
+
+    /// The fallback: the integer codes of both sides as f32, multiplied by OpenBLAS sgemm in
+    /// output-column slabs (one per worker, widened ~4 MiB at a time). Leaves the raw sums in `out`.
+    private static func multiplyInFloat(m: Int, n: Int, k: Int, codes: UnsafePointer<Int8>, weight: Tensor,
+                                        out: UnsafeMutablePointer<Float>, threads: Int,
+                                        scratch: (Int) -> UnsafeMutablePointer<Float>, release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard let layout = weight.int8 else { return }
+        let a = scratch(m * k)
+        defer { release(a, m * k) }
+        for i in 0..<(m * k) { a[i] = Float(codes[i]) }
+        let weightCodes = weight.buffer.pointer.assumingMemoryBound(to: Int8.self)
+        let input = UnsafePointer(a)
+        parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+            let slab = max(1, min(columns.count, (1 << 20) / max(k, 1)))
+            let widened = scratch(slab * k)
+            defer { release(widened, slab * k) }
+            var row = columns.lowerBound
+            while row < columns.upperBound {
+                let rowsNow = min(slab, columns.upperBound - row)
+                for r in 0..<rowsNow {
+                    for c in 0..<k { widened[r * k + c] = Float(weightCodes[layout.index(row: row + r, column: c)]) }
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(rowsNow), Int32(k),
+                            1, input, Int32(k), widened, Int32(k), 0, out + row, Int32(n))
+                row += rowsNow
+            }
+        }
+    }
+}
