@@ -71,3 +71,116 @@ void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const f
 #endif
     for (; i < count; i++) out[i] = (float)sums[i] * (column_scales[i] * row_scale) + (bias ? bias[i] : 0.0f);
 }
+
+// bf16 KV cache (CPUAttention.swift): bf16 widens to f32 by a 16-bit shift, so the cache is read
+// at half the bytes of an f32 one and multiplied in f32.
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+static inline __m256 widen8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+#endif
+
+static inline float bf16_value(uint16_t h) {
+    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
+    return v.f;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, int d, float scale, float *scores) {
+    int j = 0;
+#if defined(__x86_64__)
+    // Four keys at a time: four independent FMA chains, and one horizontal reduction for the four.
+    if (d % 8 == 0) {
+        for (; j + 4 <= visible; j += 4) {
+            const uint16_t *k0 = keys + (long)j * d, *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (int i = 0; i < d; i += 8) {
+                const __m256 q = _mm256_loadu_ps(query + i);
+                a0 = _mm256_fmadd_ps(q, widen8(k0 + i), a0);
+                a1 = _mm256_fmadd_ps(q, widen8(k1 + i), a1);
+                a2 = _mm256_fmadd_ps(q, widen8(k2 + i), a2);
+                a3 = _mm256_fmadd_ps(q, widen8(k3 + i), a3);
+            }
+            // hadd pairs lanes within 128-bit halves: [a0 a1 a2 a3] partial sums, then fold halves.
+            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+            __m128 four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(scores + j, _mm_mul_ps(four, _mm_set1_ps(scale)));
+        }
+    }
+#endif
+    for (; j < visible; j++) {
+        const uint16_t *key = keys + (long)j * d;
+        float dot = 0;
+        for (int i = 0; i < d; i++) dot += query[i] * bf16_value(key[i]);
+        scores[j] = dot * scale;
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int visible, int d, float *out) {
+    int c = 0;
+#if defined(__x86_64__)
+    // 32 output columns in four registers across all positions.
+    for (; c + 32 <= d; c += 32) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps(), o2 = _mm256_setzero_ps(), o3 = _mm256_setzero_ps();
+        for (int j = 0; j < visible; j++) {
+            const __m256 p = _mm256_set1_ps(weights[j]);
+            const uint16_t *v = values + (long)j * d + c;
+            o0 = _mm256_fmadd_ps(p, widen8(v), o0);
+            o1 = _mm256_fmadd_ps(p, widen8(v + 8), o1);
+            o2 = _mm256_fmadd_ps(p, widen8(v + 16), o2);
+            o3 = _mm256_fmadd_ps(p, widen8(v + 24), o3);
+        }
+        _mm256_storeu_ps(out + c, o0);
+        _mm256_storeu_ps(out + c + 8, o1);
+        _mm256_storeu_ps(out + c + 16, o2);
+        _mm256_storeu_ps(out + c + 24, o3);
+    }
+#endif
+    for (int i = c; i < d; i++) out[i] = 0;
+    for (int j = 0; j < visible; j++) {
+        for (int i = c; i < d; i++) out[i] += weights[j] * bf16_value(values[(long)j * d + i]);
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+void strata_bf16_widen(const uint16_t *source, long count, float *destination) {
+    long i = 0;
+#if defined(__x86_64__)
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(destination + i, widen8(source + i));
+#endif
+    for (; i < count; i++) destination[i] = bf16_value(source[i]);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+void strata_bf16_round(const float *source, long count, uint16_t *destination) {
+    long i = 0;
+#if defined(__x86_64__)
+    // Round to nearest even: add 0x7FFF plus the lowest kept bit, keep the high half. NaNs are
+    // not special-cased here: activations and caches hold none unless the model already failed.
+    const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+    for (; i + 16 <= count; i += 16) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(source + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(source + i + 8));
+        a = _mm256_srli_epi32(_mm256_add_epi32(a, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(a, 16), one))), 16);
+        b = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(b, 16), one))), 16);
+        // packus keeps 16-bit halves within 128-bit lanes; the permute restores element order.
+        __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+        _mm256_storeu_si256((__m256i *)(destination + i), packed);
+    }
+#endif
+    for (; i < count; i++) {
+        union { float f; uint32_t u; } v = { .f = source[i] };
+        destination[i] = isnan(source[i]) ? 0x7FC0 : (uint16_t)((v.u + 0x7FFF + ((v.u >> 16) & 1)) >> 16);
+    }
+}

@@ -35,6 +35,9 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "How f16/bf16 weights are held on the CPU: as-stored (half the memory; widened in registers for decode, in slabs for prefill), f32 (converted once at load), bf16 (bf16 matrix units: AMX or AVX512-BF16; opt-in, logits move by ~1e-2) or int8 (int8 per row with int8 activations on AMX-INT8, W8A8; opt-in, resident models only).")
     var weightFormat: String = "as-stored"
 
+    @Option(help: "How the KV cache is held on the CPU (unless --compress-cache): auto (bf16 with --weight-format bf16 or int8, else f32), f32, or bf16 (half the bytes each decode step reads).")
+    var cacheFormat = "auto"
+
     @Flag(help: "Store decoder-layer weights 4-bit group-quantized (FlexGen's compress_weight).")
     var compressWeight = false
 
@@ -73,7 +76,8 @@ struct BackendOptions: ParsableArguments {
     /// The backend `--backend` resolves to on this machine.
     func backendChoice() throws -> BackendChoice {
         try resolveBackend(backend, computePrecision: computePrecision, cudaDevice: cudaDevice, verbose: verbose,
-                           cpu: .cpu(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations))
+                           cpu: .cpu(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations,
+                                     cacheFormat: try cacheFormatOption()))
     }
 
     func makeBackend() throws -> any Backend { try makeResolvedBackend(backendChoice(), flag: backend) }
@@ -88,6 +92,14 @@ struct BackendOptions: ParsableArguments {
     func weightFormatOption() throws -> CPUBackend.WeightFormat {
         guard let format = CPUBackend.WeightFormat(rawValue: weightFormat) else {
             throw StrataError.invalidRequest("--weight-format must be one of \(CPUBackend.WeightFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return format
+    }
+
+    func cacheFormatOption() throws -> CPUBackend.CacheFormat {
+        if cacheFormat == "auto" { return [.bf16, .int8].contains(try weightFormatOption()) ? .bf16 : .f32 }
+        guard let format = CPUBackend.CacheFormat(rawValue: cacheFormat) else {
+            throw StrataError.invalidRequest("--cache-format must be one of auto, \(CPUBackend.CacheFormat.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return format
     }
@@ -114,7 +126,7 @@ struct BackendOptions: ParsableArguments {
 /// What `--backend` (auto, cpu or cuda) means on this machine: CUDA when asked for or usable
 /// (auto), else `cpu`. Without CUDA, auto says why only when `verbose`.
 func resolveBackend(_ backend: String, computePrecision: String, cudaDevice: Int, verbose: Bool, cpu: BackendChoice) throws -> BackendChoice {
-    if case .cpu(let threads, _, _) = cpu, threads <= 0 { throw StrataError.invalidRequest("--threads must be positive") }
+    if case .cpu(let threads, _, _, _) = cpu, threads <= 0 { throw StrataError.invalidRequest("--threads must be positive") }
     switch backend {
     case "cpu":
         return cpu

@@ -36,4 +36,13 @@ float strata_quantize_row_s8(const float *x, int count, int8_t *codes);
 /// `sums` itself (the s32 sums are read before each f32 is written).
 void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const float *column_scales, const float *bias,
                         float *out);
+
+/// scores[j] = scale * dot(query, keys[j]) for `visible` bf16 keys of `d` values each.
+void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, int d, float scale, float *scores);
+/// out[i] = sum_j weights[j] * values[j][i] over `visible` bf16 value rows of `d` values.
+void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int visible, int d, float *out);
+/// bf16 -> f32 (exact).
+void strata_bf16_widen(const uint16_t *source, long count, float *destination);
+/// f32 -> bf16, round to nearest even (NaN payloads are not preserved).
+void strata_bf16_round(const float *source, long count, uint16_t *destination);
 #endif

@@ -1,3 +1,4 @@
+import CStrataKernels
 import StrataCore
 
 /// Matmuls against bf16 weights on the CPU's bf16 matrix units (`--weight-format bf16`):
@@ -110,20 +111,10 @@ enum BF16GEMM {
     /// From this many rows a matmul is one oneDNN call on its own thread team.
     static let minTeamRows = 128
 
-    /// f32 -> bf16, round to nearest even (torch's cast), 16 lanes at a time.
+    /// f32 -> bf16, round to nearest even (torch's cast; `strata_bf16_round`, AVX2: Swift's
+    /// generic SIMD narrowing was not vectorized).
     static func roundToBF16(_ source: UnsafePointer<Float>, _ destination: UnsafeMutablePointer<UInt16>, count: Int) {
-        var i = 0
-        while i + 16 <= count {
-            let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
-            let rounded = (bits &+ (((bits &>> 16) & 1) &+ 0x7FFF)) &>> 16
-            UnsafeMutableRawPointer(destination + i).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: rounded),
-                                                                as: SIMD16<UInt16>.self)
-            i += 16
-        }
-        while i < count {
-            destination[i] = Precision.floatToBF16(source[i])
-            i += 1
-        }
+        strata_bf16_round(source, count, destination)
     }
 
     /// Whether `--weight-format bf16` packs weights in `PanelLayout` on this machine.

@@ -1,3 +1,4 @@
+import CStrataKernels
 import COpenBLAS
 import StrataCore
 #if canImport(Glibc)
@@ -35,6 +36,11 @@ extension CPUBackend {
                     if keyCache.quantization != nil {
                         Self.storeQuantizedRow(keyCache, row: cacheRow, from: k)
                         Self.storeQuantizedRow(valueCache, row: cacheRow, from: v)
+                    } else if keyCache.dtype == .bf16 {
+                        let keys = keyCache.buffer.pointer.assumingMemoryBound(to: UInt16.self)
+                        let values = valueCache.buffer.pointer.assumingMemoryBound(to: UInt16.self)
+                        BF16GEMM.roundToBF16(k, keys + cacheRow * d, count: d)
+                        BF16GEMM.roundToBF16(v, values + cacheRow * d, count: d)
                     } else {
                         (keyCache.floats + cacheRow * d).update(from: k, count: d)
                         (valueCache.floats + cacheRow * d).update(from: v, count: d)
@@ -120,10 +126,12 @@ extension CPUBackend {
         let padding = layout.padding
         let scale = layout.scale
         let compressed = keyCache.quantization != nil
+        // A bf16 cache is read as it is by decode steps and widened for prefill blocks.
+        let halves = keyCache.dtype == .bf16 && !compressed
         parallelFor(B * H, threads: threads) { range in
             let scores = scratch(T * total)
             // A compressed cache is decoded per (row, head) into f32 just before use.
-            let decoded = compressed ? scratch(2 * total * D) : nil
+            let decoded = compressed || (halves && T > Self.directAttentionMaxQueries) ? scratch(2 * total * D) : nil
             defer { release(scores, T * total); if let decoded { release(decoded, 2 * total * D) } }
             for task in range {
                 let b = task / H, h = task % H
@@ -132,8 +140,28 @@ extension CPUBackend {
                 let valid = total - pad
                 guard valid > 0 else { continue }
                 let qBase = q + b * T * width + h * D
+                // (f32 pointers into the cache; a bf16 or compressed cache replaces them below)
                 var keys = UnsafePointer(kc + kvOffset + pad * D), values = UnsafePointer(vc + kvOffset + pad * D)
-                if let decoded {
+                if halves {
+                    let keyHalves = keyCache.buffer.pointer.assumingMemoryBound(to: UInt16.self) + kvOffset + pad * D
+                    let valueHalves = valueCache.buffer.pointer.assumingMemoryBound(to: UInt16.self) + kvOffset + pad * D
+                    if let decoded {
+                        strata_bf16_widen(keyHalves, valid * D, decoded)
+                        strata_bf16_widen(valueHalves, valid * D, decoded + total * D)
+                        keys = UnsafePointer(decoded)
+                        values = UnsafePointer(decoded + total * D)
+                    } else {
+                        for t in 0..<T {
+                            let visible = layout.pastLength + t + 1 - pad
+                            let output = o + (b * T + t) * width + h * D
+                            guard visible > 0 else { continue }
+                            strata_bf16_scores(qBase + t * width, keyHalves, Int32(visible), Int32(D), scale, scores)
+                            Softmax.normalize(scores, count: visible)
+                            strata_bf16_weighted_sum(scores, valueHalves, Int32(visible), Int32(D), output)
+                        }
+                        continue
+                    }
+                } else if let decoded {
                     let firstRow = kvOffset / D + pad
                     Self.dequantizeRows(keyCache, rows: firstRow..<(firstRow + valid), into: decoded)
                     Self.dequantizeRows(valueCache, rows: firstRow..<(firstRow + valid), into: decoded + total * D)

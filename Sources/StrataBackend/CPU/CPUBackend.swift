@@ -27,8 +27,16 @@ public final class CPUBackend: Backend {
         }
     }
 
+    /// How an uncompressed KV cache is held: f32 (exact), or bf16 (half the bytes a decode step
+    /// reads, as transformers in bf16 holds it; positions are widened to f32 as they are used).
+    public enum CacheFormat: String, Sendable, CaseIterable {
+        case f32
+        case bf16
+    }
+
     public let name = "cpu"
     public let threads: Int
+    public let cacheFormat: CacheFormat
     public let weightFormat: WeightFormat
     /// Small-batch products with 4/8-bit weights quantize their activations to int8 and use the
     /// CPU's integer dot products (`Int8GEMM`, opt-in: results move by ~1e-3 relative).
@@ -42,8 +50,9 @@ public final class CPUBackend: Backend {
     public let packsWeights: Bool
 
     public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil, packsWeights: Bool = true,
-                int8Activations: Bool = false) {
+                int8Activations: Bool = false, cacheFormat: CacheFormat = .f32) {
         self.threads = max(1, threads)
+        self.cacheFormat = cacheFormat
         self.int8Activations = int8Activations
         self.weightFormat = weightFormat
         self.packsWeights = packsWeights

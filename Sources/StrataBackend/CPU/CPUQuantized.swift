@@ -51,7 +51,12 @@ extension CPUBackend {
     }
 
     public func cacheTensor(shape: [Int], compression: QuantizationScheme?) -> Tensor {
-        guard let compression else { return zeros(shape: shape) }
+        guard let compression else {
+            guard cacheFormat == .bf16 else { return zeros(shape: shape) }
+            let buffer = DeviceBuffer.host(byteCount: shape.reduce(1, *) * 2, backendName: name, account: account)
+            buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: buffer.byteCount)
+            return Tensor(shape: shape, dtype: .bf16, buffer: buffer)
+        }
         let layout = QuantizedLayout(scheme: compression, shape: shape)
         let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
         buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: layout.byteCount)
