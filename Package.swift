@@ -63,7 +63,8 @@ let package = Package(
         // Layer 4: architectures (OPT, Llama) written once against Backend.
         .target(name: "StrataModels", dependencies: ["StrataCore", "StrataFormats", "StrataBackend"], swiftSettings: kernelSettings),
         // Layer 5: KV cache, sampling, stopping, the batched generator.
-        .target(name: "StrataRuntime", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels"], swiftSettings: kernelSettings),
+        .target(name: "StrataRuntime", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "CStrataKernels"],
+                swiftSettings: kernelSettings),
         // Layer 6: hardware profiles, cost model, policy search (LP via COIN-OR CBC).
         .target(name: "StrataPlanning", dependencies: ["StrataCore", "StrataFormats", "StrataBackend", "StrataModels", "StrataRuntime", "CCbc",
                                                        .product(name: "Yams", package: "Yams")],

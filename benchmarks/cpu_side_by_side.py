@@ -64,22 +64,22 @@ def make_llama(directory, llama_cpp):
         LlamaForCausalLM(config).to(torch.float16).save_pretrained(directory, safe_serialization=True)
     ggufs = {}
     if llama_cpp:
-        f16 = os.path.join(directory, "model-f16.gguf")
-        if not os.path.exists(f16):
-            subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), directory, "--outtype", "f16",
-                            "--outfile", f16], check=True, capture_output=True)
-        ggufs["f16"] = f16
-        # llama.cpp's own bf16 file: the same 16-bit type as Strata's --weight-format bf16.
-        bf16 = os.path.join(directory, "model-bf16.gguf")
-        if not os.path.exists(bf16):
-            subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), directory, "--outtype", "bf16",
-                            "--outfile", bf16], check=True, capture_output=True)
-        ggufs["bf16"] = bf16
+        # f16, and llama.cpp's own bf16 file: the same 16-bit type as Strata's --weight-format bf16.
+        # Written under a temporary name and renamed, so an interrupted run leaves no partial file.
+        for kind in ["f16", "bf16"]:
+            path = os.path.join(directory, f"model-{kind}.gguf")
+            if not os.path.exists(path):
+                subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), directory, "--outtype", kind,
+                                "--outfile", path + ".part"], check=True, capture_output=True)
+                os.replace(path + ".part", path)
+            ggufs[kind] = path
+        f16 = ggufs["f16"]
         for kind in ["Q4_0", "Q8_0"]:
             path = os.path.join(directory, f"model-{kind.lower()}.gguf")
             if not os.path.exists(path):
-                subprocess.run([os.path.join(llama_cpp, "build", "bin", "llama-quantize"), f16, path, kind], check=True,
+                subprocess.run([os.path.join(llama_cpp, "build", "bin", "llama-quantize"), f16, path + ".part", kind], check=True,
                                capture_output=True)
+                os.replace(path + ".part", path)
             ggufs[kind] = path
     return ggufs
 

@@ -184,3 +184,27 @@ void strata_bf16_round(const float *source, long count, uint16_t *destination) {
         destination[i] = isnan(source[i]) ? 0x7FC0 : (uint16_t)((v.u + 0x7FFF + ((v.u >> 16) & 1)) >> 16);
     }
 }
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+#endif
+long strata_argmax(const float *values, long count) {
+    // The largest value (NaNs never win: an ordered greater-than keeps the running maximum),
+    // then the first index that holds it: the scalar loop's answer, 8 lanes at a time.
+    float best = -INFINITY;
+    long i = 0;
+#if defined(__x86_64__)
+    __m256 peak = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= count; i += 8) {
+        __m256 v = _mm256_loadu_ps(values + i);
+        peak = _mm256_blendv_ps(peak, v, _mm256_cmp_ps(v, peak, _CMP_GT_OQ));
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, peak);
+    for (int l = 0; l < 8; l++) if (lanes[l] > best) best = lanes[l];
+#endif
+    for (; i < count; i++) if (values[i] > best) best = values[i];
+    if (!(best > -INFINITY)) return 0;
+    for (long j = 0; j < count; j++) if (values[j] == best) return j;
+    return 0;
+}

@@ -1,3 +1,4 @@
+import CStrataKernels
 import StrataCore
 /// xoshiro256** seeded through SplitMix64: fast, and reproducible across platforms (the
 /// standard library's generator is not seedable).
@@ -54,11 +55,11 @@ public struct SamplingParameters: Sendable, Equatable {
 
 public enum Sampler {
     /// Index of the largest logit; the first one on ties, as torch.argmax.
+    /// The first index of the largest logit (`strata_argmax`, AVX2: a batch of 32 rows over a
+    /// 50K vocabulary was 3% of a decode step as a scalar loop).
     public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
-        var best = 0
-        var bestValue = -Float.infinity
-        for (i, v) in logits.enumerated() where v > bestValue { best = i; bestValue = v }
-        return best
+        guard let base = logits.baseAddress, logits.count > 0 else { return 0 }
+        return strata_argmax(base, logits.count)
     }
 
     /// Temperature, then top-k, then top-p (nucleus) filtering, then a draw.

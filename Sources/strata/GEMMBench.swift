@@ -5,8 +5,8 @@ import StrataRuntime
 
 /// `strata bench-gemm`: GFLOP/s of each way the CPU backend can multiply by a stored f16 weight
 /// (and its bf16 and group-quantized forms), per batch size, so the per-shape choice in
-/// `CPUBackend.linear` rests on measurements; the last column names the kernel that serves
-/// `--weight-format bf16` for the shape.
+/// `CPUBackend.linear` rests on measurements; the last columns name the kernels that serve
+/// `--weight-format bf16` and `int8` for the shape.
 struct BenchGEMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
@@ -33,13 +33,16 @@ struct BenchGEMM: ParsableCommand {
             let half = CPUBackend(threads: threads, weightFormat: .asStored)
             let matrix = CPUBackend(threads: threads, weightFormat: .bf16)
             let rowMajor = CPUBackend(threads: threads, weightFormat: .bf16, packsWeights: false)
+            let int8 = CPUBackend(threads: threads, weightFormat: .int8)
+            let int8Serves = int8.int8Kernel
             let units = MatrixUnits.status
             let unitName = units.kind?.rawValue ?? "none"
             var rng = SeededGenerator(seed: 1)
             let scheme = try QuantizationScheme(bits: bits, groupSize: 64)
             if !json {
                 print("bf16 matrix units: \(unitName) (\(units.detail))")
-                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  bf16-fused  bf16-rowmajor  bf16-matrix  bf16-serves   (GFLOP/s, median of \(`repeat`))")
+                print("int8 (W8A8): \(int8Serves)")
+                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  bf16-fused  bf16-rowmajor  bf16-matrix  int8  bf16-serves   (GFLOP/s, median of \(`repeat`))")
             }
             for (n, k) in weightShapes {
                 let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
@@ -48,6 +51,7 @@ struct BenchGEMM: ParsableCommand {
                 let weightQuantized = half.quantize(weightHalf, scheme: scheme)
                 let weightBF16 = values.withUnsafeBytes { matrix.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
                 let weightRowMajor = values.withUnsafeBytes { rowMajor.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+                let weightInt8 = values.withUnsafeBytes { int8.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
                 for m in rowCounts {
                     let x = half.upload(floats: (0..<(m * k)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [m, k])
                     let flops = 2.0 * Double(m * n * k)
@@ -67,6 +71,8 @@ struct BenchGEMM: ParsableCommand {
                     let bFused = rate { _ = rowMajor.linear(x, weight: weightRowMajor, bias: nil, path: .fusedHalf) }
                     let bRowMajor = units.kind == nil ? 0 : rate { _ = rowMajor.linear(x, weight: weightRowMajor, bias: nil, path: .matrixUnits) }
                     let bMatrix = units.kind == nil ? 0 : rate { _ = matrix.linear(x, weight: weightBF16, bias: nil, path: .matrixUnits) }
+                    // int8: the activations' quantization included, as `linear` runs it.
+                    let i8 = rate { _ = int8.linear(x, weight: weightInt8, bias: nil) }
                     // What `--weight-format bf16` runs for this shape.
                     let serves = matrix.bf16Kernel(rows: m, n: n, k: k)
                     if json {
@@ -78,9 +84,10 @@ struct BenchGEMM: ParsableCommand {
                             "bf16_fused_gflops": .number(bFused), "bf16_matrix_row_major_gflops": .number(bRowMajor),
                             "bf16_matrix_gflops": .number(bMatrix), "bf16_packed": .bool(weightBF16.panels != nil),
                             "bf16_serves": .string(serves), "matrix_units": .string(unitName),
+                            "int8_gflops": .number(i8), "int8_serves": .string(int8Serves),
                         ]).serialized())
                     } else {
-                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (bFused, 10), (bRowMajor, 13), (bMatrix, 11)]
+                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (bFused, 10), (bRowMajor, 13), (bMatrix, 11), (i8, 6)]
                             .map { $0.0.formatted(1).padding($0.1, left: true) }
                         print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " ") + "  " + serves)
                     }

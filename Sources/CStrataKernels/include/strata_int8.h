@@ -43,6 +43,8 @@ void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, i
 void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int visible, int d, float *out);
 /// bf16 -> f32 (exact).
 void strata_bf16_widen(const uint16_t *source, long count, float *destination);
+/// Index of the first largest value (0 when none is above -infinity, e.g. all NaN).
+long strata_argmax(const float *values, long count);
 /// f32 -> bf16, round to nearest even (NaN payloads are not preserved).
 void strata_bf16_round(const float *source, long count, uint16_t *destination);
 #endif

@@ -203,6 +203,9 @@ public final class CPUBackend: Backend {
     /// The kernel `linear` runs for `rows` rows against an n x k bf16 weight.
     public func bf16Kernel(rows: Int, n: Int, k: Int) -> String { BF16GEMM.kernel(rows: rows, n: n, k: k) }
 
+    /// The kernel that serves `--weight-format int8` weights.
+    public var int8Kernel: String { Int8Weights.kernel }
+
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, path: GEMMPath) -> Tensor {
         let m = x.rows, k = x.columns, n = weight.shape[0]
         precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")

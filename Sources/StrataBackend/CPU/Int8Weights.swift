@@ -49,7 +49,14 @@ enum Int8Weights {
         guard let layout = weight.int8 else { preconditionFailure("not an int8 weight") }
         let codes = weight.buffer.pointer.assumingMemoryBound(to: Int8.self)
         let scale = (weight.buffer.pointer + layout.scalesOffset).assumingMemoryBound(to: Float.self)[row]
-        for c in 0..<layout.k { destination[c] = Float(codes[layout.index(row: row, column: c)]) * scale }
+        // A word (4 consecutive k) is contiguous in panels as in rows: one index per word.
+        var c = 0
+        while c + 4 <= layout.k {
+            let word = codes + layout.index(row: row, column: c)
+            for i in 0..<4 { destination[c + i] = Float(word[i]) * scale }
+            c += 4
+        }
+        while c < layout.k { destination[c] = Float(codes[layout.index(row: row, column: c)]) * scale; c += 1 }
     }
 
     /// Symmetric int8 codes of `count` values and their scale (`strata_quantize_row_s8`).
