@@ -1,6 +1,8 @@
-// Symmetric int8 quantization of one row for `--weight-format int8` (Int8Weights.swift). Swift's
-// generic SIMD float-to-integer conversion is not vectorized; this is AVX2, the baseline the
-// whole binary is built for (Haswell), so it needs no run-time check.
+// Row kernels that convert between number formats: int8 quantization and rescaling for
+// `--weight-format int8` (Int8Weights.swift), the bf16 KV cache's attention loops, f32 <-> bf16,
+// and greedy argmax. Swift's generic SIMD conversions between float and integer vectors compile
+// to scalar code; these are AVX2, the baseline the whole binary is built for (Haswell), so they
+// need no run-time check.
 #include "strata_int8.h"
 #include <math.h>
 #if defined(__x86_64__)
@@ -166,8 +168,9 @@ __attribute__((target("avx2,fma")))
 void strata_bf16_round(const float *source, long count, uint16_t *destination) {
     long i = 0;
 #if defined(__x86_64__)
-    // Round to nearest even: add 0x7FFF plus the lowest kept bit, keep the high half. NaNs are
-    // not special-cased here: activations and caches hold none unless the model already failed.
+    // Round to nearest even: add 0x7FFF plus the lowest kept bit, keep the high half. The vector
+    // loop does not special-case NaN (activations and caches hold none unless the model has
+    // already failed); the tail maps it to the canonical bf16 NaN as Precision.floatToBF16 does.
     const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
     for (; i + 16 <= count; i += 16) {
         __m256i a = _mm256_loadu_si256((const __m256i *)(source + i));
