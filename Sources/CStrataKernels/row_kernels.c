@@ -7,11 +7,13 @@
 #include <math.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
+// Each kernel's own target: the C target is built for baseline x86-64.
+#define STRATA_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define STRATA_AVX2
 #endif
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 float strata_quantize_row_s8(const float *x, int count, int8_t *codes) {
     float largest = 0;
     int unordered = 0, i = 0;
@@ -56,9 +58,7 @@ float strata_quantize_row_s8(const float *x, int count, int8_t *codes) {
     return largest / 127.0f;
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const float *column_scales, const float *bias,
                         float *out) {
     int i = 0;
@@ -77,7 +77,7 @@ void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const f
 // bf16 KV cache (CPUAttention.swift): bf16 widens to f32 by a 16-bit shift, so the cache is read
 // at half the bytes of an f32 one and multiplied in f32.
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
+STRATA_AVX2
 static inline __m256 widen8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
@@ -89,9 +89,7 @@ static inline float bf16_value(uint16_t h) {
     return v.f;
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, int d, float scale, float *scores) {
     int j = 0;
 #if defined(__x86_64__)
@@ -122,9 +120,7 @@ void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, i
     }
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int visible, int d, float *out) {
     int c = 0;
 #if defined(__x86_64__)
@@ -151,9 +147,7 @@ void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int 
     }
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 void strata_bf16_widen(const uint16_t *source, long count, float *destination) {
     long i = 0;
 #if defined(__x86_64__)
@@ -162,9 +156,7 @@ void strata_bf16_widen(const uint16_t *source, long count, float *destination) {
     for (; i < count; i++) destination[i] = bf16_value(source[i]);
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 void strata_bf16_round(const float *source, long count, uint16_t *destination) {
     long i = 0;
 #if defined(__x86_64__)
@@ -188,9 +180,7 @@ void strata_bf16_round(const float *source, long count, uint16_t *destination) {
     }
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-#endif
+STRATA_AVX2
 long strata_argmax(const float *values, long count) {
     // The largest value (NaNs never win: an ordered greater-than keeps the running maximum),
     // then the first index that holds it: the scalar loop's answer, 8 lanes at a time.

@@ -11,7 +11,7 @@ import StrataCore
 enum Int8Weights {
     static var usesMatrixUnits: Bool { MatrixUnits.oneDNN?.int8Kernel != nil }
 
-    /// The kernel that serves int8 weights, by name (bench-gemm and `--verbose` report it).
+    /// The kernel that serves int8 weights, by name (`strata bench-gemm` reports it).
     static var kernel: String { MatrixUnits.oneDNN?.int8Kernel.map { "onednn " + $0 } ?? "int8-sgemm" }
 
     /// Quantizes a row-major weight [n, k] stored as `dtype` into `buffer` (`layout.byteCount`
