@@ -6,7 +6,7 @@ import StrataRuntime
 /// `strata bench-gemm`: GFLOP/s of each way the CPU backend can multiply by a stored f16 weight
 /// (and its bf16 and group-quantized forms), per batch size, so the per-shape choice in
 /// `CPUBackend.linear` rests on measurements; the last columns name the kernels that serve
-/// `--weight-format bf16` and `int8` for the shape.
+/// `--weight-format bf16` (f16 and group-quantized weights) and `int8` for the shape.
 struct BenchGEMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gemm",
@@ -42,7 +42,7 @@ struct BenchGEMM: ParsableCommand {
             if !json {
                 print("bf16 matrix units: \(unitName) (\(units.detail))")
                 print("int8 (W8A8): \(int8Serves)")
-                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  bf16-fused  bf16-rowmajor  bf16-matrix  int8  bf16-serves   (GFLOP/s, median of \(`repeat`))")
+                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  q\(bits)-bf16  bf16-fused  bf16-rowmajor  bf16-matrix  int8  bf16-serves  q\(bits)-bf16-serves   (GFLOP/s, median of \(`repeat`))")
             }
             for (n, k) in weightShapes {
                 let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
@@ -68,6 +68,10 @@ struct BenchGEMM: ParsableCommand {
                     let sgemm = rate { _ = half.linear(x, weight: weightFloat, bias: nil) }
                     let qFused = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .fusedHalf) }
                     let qDecode = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .widenThenBLAS) }
+                    // What `--weight-format bf16` runs for the quantized weight (decoded panels on the
+                    // matrix units where they serve).
+                    let qBF16 = rate { _ = matrix.linear(x, weight: weightQuantized, bias: nil) }
+                    let qServes = matrix.quantizedKernel(weightQuantized, rows: m)
                     let bFused = rate { _ = rowMajor.linear(x, weight: weightRowMajor, bias: nil, path: .fusedHalf) }
                     let bRowMajor = units.kind == nil ? 0 : rate { _ = rowMajor.linear(x, weight: weightRowMajor, bias: nil, path: .matrixUnits) }
                     let bMatrix = units.kind == nil ? 0 : rate { _ = matrix.linear(x, weight: weightBF16, bias: nil, path: .matrixUnits) }
@@ -81,15 +85,16 @@ struct BenchGEMM: ParsableCommand {
                             "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen),
                             "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
                             "quantized_fused_gflops": .number(qFused), "quantized_decode_sgemm_gflops": .number(qDecode),
+                            "quantized_bf16_gflops": .number(qBF16), "quantized_bf16_serves": .string(qServes),
                             "bf16_fused_gflops": .number(bFused), "bf16_matrix_row_major_gflops": .number(bRowMajor),
                             "bf16_matrix_gflops": .number(bMatrix), "bf16_packed": .bool(weightBF16.panels != nil),
                             "bf16_serves": .string(serves), "matrix_units": .string(unitName),
                             "int8_gflops": .number(i8), "int8_serves": .string(int8Serves),
                         ]).serialized())
                     } else {
-                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (bFused, 10), (bRowMajor, 13), (bMatrix, 11), (i8, 6)]
+                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (qBF16, 8), (bFused, 10), (bRowMajor, 13), (bMatrix, 11), (i8, 6)]
                             .map { $0.0.formatted(1).padding($0.1, left: true) }
-                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " ") + "  " + serves)
+                        print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " ") + "  " + serves + "  " + qServes)
                     }
                 }
             }

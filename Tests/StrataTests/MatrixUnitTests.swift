@@ -66,9 +66,10 @@ import Testing
         #expect(rows == ids.flatMap { id in wRounded[(Int(id) * k)..<(Int(id) * k + k)] })
     }
 
-    /// Prefill-sized inputs against a group-quantized weight under `--weight-format bf16`: the
-    /// codes are decoded to bf16 for the matrix units; below the fused kernel's row limit the
-    /// codes are read directly. Same 2e-4 tolerance against the matching rounded reference.
+    /// Inputs against a group-quantized weight under `--weight-format bf16`: the codes are
+    /// decoded to bf16 for the matrix units (at every row count where the AVX-512 panel decoder
+    /// runs, `QuantizedPanelTests`; for prefills only where it does not); otherwise the fused
+    /// kernel reads the codes. Same 2e-4 tolerance against the matching rounded reference.
     @Test(arguments: [8, 65, 130])
     func quantizedWeightsUseTheMatrixUnitsForPrefill(rows m: Int) throws {
         let (n, k) = (96, 128)
@@ -79,7 +80,7 @@ import Testing
         let decoded = plain.download(weight)
         let input = backend.upload(floats: x, shape: [m, k])
         let out = backend.download(backend.linear(input, weight: weight, bias: nil))
-        let onUnits = MatrixUnits.status.kind != nil && m > 64
+        let onUnits = MatrixUnits.status.kind != nil && (m > 64 || CPUBackend.decodesQuantizedOnMatrixUnits)
         let reference = onUnits ? Self.reference(x.map(Self.bf16), decoded.map(Self.bf16), nil, m: m, n: n, k: k)
                                 : Self.reference(x, decoded, nil, m: m, n: n, k: k)
         #expect(Self.maxError(out, reference) < 2e-4, "\(m) rows")

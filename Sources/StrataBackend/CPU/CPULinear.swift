@@ -36,6 +36,21 @@ extension CPUBackend {
     /// The kernel `linear` runs for `rows` rows against an n x k bf16 weight.
     public func bf16Kernel(rows: Int, n: Int, k: Int) -> String { BF16GEMM.kernel(rows: rows, n: n, k: k) }
 
+    /// Whether group-quantized weights (4/8-bit groups along rows) run on the bf16 matrix units
+    /// under `--weight-format bf16` on this machine (`QuantizedPanels`).
+    public static var decodesQuantizedOnMatrixUnits: Bool { BF16GEMM.usesMatrixUnits && QuantizedPanels.available }
+
+    /// The kernel `linear` runs for `rows` rows against a group-quantized weight, by name.
+    public func quantizedKernel(_ weight: Tensor, rows m: Int) -> String {
+        guard let q = weight.quantization else { return "not quantized" }
+        let (n, k) = (weight.shape[0], weight.columns)
+        if decodesToPanels(weight, rows: m) { return "panels+" + BF16GEMM.kernel(rows: m, n: n, k: k) }
+        if int8Activations, m <= Int8GEMM.maxRows, Int8GEMM.supports(q, k: k) { return "int8-vnni" }
+        if usesFusedKernel(weight, rows: m, path: .automatic) { return "fused-q\(q.scheme.bits)" }
+        if weightFormat == .bf16, BF16GEMM.usesMatrixUnits { return "decode+" + BF16GEMM.kernel(rows: m, n: n, k: k) }
+        return "decode-sgemm"
+    }
+
     /// The kernel that serves `--weight-format int8` weights.
     public var int8Kernel: String { Int8Weights.kernel }
 
@@ -54,6 +69,13 @@ extension CPUBackend {
            weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16) {
             BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, panels: weight.panels, bias: bias?.floats, out: out.floats,
                          threads: threads, scratch: scratch, release: release)
+            return out
+        }
+        if path == .automatic, decodesToPanels(weight, rows: m) {
+            let rounded = BF16GEMM.round(x.floats, m: m, k: k, threads: threads, scratch: scratch)
+            defer { release(rounded, BF16GEMM.roundedFloats(m: m, k: k)) }
+            QuantizedPanels.multiply(m: m, n: n, k: k, a: rounded, weight: weight, bias: bias?.floats, out: out.floats,
+                                     threads: threads, scratch: scratch, release: release)
             return out
         }
         if weight.quantization != nil, weightFormat == .bf16, path == .automatic, m > QuantGEMM.maxRows, BF16GEMM.usesMatrixUnits {
@@ -115,8 +137,17 @@ extension CPUBackend {
         return out
     }
 
+    /// Whether a quantized weight runs on the bf16 matrix units through `QuantizedPanels`
+    /// (`--weight-format bf16`), unless `--int8-activations` asked for its integer kernel at
+    /// this row count.
+    func decodesToPanels(_ weight: Tensor, rows m: Int) -> Bool {
+        guard let q = weight.quantization, weightFormat == .bf16, BF16GEMM.usesMatrixUnits,
+              QuantizedPanels.supports(q, k: weight.columns) else { return false }
+        return !(int8Activations && m <= Int8GEMM.maxRows && Int8GEMM.supports(q, k: weight.columns))
+    }
+
     /// Projections of one input: int8 weights share one quantization of it, bf16 weights on the
-    /// matrix units one rounding (for a prefill, each pass over the activations costs about what
+    /// matrix units (packed or decoded from groups) one rounding (for a prefill, each pass over the activations costs about what
     /// a small projection's matmul does).
     public func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor] {
         precondition(weights.count == biases.count, "one bias (or nil) per weight")
@@ -124,8 +155,9 @@ extension CPUBackend {
         for w in weights { precondition(w.columns == k, "linear: input has \(k) features, weight expects \(w.columns)") }
         let shared = m > 0 && k > 0 && weights.count > 1
         let int8 = weights.allSatisfy { $0.int8 != nil }
-        guard shared, int8 || (weightFormat == .bf16 && BF16GEMM.usesMatrixUnits
-                                && weights.allSatisfy { $0.dtype == .bf16 && $0.quantization == nil }) else {
+        let matrixUnits = weightFormat == .bf16 && BF16GEMM.usesMatrixUnits
+            && weights.allSatisfy { ($0.dtype == .bf16 && $0.quantization == nil) || decodesToPanels($0, rows: m) }
+        guard shared, int8 || matrixUnits else {
             return zip(weights, biases).map { linear(x, weight: $0, bias: $1) }
         }
         let outputs = weights.map { allocate(x.shape.dropLast() + [$0.shape[0]]) }
@@ -136,6 +168,11 @@ extension CPUBackend {
         let rounded = BF16GEMM.round(x.floats, m: m, k: k, threads: threads, scratch: scratch)
         defer { release(rounded, BF16GEMM.roundedFloats(m: m, k: k)) }
         for (i, w) in weights.enumerated() where w.shape[0] > 0 {
+            if w.quantization != nil {
+                QuantizedPanels.multiply(m: m, n: w.shape[0], k: k, a: rounded, weight: w, bias: biases[i]?.floats,
+                                         out: outputs[i].floats, threads: threads, scratch: scratch, release: release)
+                continue
+            }
             BF16GEMM.multiply(m: m, n: w.shape[0], k: k, a: rounded, w: w.buffer.pointer, panels: w.panels, bias: biases[i]?.floats,
                               out: outputs[i].floats, threads: threads, scratch: scratch, release: release)
         }

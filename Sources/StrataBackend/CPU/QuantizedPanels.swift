@@ -1,0 +1,82 @@
+import CStrataKernels
+import StrataCore
+
+/// Group-quantized weights (a GGUF Q4_0 / Q8_0 file, or Strata's own 4/8-bit groups along rows)
+/// on the bf16 matrix units under `--weight-format bf16`: the codes stay packed in memory and
+/// are decoded to bf16 straight into oneDNN's panel layout (`strata_decode_panels_bf16`,
+/// AVX-512) right before oneDNN multiplies them. A decode step decodes an L2-sized run of panels
+/// per oneDNN call on each worker, so a 4-bit weight is read from memory once per step at a
+/// quarter of bf16's bytes; a prefill decodes the whole weight once and makes one call on
+/// oneDNN's team. The panels hold exactly what decoding to f32 and rounding to bf16 gives, so
+/// the result is `--weight-format bf16`'s for the same weight, at any row count.
+enum QuantizedPanels {
+    /// The decoder needs AVX-512 with BF16, which every CPU with AMX or AVX512-BF16 has; the
+    /// check keeps `STRATA_CPU_ISA` overrides and odd virtual CPUs on the other paths.
+    static let available = strata_panels_supported() != 0
+
+    /// Whether this weight's layout decodes to panels: groups along rows, 4 or 8 bits, groups
+    /// made of whole 32-value blocks (a panel block is 32 k values deep).
+    static func supports(_ layout: QuantizedLayout, k: Int) -> Bool {
+        let s = layout.scheme
+        return available && layout.geometry.inner == 1 && (s.bits == 4 || s.bits == 8) && s.groupSize % 32 == 0
+            && k % s.groupSize == 0 && (s.bits == 8 || s.groupSize == 32 || s.groupSize % 64 == 0)
+    }
+
+    /// Decoded bf16 bytes per oneDNN call on a decode step: a run of panels that stays in L2
+    /// (2 MiB per core on the AMX Xeons) next to oneDNN's own working set.
+    static let runBytes = 1 << 19
+
+    /// Weight rows `rows` (the first a multiple of 64) decoded into consecutive panels.
+    static func decode(_ weight: Tensor, rows: Range<Int>, into panels: UnsafeMutablePointer<UInt16>) {
+        guard let q = weight.quantization, !rows.isEmpty else { return }
+        let base = weight.buffer.pointer
+        strata_decode_panels_bf16(base.assumingMemoryBound(to: UInt8.self),
+                                  (base + q.stepsOffset).assumingMemoryBound(to: UInt16.self),
+                                  (base + q.minsOffset).assumingMemoryBound(to: UInt16.self),
+                                  Int32(q.scheme.bits), Int32(q.scheme.groupSize), Int32(weight.columns),
+                                  rows.lowerBound, rows.upperBound, panels)
+    }
+
+    /// out = a * weight^T (+ bias) for activations already rounded by `BF16GEMM.round`.
+    static func multiply(m: Int, n: Int, k: Int, a rounded: UnsafeMutablePointer<Float>, weight: Tensor, bias: UnsafePointer<Float>?,
+                         out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
+                         release: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard m > 0, n > 0 else { return }
+        guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("QuantizedPanels runs only where oneDNN serves") }
+        let width = PanelLayout.panelWidth, panelBytes = k * width * 2
+        if m >= BF16GEMM.minTeamRows {
+            let layout = PanelLayout(n: n, k: k)
+            let floats = (layout.byteCount + 3) / 4
+            let decoded = scratch(floats)
+            defer { release(decoded, floats) }
+            let halves = UnsafeMutableRawPointer(decoded).assumingMemoryBound(to: UInt16.self)
+            parallelFor(layout.panels, threads: threads) { panels in
+                decode(weight, rows: (panels.lowerBound * width)..<min(n, panels.upperBound * width),
+                       into: halves + panels.lowerBound * layout.panelElements)
+            }
+            BF16GEMM.multiply(m: m, n: n, k: k, a: rounded, w: UnsafeRawPointer(decoded), panels: layout, bias: bias, out: out,
+                              threads: threads, scratch: scratch, release: release)
+            return
+        }
+        let a = UnsafeRawPointer(rounded)
+        let runRows = max(1, runBytes / panelBytes) * width
+        PanelLayout.forEachSlab(n: n, threads: threads) { first, slabWidth in
+            let runFloats = min(runRows, slabWidth + width) * k / 2
+            let decoded = scratch(runFloats), dense = scratch(m * min(runRows, slabWidth))
+            defer { release(decoded, runFloats); release(dense, m * min(runRows, slabWidth)) }
+            let halves = UnsafeMutableRawPointer(decoded).assumingMemoryBound(to: UInt16.self)
+            var row = first
+            while row < first + slabWidth {
+                let count = min(runRows, first + slabWidth - row)
+                decode(weight, rows: row..<(row + count), into: halves)
+                let whole = count == n
+                dnnl.matmul(m: m, n: count, k: k, a: a, b: UnsafeRawPointer(decoded), panels: true, bias: bias.map { $0 + row },
+                            c: whole ? out : dense, threads: 1)
+                if !whole {
+                    for r in 0..<m { (out + r * n + row).update(from: dense + r * count, count: count) }
+                }
+                row += count
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+@testable import StrataBackend
+import StrataCore
+import Testing
+
+/// Group-quantized weights under `--weight-format bf16` on the matrix units: the codes decoded
+/// to bf16 straight into oneDNN's panel layout (`QuantizedPanels`, AVX-512), at every row count.
+@Suite struct QuantizedPanelTests {
+    /// Schemes the decoder serves: GGUF's Q4_0 / Q8_0 groups of 32, and Strata's own groups of
+    /// 64 and 128 (4-bit groups wider than 32 split their low and high nibbles into blocks).
+    static let schemes = [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64)]
+
+    static func quantized(_ backend: CPUBackend, n: Int, k: Int, bits: Int, groupSize: Int, seed: UInt64) throws -> Tensor {
+        let w = BackendOpTests.randoms(n * k, seed: seed)
+        return backend.quantize(backend.upload(floats: w, shape: [n, k]), scheme: try QuantizationScheme(bits: bits, groupSize: groupSize))
+    }
+
+    /// The panels are bit for bit what decoding to f32, rounding to bf16 and packing give,
+    /// including the zero rows that pad the last panel.
+    @Test(arguments: schemes)
+    func panelsHoldTheRoundedDecode(scheme: (Int, Int)) throws {
+        try #require(QuantizedPanels.available, "this CPU has no AVX512-BF16: the panel decoder does not run here")
+        let (n, k) = (130, 256)
+        let backend = CPUBackend(threads: 1, weightFormat: .f32)
+        let weight = try Self.quantized(backend, n: n, k: k, bits: scheme.0, groupSize: scheme.1, seed: 11)
+        let q = try #require(weight.quantization)
+        #expect(QuantizedPanels.supports(q, k: k))
+        let decoded = backend.download(weight)
+        let rounded = decoded.map { Precision.floatToBF16($0) }
+        let layout = PanelLayout(n: n, k: k)
+        var expected = [UInt16](repeating: 0, count: layout.byteCount / 2)
+        rounded.withUnsafeBufferPointer { source in
+            expected.withUnsafeMutableBufferPointer { BF16GEMM.pack(source.baseAddress!, layout: layout, into: $0.baseAddress!, threads: 1) }
+        }
+        // Whole weight, then rows 64..<130 alone (a run starting on its second panel).
+        var panels = [UInt16](repeating: 0xFFFF, count: layout.byteCount / 2)
+        panels.withUnsafeMutableBufferPointer { QuantizedPanels.decode(weight, rows: 0..<n, into: $0.baseAddress!) }
+        #expect(panels == expected, "\(scheme)")
+        let tail = PanelLayout(n: n - 64, k: k)
+        var part = [UInt16](repeating: 0xFFFF, count: tail.byteCount / 2)
+        part.withUnsafeMutableBufferPointer { QuantizedPanels.decode(weight, rows: 64..<n, into: $0.baseAddress!) }
+        #expect(part == Array(expected[layout.panelElements...]), "\(scheme) from row 64")
+    }
+
+    /// linear against a quantized weight at decode and prefill row counts, with and without
+    /// bias, on 1 and 2 workers and on a run that spans several oneDNN calls: the matrix units'
+    /// result for bf16-rounded inputs and weights. Tolerance 2e-4: only the f32 summation order
+    /// differs from the double reference.
+    @Test(arguments: [1, 4, 16, 33, 130])
+    func linearMatchesTheRoundedReference(rows m: Int) throws {
+        try #require(CPUBackend.decodesQuantizedOnMatrixUnits, "no matrix units with AVX512-BF16 here: quantized weights take the fused kernel")
+        let backends = [1, 2].map { CPUBackend(threads: $0, weightFormat: .bf16) }
+        // k = 2048 makes one panel 256 KiB, so a decode step's slab of 320 columns takes several
+        // oneDNN calls (a prefill decodes the whole weight for one call either way).
+        let shapes = m < 128 ? [(200, 128), (320, 2048)] : [(200, 128)]
+        for (bits, groupSize) in Self.schemes {
+            for (n, k) in shapes {
+                let weight = try Self.quantized(backends[0], n: n, k: k, bits: bits, groupSize: groupSize, seed: 12)
+                let w = backends[0].download(weight).map(MatrixUnitTests.bf16)
+                let x = BackendOpTests.randoms(m * k, seed: 13), bias = BackendOpTests.randoms(n, seed: 14)
+                let product = MatrixUnitTests.reference(x.map(MatrixUnitTests.bf16), w, nil, m: m, n: n, k: k)
+                let scale = max(1, product.map(abs).max() ?? 1)
+                for backend in backends {
+                    #expect(backend.quantizedKernel(weight, rows: m).hasPrefix("panels+onednn"))
+                    let input = backend.upload(floats: x, shape: [m, k]), biasTensor = backend.upload(floats: bias, shape: [n])
+                    for useBias in [false, true] {
+                        let out = backend.download(backend.linear(input, weight: weight, bias: useBias ? biasTensor : nil))
+                        let reference = useBias ? product.enumerated().map { $0.element + bias[$0.offset % n] } : product
+                        #expect(MatrixUnitTests.maxError(out, reference) / scale < 2e-4,
+                                "\(m) rows, \(backend.threads) threads, \(bits)-bit groups of \(groupSize), \(n)x\(k), bias \(useBias)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Projections of one input (q/k/v) share one rounding and give what each alone gives.
+    @Test func sharedProjectionsMatchSingleOnes() throws {
+        try #require(CPUBackend.decodesQuantizedOnMatrixUnits, "no matrix units with AVX512-BF16 here")
+        let backend = CPUBackend(threads: 2, weightFormat: .bf16)
+        let weights = try (0..<3).map { try Self.quantized(backend, n: 96, k: 128, bits: 4, groupSize: 32, seed: UInt64(20 + $0)) }
+        for m in [3, 140] {
+            let input = backend.upload(floats: BackendOpTests.randoms(m * 128, seed: 30), shape: [m, 128])
+            let shared = backend.linear(input, weights: weights, biases: [nil, nil, nil]).map(backend.download)
+            let single = weights.map { backend.download(backend.linear(input, weight: $0, bias: nil)) }
+            #expect(shared == single, "\(m) rows")
+        }
+    }
+
+    /// Without AVX512-BF16 (forced: `STRATA_CPU_ISA=baseline`, what a Haswell runs) a Q4_0-style
+    /// weight under `--weight-format bf16` keeps the fused f32 kernel: exact inputs.
+    @Test func fallbackKeepsTheFusedKernel() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
+        let baseline = ["STRATA_CPU_ISA": "baseline"]
+        let gemm = try CommandLineTests.run(["bench-gemm", "--rows", "4", "--shapes", "64x64", "--repeat", "1", "--json"],
+                                            environment: baseline)
+        #expect(gemm.status == 0, "\(gemm.stderr)")
+        let firstLine = gemm.stdout.split(separator: "\n").first.map(String.init) ?? ""
+        let point = try #require(try JSONValue.parse(Data(firstLine.utf8), path: "bench-gemm stdout").object)
+        #expect(point["quantized_bf16_serves"]?.string == "fused-q4")
+    }
+}
