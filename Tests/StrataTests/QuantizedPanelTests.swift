@@ -16,11 +16,12 @@ import Testing
     }
 
     /// The panels are bit for bit what decoding to f32, rounding to bf16 and packing give,
-    /// including the zero rows that pad the last panel.
-    @Test(arguments: schemes)
-    func panelsHoldTheRoundedDecode(scheme: (Int, Int)) throws {
+    /// including the zero rows that pad the last panel. k = 2176 gives rows of 17 to 68 groups:
+    /// the decoder widens steps and minimums 64 groups at a time, 16 per instruction.
+    @Test(arguments: schemes, [256, 2176])
+    func panelsHoldTheRoundedDecode(scheme: (Int, Int), k: Int) throws {
         try #require(QuantizedPanels.available, "this CPU has no AVX512-BF16: the panel decoder does not run here")
-        let (n, k) = (130, 256)
+        let n = 130
         let backend = CPUBackend(threads: 1, weightFormat: .f32)
         let weight = try Self.quantized(backend, n: n, k: k, bits: scheme.0, groupSize: scheme.1, seed: 11)
         let q = try #require(weight.quantization)
@@ -35,11 +36,11 @@ import Testing
         // Whole weight, then rows 64..<130 alone (a run starting on its second panel).
         var panels = [UInt16](repeating: 0xFFFF, count: layout.byteCount / 2)
         panels.withUnsafeMutableBufferPointer { QuantizedPanels.decode(weight, rows: 0..<n, into: $0.baseAddress!) }
-        #expect(panels == expected, "\(scheme)")
+        #expect(panels == expected, "\(scheme) k \(k)")
         let tail = PanelLayout(n: n - 64, k: k)
         var part = [UInt16](repeating: 0xFFFF, count: tail.byteCount / 2)
         part.withUnsafeMutableBufferPointer { QuantizedPanels.decode(weight, rows: 64..<n, into: $0.baseAddress!) }
-        #expect(part == Array(expected[layout.panelElements...]), "\(scheme) from row 64")
+        #expect(part == Array(expected[layout.panelElements...]), "\(scheme) k \(k) from row 64")
     }
 
     /// linear against a quantized weight at decode and prefill row counts, with and without

@@ -12,4 +12,11 @@ int strata_panels_supported(void);
 /// PanelLayout(n: n1 - n0, k: k) (k / 32 blocks of 16 k pairs by 64 rows); rows past n1 are zero.
 void strata_decode_panels_bf16(const uint8_t *codes, const uint16_t *steps, const uint16_t *mins, int bits, int group_size,
                                int k, long n0, long n1, uint16_t *panels);
+
+/// out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for `rows` rows of bf16 activations `a` (row
+/// stride k) and weight rows [n0, n1) of the same layouts as strata_decode_panels_bf16, with
+/// AVX512-BF16 dot products (f32 sums); `bias` may be NULL; `out` has row stride `ldc`.
+void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps,
+                               const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                               long ldc);
 #endif
