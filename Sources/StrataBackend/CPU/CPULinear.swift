@@ -44,7 +44,9 @@ extension CPUBackend {
     public func quantizedKernel(_ weight: Tensor, rows m: Int) -> String {
         guard let q = weight.quantization else { return "not quantized" }
         let (n, k) = (weight.shape[0], weight.columns)
-        if decodesToPanels(weight, rows: m) { return "panels+" + BF16GEMM.kernel(rows: m, n: n, k: k) }
+        if decodesToPanels(weight, rows: m) {
+            return m <= QuantizedPanels.dotMaxRows ? "avx512-bf16-dot" : "panels+" + BF16GEMM.kernel(rows: m, n: n, k: k)
+        }
         if int8Activations, m <= Int8GEMM.maxRows, Int8GEMM.supports(q, k: k) { return "int8-vnni" }
         if usesFusedKernel(weight, rows: m, path: .automatic) { return "fused-q\(q.scheme.bits)" }
         if weightFormat == .bf16, BF16GEMM.usesMatrixUnits { return "decode+" + BF16GEMM.kernel(rows: m, n: n, k: k) }
@@ -147,8 +149,8 @@ extension CPUBackend {
     }
 
     /// Projections of one input: int8 weights share one quantization of it, bf16 weights on the
-    /// matrix units (packed or decoded from groups) one rounding (for a prefill, each pass over the activations costs about what
-    /// a small projection's matmul does).
+    /// matrix units (packed, or decoded from groups) one rounding (for a prefill, each pass over
+    /// the activations costs about what a small projection's matmul does).
     public func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor] {
         precondition(weights.count == biases.count, "one bias (or nil) per weight")
         let m = x.rows, k = x.columns
