@@ -1,8 +1,8 @@
-// Group-quantized weight rows decoded straight into oneDNN's bf16 panel layout (BA16a64b2a, see
-// PanelLayout in Tensor.swift), so that a quantized checkpoint run with `--weight-format bf16`
-// multiplies on the matrix units from a few L2-sized panels at a time instead of through the
-// f32 fused kernel. AVX-512 with BF16, chosen at run time like int8_gemm.c: the binary's
-// baseline is Haswell.
+// Group-quantized weights under `--weight-format bf16`, decoded to bf16 as they are used: rows
+// straight into oneDNN's panel layout (BA16a64b2a, see PanelLayout in Tensor.swift), so the
+// matrix units multiply a few L2-sized panels at a time, and, for decode steps of a few rows,
+// blocks straight into AVX512-BF16 dot products. AVX-512 with BF16, chosen at run time like
+// int8_gemm.c: the binary's baseline is Haswell.
 #include "strata_panels.h"
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -150,7 +150,7 @@ static inline void decode_panels(const uint8_t *codes, const uint16_t *steps, co
     }
 }
 
-// Decode steps: out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for rows < 16 at a time, with
+// Decode steps: out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for up to 16 rows at a time, with
 // `vdpbf16ps` dot products along k. Each weight block is decoded once per 16 rows and never
 // reordered (both operands keep k order), so the work per weight is a decode and 16 / 32 of an
 // instruction per row, where the panel path also transposes every block for the matrix units.

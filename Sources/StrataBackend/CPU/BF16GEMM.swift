@@ -84,9 +84,9 @@ enum BF16GEMM {
         }
     }
 
-    /// Prefill against a group-quantized weight: the codes decoded once to bf16 for the matrix
-    /// units (the decode is amortized over the rows; for decode steps the fused kernel reads the
-    /// codes instead, see `CPUBackend.linear`).
+    /// Prefill against a group-quantized weight that `QuantizedPanels` does not serve (2 or 3
+    /// bits, groups not made of 32-value blocks, or a CPU without AVX512-BF16): the codes decoded
+    /// once to row-major bf16 (amortized over the rows; decode steps keep the fused kernel).
     static func runDecoding(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, weight: Tensor, bias: UnsafePointer<Float>?,
                             out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
                             release: (UnsafeMutablePointer<Float>, Int) -> Void) {

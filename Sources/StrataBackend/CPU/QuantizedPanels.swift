@@ -7,8 +7,10 @@ import StrataCore
 /// AVX-512) right before oneDNN multiplies them. A decode step decodes an L2-sized run of panels
 /// per oneDNN call on each worker, so a 4-bit weight is read from memory once per step at a
 /// quarter of bf16's bytes; a prefill decodes the whole weight once and makes one call on
-/// oneDNN's team. The panels hold exactly what decoding to f32 and rounding to bf16 gives, so
-/// the result is `--weight-format bf16`'s for the same weight, at any row count.
+/// oneDNN's team. Decode steps of up to `dotMaxRows` rows skip the panels: each block is decoded
+/// into a register and multiplied with AVX512-BF16 dot products (`strata_quantized_dot_bf16`).
+/// Either way the weights are exactly what decoding to f32 and rounding to bf16 gives, so the
+/// result is `--weight-format bf16`'s for the same weight, at any row count.
 enum QuantizedPanels {
     /// The decoder needs AVX-512 with BF16, which every CPU with AMX or AVX512-BF16 has; the
     /// check keeps `STRATA_CPU_ISA` overrides and odd virtual CPUs on the other paths.
