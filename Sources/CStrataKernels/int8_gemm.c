@@ -2,6 +2,7 @@
 // the rest of Strata targets Haswell, so these functions carry their own target attributes
 // and run only where strata_int8_supported() says the CPU has the instructions.
 #include "strata_int8.h"
+#include "cpu_features.h"
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -11,14 +12,8 @@
 
 int strata_int8_supported(void) {
 #if defined(__x86_64__)
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
-    // The OS must save the AVX-512 state (XCR0 bits 1, 2, 5, 6, 7).
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    int os = (lo & 0xE6) == 0xE6;
-    return avx512f && avx512bw && avx512vl && vnni && os;
+    unsigned ecx = 0;
+    return strata_avx512_base(&ecx) && ((ecx >> 11) & 1);  // AVX512-VNNI
 #else
     return 0;
 #endif

@@ -4,8 +4,8 @@
 // blocks straight into AVX512-BF16 dot products. AVX-512 with BF16, chosen at run time like
 // int8_gemm.c: the binary's baseline is Haswell.
 #include "strata_panels.h"
+#include "cpu_features.h"
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define STRATA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
 #endif
@@ -17,16 +17,9 @@
 
 int strata_panels_supported(void) {
 #if defined(__x86_64__)
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
-    unsigned a1, b1, c1, d1;
-    if (!__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1)) return 0;
-    int bf16 = (a1 >> 5) & 1;
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    int os = (lo & 0xE6) == 0xE6;
-    return avx512f && avx512bw && avx512vl && bf16 && os;
+    unsigned ecx = 0, a, b, c, d;
+    if (!strata_avx512_base(&ecx) || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    return (a >> 5) & 1;  // AVX512-BF16: CPUID leaf 7 subleaf 1, eax bit 5
 #else
     return 0;
 #endif

@@ -128,8 +128,8 @@ import Testing
     }
 
     /// The dispatch with the matrix units forced off (what a CPU without AVX-512 runs): the
-    /// binary starts, reports the fallback, and bf16 weights go through the fused kernel with
-    /// the same greedy tokens as f32 weights on the trained demo model.
+    /// binary starts, reports the fallback, and bf16 and quantized weights go through the fused
+    /// kernels, the bf16 ones with the same greedy tokens as f32 weights on the trained demo model.
     @Test func forcedFallbackRunsTheFusedKernel() throws {
         try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
         let baseline = ["STRATA_CPU_ISA": "baseline"]
@@ -141,6 +141,8 @@ import Testing
         #expect(point["matrix_units"]?.string == "none")
         #expect(point["bf16_serves"]?.string == "fused-bf16")
         #expect((point["bf16_fused_gflops"]?.double ?? 0) > 0)
+        // Group-quantized weights under bf16 keep the fused f32 kernel too (no panel decoder).
+        #expect(point["quantized_bf16_serves"]?.string == "fused-q4")
 
         let prompt = ["generate", "--model", Fixtures.model("opt-licenses"), "--prompt", "The GNU General Public License is",
                       "--max-new-tokens", "16"]

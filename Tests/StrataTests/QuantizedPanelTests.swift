@@ -1,4 +1,3 @@
-import Foundation
 @testable import StrataBackend
 import StrataCore
 import Testing
@@ -87,18 +86,5 @@ import Testing
             let single = weights.map { backend.download(backend.linear(input, weight: $0, bias: nil)) }
             #expect(shared == single, "\(m) rows")
         }
-    }
-
-    /// Without AVX512-BF16 (forced: `STRATA_CPU_ISA=baseline`, what a Haswell runs) a Q4_0-style
-    /// weight under `--weight-format bf16` keeps the fused f32 kernel: exact inputs.
-    @Test func fallbackKeepsTheFusedKernel() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
-        let baseline = ["STRATA_CPU_ISA": "baseline"]
-        let gemm = try CommandLineTests.run(["bench-gemm", "--rows", "4", "--shapes", "64x64", "--repeat", "1", "--json"],
-                                            environment: baseline)
-        #expect(gemm.status == 0, "\(gemm.stderr)")
-        let firstLine = gemm.stdout.split(separator: "\n").first.map(String.init) ?? ""
-        let point = try #require(try JSONValue.parse(Data(firstLine.utf8), path: "bench-gemm stdout").object)
-        #expect(point["quantized_bf16_serves"]?.string == "fused-q4")
     }
 }
