@@ -236,7 +236,10 @@ import Foundation
         let made = try Self.shell(setup)
         try #require(made.status == 0, "could not make network namespaces (root and iproute2 needed): \(made.output)")
         // mpirun starts its daemon on a remote host with "AGENT [options] HOST COMMAND"; this
-        // agent runs COMMAND inside the namespace that owns HOST's address.
+        // agent runs COMMAND inside the namespace that owns HOST's address. Each "host" gets its
+        // own TMPDIR, as separate machines have their own /tmp: the namespaces share this one's
+        // file system and host name, so both daemons built their Open MPI session directories in
+        // one tree, and one CI run failed with "mkdir .../jf.N/0/2: File exists".
         let agent = dir + "/agent.sh"
         try """
             #!/bin/sh
@@ -247,7 +250,8 @@ import Foundation
               \(net).3) ns=\(ns[1]) ;;
               *) echo "agent: unknown host $host" >&2; exit 1 ;;
             esac
-            exec ip netns exec "$ns" /bin/sh -c "$*"
+            mkdir -p "\(dir)/tmp-$ns"
+            exec ip netns exec "$ns" env TMPDIR="\(dir)/tmp-$ns" /bin/sh -c "$*"
             """.write(toFile: agent, atomically: true, encoding: .utf8)
         _ = try Self.shell("chmod +x \(agent)")
         try "\(net).2 slots=1\n\(net).3 slots=1\n".write(toFile: dir + "/hosts", atomically: true, encoding: .utf8)
