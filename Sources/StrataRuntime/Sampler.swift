@@ -54,9 +54,8 @@ public struct SamplingParameters: Sendable, Equatable {
 }
 
 public enum Sampler {
-    /// Index of the largest logit; the first one on ties, as torch.argmax.
-    /// The first index of the largest logit (`strata_argmax`, AVX2: a batch of 32 rows over a
-    /// 50K vocabulary was 3% of a decode step as a scalar loop).
+    /// Index of the largest logit; the first one on ties, as torch.argmax (`strata_argmax`,
+    /// AVX2: a batch of 32 rows over a 50K vocabulary was 3% of a decode step as a scalar loop).
     public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
         guard let base = logits.baseAddress, logits.count > 0 else { return 0 }
         return strata_argmax(base, logits.count)

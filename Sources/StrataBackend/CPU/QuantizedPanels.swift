@@ -35,6 +35,11 @@ enum QuantizedPanels {
     /// (148 vs 114-143).
     static let dotMaxRows = 8
 
+    /// The kernel `multiply` runs for `rows` rows against an n x k weight, by name.
+    static func kernel(rows: Int, n: Int, k: Int) -> String {
+        rows <= dotMaxRows ? "avx512-bf16-dot" : "panels+" + BF16GEMM.kernel(rows: rows, n: n, k: k)
+    }
+
     /// Panels start on a cache line: each store of the decoder then fills one line (at malloc's
     /// 16-byte alignment every store straddled two; 6% of a decode step's samples sat on them).
     static let alignmentSlack = 16
