@@ -82,7 +82,7 @@ struct BenchGEMM: ParsableCommand {
                     if json {
                         print(JSONValue.object([
                             "out": .number(Double(n)), "in": .number(Double(k)), "rows": .number(Double(m)),
-                            "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen),
+                            "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen), "f16_serves": .string(half.halfKernel(rows: m)),
                             "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
                             "quantized_fused_gflops": .number(qFused), "quantized_decode_sgemm_gflops": .number(qDecode),
                             "quantized_bf16_gflops": .number(qBF16), "quantized_bf16_serves": .string(qServes),

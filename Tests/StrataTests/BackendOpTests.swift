@@ -14,29 +14,42 @@ import Glibc
         return (0..<count).map { _ in Float.random(in: -1...1, using: &rng) }
     }
 
-    @Test(arguments: [(1, 1, 1), (3, 7, 9), (5, 65, 67), (17, 3, 64), (70, 33, 130)])
+    /// (70, 9, 4100): x's rows split into L2-sized blocks in the AVX-512 kernel.
+    @Test(arguments: [(1, 1, 1), (3, 7, 9), (5, 65, 67), (17, 3, 64), (70, 33, 130), (70, 9, 4100)])
     func linearPathsMatchReference(shape: (Int, Int, Int)) {
         let (m, n, k) = shape
         let backend = CPUBackend(threads: 2, weightFormat: .asStored)
         let weights = Self.randoms(n * k, seed: 1).map { Float(Float16($0)) }   // exactly representable in f16
         let input = Self.randoms(m * k, seed: 2), biasValues = Self.randoms(n, seed: 3)
         let half = weights.map(Float16.init).withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
+        // The same values as bf16 held as stored (exact f32 arithmetic): bf16 keeps 8 bits, so
+        // the weights are rounded to bf16 here and the reference uses the rounded values.
+        let bf16Values = weights.map { Precision.bf16ToFloat(Precision.floatToBF16($0)) }
+        let bf16 = weights.map { Precision.floatToBF16($0) }.withUnsafeBytes {
+            backend.upload(weight: $0, dtype: .bf16, shape: [n, k], owner: nil)
+        }
         let full = backend.upload(floats: weights, shape: [n, k])
         let x = backend.upload(floats: input, shape: [m, k]), bias = backend.upload(floats: biasValues, shape: [n])
-        var expected = [Double](repeating: 0, count: m * n)
-        for r in 0..<m {
-            for c in 0..<n {
-                var s = Double(biasValues[c])
-                for i in 0..<k { s += Double(input[r * k + i]) * Double(weights[c * k + i]) }
-                expected[r * n + c] = s
+        func reference(_ w: [Float]) -> [Double] {
+            var expected = [Double](repeating: 0, count: m * n)
+            for r in 0..<m {
+                for c in 0..<n {
+                    var s = Double(biasValues[c])
+                    for i in 0..<k { s += Double(input[r * k + i]) * Double(w[c * k + i]) }
+                    expected[r * n + c] = s
+                }
             }
+            return expected
         }
+        let expectedHalf = reference(weights), expectedBF16 = reference(bf16Values)
         // f32 accumulation over k terms of magnitude <= 1: 1e-5 * k is a generous, still failing bound.
         let tolerance = 1e-5 * Double(k) + 1e-6
-        for (label, result) in [
-            ("fused", backend.linear(x, weight: half, bias: bias, path: .fusedHalf)),
-            ("widen-sgemm", backend.linear(x, weight: half, bias: bias, path: .widenThenBLAS)),
-            ("f32 sgemm", backend.linear(x, weight: full, bias: bias)),
+        for (label, result, expected) in [
+            ("fused", backend.linear(x, weight: half, bias: bias, path: .fusedHalf), expectedHalf),
+            ("widen-sgemm", backend.linear(x, weight: half, bias: bias, path: .widenThenBLAS), expectedHalf),
+            ("f32 sgemm", backend.linear(x, weight: full, bias: bias), expectedHalf),
+            ("fused bf16", backend.linear(x, weight: bf16, bias: bias, path: .fusedHalf), expectedBF16),
+            ("widen-sgemm bf16", backend.linear(x, weight: bf16, bias: bias, path: .widenThenBLAS), expectedBF16),
         ] {
             let got = backend.download(result)
             let worst = zip(got, expected).map { abs(Double($0) - $1) }.max() ?? 0

@@ -140,6 +140,8 @@ import Testing
         let point = try #require(try JSONValue.parse(Data(firstLine.utf8), path: "bench-gemm stdout").object)
         #expect(point["matrix_units"]?.string == "none")
         #expect(point["bf16_serves"]?.string == "fused-bf16")
+        // f16 weights held as stored: the AVX2 tile, not strata_half_gemm's AVX-512 one.
+        #expect(point["f16_serves"]?.string == "fused-avx2")
         #expect((point["bf16_fused_gflops"]?.double ?? 0) > 0)
         // Group-quantized weights under bf16 keep the fused f32 kernel too (no panel decoder).
         #expect(point["quantized_bf16_serves"]?.string == "fused-q4")

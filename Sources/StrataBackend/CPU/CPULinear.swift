@@ -33,6 +33,9 @@ extension CPUBackend {
         return eligible && (path == .fusedHalf || (path == .automatic && rows <= limit))
     }
 
+    /// The kernel `linear` runs for `rows` rows against an f16 weight held as stored.
+    public func halfKernel(rows: Int) -> String { rows <= HalfGEMM.maxRows ? "fused-" + HalfGEMM.kernel : "widen-sgemm" }
+
     /// The kernel `linear` runs for `rows` rows against an n x k bf16 weight.
     public func bf16Kernel(rows: Int, n: Int, k: Int) -> String { BF16GEMM.kernel(rows: rows, n: n, k: k) }
 
