@@ -4,9 +4,9 @@
 // int8_gemm.c (the binary's baseline is Haswell, where HalfGEMM.swift's AVX2 tile serves).
 //
 // Register tile: 4 rows of x by 4 weight rows, 16 lanes along k: 16 accumulators, 4 x vectors
-// and 4 widened weight vectors (24 of the 32 registers) per 16 FMAs. The weight rows are the
-// outer loop, so each is read from memory once per row block while x (a block of rows sized for
-// L2) streams past it from cache.
+// and 4 widened weight vectors (24 of the 32 registers) per 16 FMAs. Blocked for the caches
+// (see strata_half_gemm): each weight row is read from memory once per L2-sized block of x
+// rows, and the x vectors come from L1.
 #include "strata_half.h"
 #include "cpu_features.h"
 #if defined(__x86_64__)
@@ -88,17 +88,24 @@ void strata_half_gemm(int m, int k, const float *x, const uint16_t *w, int bf16,
                 for (long n = n0; n < n1; n++) out[r * ldc + n] = 0;
         return;
     }
-    // Rows in blocks whose x stays in L2 (about 1 MiB) while every weight row passes once.
+    // Rows in blocks whose x stays in L2 (about 1 MiB), weight rows in blocks of about 512 KiB
+    // that the first 4 rows bring into L2 and the others reuse from there; inside a block each
+    // 4-row group of x (in L1) meets every 4 weight rows in turn.
     long blockRows = (1L << 20) / (4L * k);
     blockRows = blockRows < 4 ? 4 : blockRows - blockRows % 4;
+    long blockColumns = (1L << 19) / (2L * k);
+    blockColumns = blockColumns < 4 ? 4 : blockColumns - blockColumns % 4;
     for (int r0 = 0; r0 < m; r0 += (int)blockRows) {
         int rowsInBlock = m - r0 < blockRows ? m - r0 : (int)blockRows;
-        for (long n = n0; n < n1; n += 4) {
-            int columns = n1 - n < 4 ? (int)(n1 - n) : 4;
+        for (long c0 = n0; c0 < n1; c0 += blockColumns) {
+            long c1 = n1 - c0 < blockColumns ? n1 : c0 + blockColumns;
             for (int r = 0; r < rowsInBlock; r += 4) {
                 int rows = rowsInBlock - r < 4 ? rowsInBlock - r : 4;
-                tile(k, x + (long)(r0 + r) * k, rows, w + n * k, bf16, columns, out + (long)(r0 + r) * ldc + n, ldc, accumulate,
-                     r == 0);
+                for (long n = c0; n < c1; n += 4) {
+                    int columns = c1 - n < 4 ? (int)(c1 - n) : 4;
+                    tile(k, x + (long)(r0 + r) * k, rows, w + n * k, bf16, columns, out + (long)(r0 + r) * ldc + n, ldc,
+                         accumulate, r == 0);
+                }
             }
         }
     }
