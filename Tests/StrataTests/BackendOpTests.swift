@@ -1,3 +1,4 @@
+import Foundation
 import StrataBackend
 import StrataCore
 import StrataRuntime
@@ -59,10 +60,11 @@ import Glibc
 
     /// Decode-sized query blocks take the direct SIMD path, longer ones OpenBLAS; both must equal
     /// a reference softmax attention with left padding and grouped KV heads.
-    @Test(arguments: [1, 3, 9])
-    func attentionMatchesReference(queries: Int) {
+    /// 40 past keys: softmax rows longer than one 16-lane vector, with a tail.
+    @Test(arguments: [(1, 5), (3, 5), (9, 5), (1, 40), (9, 40)])
+    func attentionMatchesReference(queries: Int, past: Int) {
         let backend = CPUBackend(threads: 2)
-        let batch = 2, heads = 4, kvHeads = 2, d = 12, past = 5, capacity = 16
+        let batch = 2, heads = 4, kvHeads = 2, d = 12, capacity = past + queries + 2
         let padding = [0, 3]
         let layout = AttentionLayout(batch: batch, length: queries, pastLength: past, padding: padding, heads: heads,
                                      kvHeads: kvHeads, headDim: d, scale: 0.3)
@@ -94,5 +96,37 @@ import Glibc
             }
         }
         #expect(worst < 1e-5, "attention with \(queries) queries: max error \(worst)")
+    }
+
+    /// RMSNorm and gated activations against double-precision references, on rows with a
+    /// vector tail and a 2816 + 5 wide row (Llama's MLP width), values up to +-20 (e^x's range
+    /// reduction and the gate's saturation).
+    @Test(arguments: [1, 37, 2821])
+    func normsAndGatesMatchReference(width: Int) {
+        let backend = CPUBackend(threads: 2)
+        let rows = 3
+        let x = Self.randoms(rows * width, seed: 7).map { $0 * 20 }, up = Self.randoms(rows * width, seed: 8)
+        let w = Self.randoms(width, seed: 9)
+        let tx = backend.upload(floats: x, shape: [rows, width]), tu = backend.upload(floats: up, shape: [rows, width])
+        let normed = backend.download(backend.rmsNorm(tx, weight: backend.upload(floats: w, shape: [width]), eps: 1e-6))
+        var worstNorm = 0.0
+        for r in 0..<rows {
+            let row = x[(r * width)..<((r + 1) * width)].map(Double.init)
+            let inv = 1 / (row.reduce(0) { $0 + $1 * $1 } / Double(width) + 1e-6).squareRoot()
+            for i in 0..<width {
+                let ref = Double(w[i]) * row[i] * inv
+                worstNorm = max(worstNorm, abs(ref - Double(normed[r * width + i])) / max(1, abs(ref)))
+            }
+        }
+        #expect(worstNorm < 1e-5, "rmsNorm width \(width): max relative error \(worstNorm)")
+        for (activation, reference) in [(Activation.silu, { (v: Double) in v / (1 + Foundation.exp(-v)) }),
+                                        (.gelu, { (v: Double) in 0.5 * v * (1 + Foundation.erf(v / 2.0.squareRoot())) })] {
+            let gated = backend.download(backend.gatedActivate(gate: tx, up: tu, activation))
+            let worst = zip(zip(x, up), gated).map { pair, got in
+                let ref = reference(Double(pair.0)) * Double(pair.1)
+                return abs(ref - Double(got)) / max(1, abs(ref))
+            }.max() ?? 0
+            #expect(worst < 1e-5, "gated \(activation) width \(width): max relative error \(worst)")
+        }
     }
 }

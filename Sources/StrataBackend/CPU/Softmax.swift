@@ -1,6 +1,18 @@
+import CStrataKernels
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Softmax for attention rows, 8 lanes at a time: libm's scalar `expf` was ~2% of a bf16
 /// benchmark's time by itself (one call per (query, key) pair at prefill).
 enum Softmax {
+    /// Whether the AVX-512 kernels of elementwise.c serve (softmax rows, SwiGLU's gate);
+    /// `STRATA_CPU_ISA=baseline` keeps the 8-lane loops here.
+    static let avx512: Bool = {
+        if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
+        return strata_elementwise_supported() != 0
+    }()
+
     /// e^x for each lane, Cephes' single-precision method: x = n ln2 + r with |r| <= ln2/2,
     /// e^r by a degree-6 polynomial, 2^n put into the exponent bits. Relative error ~2e-7
     /// (1-2 ulp) over the clamped range; lanes below -87.3 flush to 0 as softmax wants.
@@ -31,6 +43,10 @@ enum Softmax {
     @inline(__always)
     static func normalize(_ row: UnsafeMutablePointer<Float>, count: Int) {
         guard count > 0 else { return }
+        if avx512 {
+            strata_softmax_row(row, Int32(count))
+            return
+        }
         let vectorEnd = count & ~7
         var maxVector = SIMD8<Float>(repeating: -.infinity)
         var j = 0
