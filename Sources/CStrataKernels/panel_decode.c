@@ -5,6 +5,7 @@
 // int8_gemm.c: the binary's baseline is Haswell.
 #include "strata_panels.h"
 #include "cpu_features.h"
+#include <stdlib.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define STRATA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
@@ -143,61 +144,136 @@ static inline void decode_panels(const uint8_t *codes, const uint16_t *steps, co
     }
 }
 
-// Decode steps: out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for up to 16 rows at a time, with
-// `vdpbf16ps` dot products along k. Each weight block is decoded once per 16 rows and never
-// reordered (both operands keep k order), so the work per weight is a decode and 16 / 32 of an
-// instruction per row, where the panel path also transposes every block for the matrix units.
+// Decode steps: out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for a few rows, with `vdpbf16ps`
+// dot products along k against the codes themselves. A code c (0-15) with 0x4300 in its upper
+// bits is the bf16 number 128 + c exactly (exponent 2^7, c in the mantissa), so a block costs a
+// widening, a shift, one ternary-logic op and one dot product per row, where decoding to
+// c * step + min costs two conversions, a multiply, an add and a rounding per 16 values. An
+// 8-bit code is two such nibbles (c = 16 hi + lo). With the f32 sums of a's groups, sx_g:
+//   sum_k a w = sum_g step_g (D_g - offset sx_g) + min_g sx_g,   D_g = sum (128 + c) a,
+// offset 128 (4-bit) or 128 * 17 (8-bit, as D_g = D_lo + 16 D_hi). The weights enter exactly
+// (not rounded to bf16 as in the panels); the subtraction costs a few bits of f32, far below
+// the activations' bf16 rounding.
 STRATA_AVX512BF16 __attribute__((always_inline))
-static inline void dot_rows(const uint16_t *a, const int rows, int k, const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
-                            int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
-    long groups_per_row = k / group_size, group_bytes = (long)group_size * bits / 8;
-    int blocks = k / 32, blocks_per_group = group_size / 32;
+static inline __m512i nibbles_as_bf16(__m512i words, __m512i shifts) {
+    // (words >> shift) & 0xF | 0x4300 (ternary logic: A & B | C).
+    return _mm512_ternarylogic_epi32(_mm512_srlv_epi16(words, shifts), _mm512_set1_epi16(0x0F), _mm512_set1_epi16(0x4300), 0xEA);
+}
+
+STRATA_AVX512BF16 __attribute__((always_inline))
+static inline void dot_rows(const uint16_t *a, const int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
+                            const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
+    long groups = k / group_size, group_bytes = (long)group_size * bits / 8;
+    int blocks_per_group = group_size / 32, half = group_size / 2;
+    const float offset = bits == 8 ? 128.0f * 17.0f : 128.0f;
+    // Q4_0-style groups of 32: 16 bytes hold values 0-15 (low nibbles) and 16-31 (high).
+    const __m512i split = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    const __m512i none = _mm512_setzero_si512(), four = _mm512_set1_epi16(4);
     for (long n = n0; n < n1; n++) {
-        const uint8_t *row_codes = codes + n * groups_per_row * group_bytes;
-        const uint16_t *row_steps = steps + n * groups_per_row, *row_mins = mins + n * groups_per_row;
-        __m512 acc[16];
+        const uint8_t *row_codes = codes + n * groups * group_bytes;
+        const uint16_t *row_steps = steps + n * groups, *row_mins = mins + n * groups;
+        __m512 total[8], minimums[8];
 #pragma clang loop unroll(full)
-        for (int i = 0; i < rows; i++) acc[i] = _mm512_setzero_ps();
-        for (int block = 0; block < blocks; block++) {
-            int g = block / blocks_per_group, s = block % blocks_per_group;
-            __m512bh w = (__m512bh)decode_block(row_codes + g * group_bytes, _cvtsh_ss(row_steps[g]), _cvtsh_ss(row_mins[g]), bits,
-                                                group_size, s);
+        for (int i = 0; i < rows; i++) total[i] = minimums[i] = _mm512_setzero_ps();
+        for (long g0 = 0; g0 < groups; g0 += 16) {
+            // 16 groups' steps widened at once, broadcast per group from memory; their
+            // minimum terms (min - offset step) sx as 16-lane products.
+            long count = groups - g0 < 16 ? groups - g0 : 16;
+            __mmask16 live = count == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
+            __m512 step16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, row_steps + g0));
+            __m512 min16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, row_mins + g0));
+            __m512 constant = _mm512_fnmadd_ps(step16, _mm512_set1_ps(offset), min16);
 #pragma clang loop unroll(full)
             for (int i = 0; i < rows; i++)
-                acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512((const void *)(a + (long)i * k + block * 32)), w);
+                minimums[i] = _mm512_fmadd_ps(constant, _mm512_maskz_loadu_ps(live, sums + (long)i * groups + g0), minimums[i]);
+            float step_tile[16];
+            _mm512_storeu_ps(step_tile, step16);
+            for (long t = 0; t < count; t++) {
+                long g = g0 + t;
+                const uint8_t *group_codes = row_codes + g * group_bytes;
+                __m512 d[8];
+#pragma clang loop unroll(full)
+                for (int i = 0; i < rows; i++) d[i] = _mm512_setzero_ps();
+                for (int s = 0; s < blocks_per_group; s++) {
+                    const uint16_t *x = a + g * group_size + s * 32;
+                    if (bits == 8) {
+                        __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(group_codes + 32 * s)));
+                        __m512bh lo = (__m512bh)nibbles_as_bf16(words, none), hi = (__m512bh)nibbles_as_bf16(words, four);
+#pragma clang loop unroll(full)
+                        for (int i = 0; i < rows; i++) {
+                            __m512bh v = (__m512bh)_mm512_loadu_si512((const void *)(x + (long)i * k));
+                            __m512 h = _mm512_dpbf16_ps(_mm512_setzero_ps(), hi, v);
+                            d[i] = _mm512_fmadd_ps(h, _mm512_set1_ps(16.0f), _mm512_dpbf16_ps(d[i], lo, v));
+                        }
+                        continue;
+                    }
+                    __m512i codes_bf16;
+                    if (group_size == 32) {
+                        __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)group_codes));
+                        codes_bf16 = nibbles_as_bf16(_mm512_cvtepu8_epi16(both), split);
+                    } else {
+                        int first = 32 * s;
+                        const uint8_t *p = group_codes + (first < half ? first : first - half);
+                        __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+                        codes_bf16 = nibbles_as_bf16(words, first < half ? none : four);
+                    }
+#pragma clang loop unroll(full)
+                    for (int i = 0; i < rows; i++)
+                        d[i] = _mm512_dpbf16_ps(d[i], (__m512bh)codes_bf16, (__m512bh)_mm512_loadu_si512((const void *)(x + (long)i * k)));
+                }
+                __m512 step = _mm512_set1_ps(step_tile[t]);
+#pragma clang loop unroll(full)
+                for (int i = 0; i < rows; i++) total[i] = _mm512_fmadd_ps(d[i], step, total[i]);
+            }
         }
         float b = bias ? bias[n] : 0.0f;
 #pragma clang loop unroll(full)
-        for (int i = 0; i < rows; i++) out[(long)i * ldc + n] = _mm512_reduce_add_ps(acc[i]) + b;
+        for (int i = 0; i < rows; i++) out[(long)i * ldc + n] = _mm512_reduce_add_ps(_mm512_add_ps(total[i], minimums[i])) + b;
     }
 }
 
 // A fixed row count per copy keeps the accumulators in registers; any count is a sum of them.
 STRATA_AVX512BF16 __attribute__((always_inline))
-static inline void dot_layout(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
-                              int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
+static inline void dot_layout(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
+                              const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                              long ldc) {
     int first = 0;
-    for (; first + 16 <= rows; first += 16)
-        dot_rows(a + (long)first * k, 16, k, codes, steps, mins, bits, group_size, n0, n1, bias, out + (long)first * ldc, ldc);
+    long groups = k / group_size;
     for (int chunk = 8; chunk >= 1; chunk /= 2) {
-        if (rows - first < chunk) continue;
-        const uint16_t *x = a + (long)first * k;
-        float *o = out + (long)first * ldc;
-        if (chunk == 8) dot_rows(x, 8, k, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-        else if (chunk == 4) dot_rows(x, 4, k, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-        else if (chunk == 2) dot_rows(x, 2, k, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-        else dot_rows(x, 1, k, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-        first += chunk;
+        while (rows - first >= chunk) {
+            const uint16_t *x = a + (long)first * k;
+            const float *sx = sums + (long)first * groups;
+            float *o = out + (long)first * ldc;
+            if (chunk == 8) dot_rows(x, 8, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
+            else if (chunk == 4) dot_rows(x, 4, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
+            else if (chunk == 2) dot_rows(x, 2, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
+            else dot_rows(x, 1, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
+            first += chunk;
+        }
     }
 }
 
 STRATA_AVX512BF16
 static void dot_dispatch(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
                          int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
-    if (bits == 4 && group_size == 32) dot_layout(a, rows, k, codes, steps, mins, 4, 32, n0, n1, bias, out, ldc);
-    else if (bits == 8 && group_size == 32) dot_layout(a, rows, k, codes, steps, mins, 8, 32, n0, n1, bias, out, ldc);
-    else if (bits == 8) dot_layout(a, rows, k, codes, steps, mins, 8, group_size, n0, n1, bias, out, ldc);
-    else dot_layout(a, rows, k, codes, steps, mins, 4, group_size, n0, n1, bias, out, ldc);
+    // Each row's group sums of a (exact f32 sums of its bf16 values), once per call.
+    long groups = k / group_size;
+    float *sums = (float *)malloc(sizeof(float) * (size_t)(rows * groups > 0 ? rows * groups : 1));
+    if (!sums) abort();
+    for (int r = 0; r < rows; r++)
+        for (long g = 0; g < groups; g++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int j = 0; j < group_size; j += 16) {
+                __m256i h = _mm256_loadu_si256((const __m256i *)(a + (long)r * k + g * group_size + j));
+                acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+            }
+            sums[r * groups + g] = _mm512_reduce_add_ps(acc);
+        }
+    if (bits == 4 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 4, 32, n0, n1, bias, out, ldc);
+    else if (bits == 8 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 8, 32, n0, n1, bias, out, ldc);
+    else if (bits == 8) dot_layout(a, rows, k, sums, codes, steps, mins, 8, group_size, n0, n1, bias, out, ldc);
+    else dot_layout(a, rows, k, sums, codes, steps, mins, 4, group_size, n0, n1, bias, out, ldc);
+    free(sums);
 }
 
 // One copy of the loop per common layout, so the per-block branches on bits and group size
