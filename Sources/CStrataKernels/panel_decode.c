@@ -149,9 +149,10 @@ static inline void decode_panels(const uint8_t *codes, const uint16_t *steps, co
 // bits is the bf16 number 128 + c exactly (exponent 2^7, c in the mantissa), so a block costs a
 // widening, a shift, one ternary-logic op and one dot product per row, where decoding to
 // c * step + min costs two conversions, a multiply, an add and a rounding per 16 values. An
-// 8-bit code is two such nibbles (c = 16 hi + lo). With the f32 sums of a's groups, sx_g:
-//   sum_k a w = sum_g step_g (D_g - offset sx_g) + min_g sx_g,   D_g = sum (128 + c) a,
-// offset 128 (4-bit) or 128 * 17 (8-bit, as D_g = D_lo + 16 D_hi). The weights enter exactly
+// 8-bit code (0-255) is converted to bf16 as a whole number, which bf16 holds exactly, and its
+// one conversion per block serves every row. With the f32 sums of a's groups, sx_g:
+//   sum_k a w = sum_g step_g (D_g - offset sx_g) + min_g sx_g,   D_g = sum (offset + c) a,
+// offset 128 (4-bit) or 0 (8-bit). The weights enter exactly
 // (not rounded to bf16 as in the panels); the subtraction costs a few bits of f32, far below
 // the activations' bf16 rounding.
 STRATA_AVX512BF16 __attribute__((always_inline))
@@ -165,7 +166,7 @@ static inline void dot_rows(const uint16_t *a, const int rows, int k, const floa
                             const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
     long groups = k / group_size, group_bytes = (long)group_size * bits / 8;
     int blocks_per_group = group_size / 32, half = group_size / 2;
-    const float offset = bits == 8 ? 128.0f * 17.0f : 128.0f;
+    const float offset = bits == 8 ? 0.0f : 128.0f;
     // Q4_0-style groups of 32: 16 bytes hold values 0-15 (low nibbles) and 16-31 (high).
     const __m512i split = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     const __m512i none = _mm512_setzero_si512(), four = _mm512_set1_epi16(4);
@@ -196,19 +197,13 @@ static inline void dot_rows(const uint16_t *a, const int rows, int k, const floa
                 for (int i = 0; i < rows; i++) d[i] = _mm512_setzero_ps();
                 for (int s = 0; s < blocks_per_group; s++) {
                     const uint16_t *x = a + g * group_size + s * 32;
-                    if (bits == 8) {
-                        __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(group_codes + 32 * s)));
-                        __m512bh lo = (__m512bh)nibbles_as_bf16(words, none), hi = (__m512bh)nibbles_as_bf16(words, four);
-#pragma clang loop unroll(full)
-                        for (int i = 0; i < rows; i++) {
-                            __m512bh v = (__m512bh)_mm512_loadu_si512((const void *)(x + (long)i * k));
-                            __m512 h = _mm512_dpbf16_ps(_mm512_setzero_ps(), hi, v);
-                            d[i] = _mm512_fmadd_ps(h, _mm512_set1_ps(16.0f), _mm512_dpbf16_ps(d[i], lo, v));
-                        }
-                        continue;
-                    }
                     __m512i codes_bf16;
-                    if (group_size == 32) {
+                    if (bits == 8) {
+                        const uint8_t *p = group_codes + 32 * s;
+                        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+                        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+                        codes_bf16 = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                    } else if (group_size == 32) {
                         __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)group_codes));
                         codes_bf16 = nibbles_as_bf16(_mm512_cvtepu8_epi16(both), split);
                     } else {
