@@ -271,80 +271,6 @@ static void dot_dispatch(const uint16_t *a, int rows, int k, const uint8_t *code
     free(sums);
 }
 
-// f16 weights for `--weight-format split-bf16`: each value w split into bf16 hi = bf16(w) and
-// lo = bf16(w - hi), which hold w exactly between them (f16 has 11 significant bits, bf16 8,
-// and w - hi at most 4). Panels of depth 3k: k-blocks [0, kb) hold hi, [kb, 2kb) lo and
-// [2kb, 3kb) hi again, against activations [xh | xh | xl] (strata_bf16_split3), so one matmul
-// sums xh hi + xh lo + xl hi = x w up to xl lo and x's bits past 16.
-STRATA_AVX512BF16 __attribute__((always_inline))
-static inline void split_pair(__m512 v0, __m512 v1, __m512i *hi, __m512i *lo) {
-    __m512i h = (__m512i)_mm512_cvtne2ps_pbh(v1, v0);
-    __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
-    __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
-    *hi = h;
-    *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(v1, h1), _mm512_sub_ps(v0, h0));
-}
-
-STRATA_AVX512BF16
-static void split_panels(const uint16_t *w, int k, long n0, long n1, uint16_t *panels) {
-    long rows = n1 - n0;
-    int kb = k / 32;
-    long panel_words = (long)3 * kb * 16 * 64;
-    uint32_t *out = (uint32_t *)panels;
-    long padded = (rows + 63) / 64 * 64;
-    for (long first = 0; first < padded; first += 16) {
-        uint32_t *panel = out + (first / 64) * panel_words + (first % 64);
-        long live = rows - first < 0 ? 0 : (rows - first > 16 ? 16 : rows - first);
-        for (int block = 0; block < kb; block++) {
-            __m512i hi[16], lo[16];
-            if (live == 0) {
-                for (int i = 0; i < 16; i++) hi[i] = lo[i] = _mm512_setzero_si512();
-            } else {
-#pragma clang loop unroll(full)
-                for (int i = 0; i < 16; i++) {
-                    const uint16_t *p = w + (n0 + first + (i < live ? i : live - 1)) * (long)k + block * 32;
-                    __m512 v0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-                    __m512 v1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
-                    split_pair(v0, v1, &hi[i], &lo[i]);
-                }
-                for (long i = live; i < 16; i++) hi[i] = lo[i] = _mm512_setzero_si512();
-                transpose16(hi);
-                transpose16(lo);
-            }
-            uint32_t *h0 = panel + (long)block * 1024, *l = panel + (long)(kb + block) * 1024,
-                     *h2 = panel + (long)(2 * kb + block) * 1024;
-#pragma clang loop unroll(full)
-            for (int j = 0; j < 16; j++) {
-                _mm512_storeu_si512((void *)(h0 + j * 64), hi[j]);
-                _mm512_storeu_si512((void *)(l + j * 64), lo[j]);
-                _mm512_storeu_si512((void *)(h2 + j * 64), hi[j]);
-            }
-        }
-    }
-}
-
-STRATA_AVX512BF16
-static void split_rows(const float *x, long rows, int k, uint16_t *out) {
-    for (long r = 0; r < rows; r++) {
-        const float *row = x + r * k;
-        uint16_t *o = out + r * 3L * k;
-        int i = 0;
-        for (; i + 32 <= k; i += 32) {
-            __m512i hi, lo;
-            split_pair(_mm512_loadu_ps(row + i), _mm512_loadu_ps(row + i + 16), &hi, &lo);
-            _mm512_storeu_si512((void *)(o + i), hi);
-            _mm512_storeu_si512((void *)(o + k + i), hi);
-            _mm512_storeu_si512((void *)(o + 2L * k + i), lo);
-        }
-        for (; i < k; i++) {
-            __m512i hi, lo;
-            split_pair(_mm512_set1_ps(row[i]), _mm512_set1_ps(row[i]), &hi, &lo);
-            o[i] = o[k + i] = (uint16_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(hi));
-            o[2L * k + i] = (uint16_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(lo));
-        }
-    }
-}
-
 // One copy of the loop per common layout, so the per-block branches on bits and group size
 // fold away (GGUF's Q4_0 and Q8_0 are groups of 32).
 STRATA_AVX512BF16
@@ -374,21 +300,5 @@ void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const uint8_t
 #else
     (void)a; (void)rows; (void)k; (void)codes; (void)steps; (void)mins; (void)bits; (void)group_size; (void)n0; (void)n1;
     (void)bias; (void)out; (void)ldc;
-#endif
-}
-
-void strata_split_f16_panels(const uint16_t *w, int k, long n0, long n1, uint16_t *panels) {
-#if defined(__x86_64__)
-    split_panels(w, k, n0, n1, panels);
-#else
-    (void)w; (void)k; (void)n0; (void)n1; (void)panels;
-#endif
-}
-
-void strata_bf16_split3(const float *x, long rows, int k, uint16_t *out) {
-#if defined(__x86_64__)
-    split_rows(x, rows, k, out);
-#else
-    (void)x; (void)rows; (void)k; (void)out;
 #endif
 }

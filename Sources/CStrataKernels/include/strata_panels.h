@@ -19,13 +19,4 @@ void strata_decode_panels_bf16(const uint8_t *codes, const uint16_t *steps, cons
 void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps,
                                const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                                long ldc);
-
-/// f16 weight rows [n0, n1) (row-major, row stride k, k a multiple of 32) split into bf16
-/// hi = bf16(w) and lo = bf16(w - hi) (hi + lo = w exactly) and packed into
-/// ceil((n1 - n0) / 64) panels of PanelLayout(n: n1 - n0, k: 3k): k-blocks hi, then lo, then hi.
-void strata_split_f16_panels(const uint16_t *w, int k, long n0, long n1, uint16_t *panels);
-
-/// Each row of x [rows, k] as [xh | xh | xl] (3k bf16 values), xh = bf16(x), xl = bf16(x - xh):
-/// against strata_split_f16_panels' panels one matmul gives xh hi + xh lo + xl hi.
-void strata_bf16_split3(const float *x, long rows, int k, uint16_t *out);
 #endif

@@ -18,9 +18,6 @@ public final class CPUBackend: Backend {
         case asStored = "as-stored"
         case bf16
         case int8
-        /// f16 weights held as stored, multiplied on the bf16 matrix units in three bf16 passes
-        /// (`SplitBF16`): near-f32 results at matrix-unit speed for batches; opt-in.
-        case splitBF16 = "split-bf16"
 
         /// The element type a stored tensor is held in (row-major; packing keeps 2 bytes an
         /// element up to panel padding).

@@ -33,13 +33,8 @@ extension CPUBackend {
         return eligible && (path == .fusedHalf || (path == .automatic && rows <= limit))
     }
 
-    /// The kernel `linear` runs for `rows` rows against an n x k f16 weight held as stored.
-    public func halfKernel(rows: Int, n: Int = 64, k: Int = 64) -> String {
-        if weightFormat == .splitBF16, SplitBF16.available, rows > SplitBF16.minRows, k % 32 == 0 {
-            return "split-bf16 panels+" + BF16GEMM.kernel(rows: rows, n: n, k: 3 * k)
-        }
-        return rows <= HalfGEMM.maxRows ? "fused-" + HalfGEMM.kernel : "widen-sgemm"
-    }
+    /// The kernel `linear` runs for `rows` rows against an f16 weight held as stored.
+    public func halfKernel(rows: Int) -> String { rows <= HalfGEMM.maxRows ? "fused-" + HalfGEMM.kernel : "widen-sgemm" }
 
     /// The kernel `linear` runs for `rows` rows against an n x k bf16 weight.
     public func bf16Kernel(rows: Int, n: Int, k: Int) -> String { BF16GEMM.kernel(rows: rows, n: n, k: k) }
@@ -77,13 +72,6 @@ extension CPUBackend {
            weight.panels != nil || path == .matrixUnits || (path == .automatic && weightFormat == .bf16) {
             BF16GEMM.run(m: m, n: n, k: k, x: x.floats, w: weight.buffer.pointer, panels: weight.panels, bias: bias?.floats, out: out.floats,
                          threads: threads, scratch: scratch, release: release)
-            return out
-        }
-        if path == .automatic, weightFormat == .splitBF16, SplitBF16.serves(weight, rows: m) {
-            let split = SplitBF16.split(x.floats, m: m, k: k, threads: threads, scratch: scratch)
-            defer { release(split, SplitBF16.splitFloats(m: m, k: k)) }
-            SplitBF16.multiply(m: m, n: n, k: k, split: split, weight: weight, bias: bias?.floats, out: out.floats, threads: threads,
-                               scratch: scratch, release: release)
             return out
         }
         if path == .automatic, decodesToPanels(weight, rows: m) {
@@ -172,20 +160,10 @@ extension CPUBackend {
         let int8 = weights.allSatisfy { $0.int8 != nil }
         let matrixUnits = weightFormat == .bf16 && BF16GEMM.usesMatrixUnits
             && weights.allSatisfy { ($0.dtype == .bf16 && $0.quantization == nil) || decodesToPanels($0, rows: m) }
-        let splits = weightFormat == .splitBF16 && weights.allSatisfy { SplitBF16.serves($0, rows: m) }
-        guard shared, int8 || matrixUnits || splits else {
+        guard shared, int8 || matrixUnits else {
             return zip(weights, biases).map { linear(x, weight: $0, bias: $1) }
         }
         let outputs = weights.map { allocate(x.shape.dropLast() + [$0.shape[0]]) }
-        if splits {
-            let split = SplitBF16.split(x.floats, m: m, k: k, threads: threads, scratch: scratch)
-            defer { release(split, SplitBF16.splitFloats(m: m, k: k)) }
-            for (i, w) in weights.enumerated() {
-                SplitBF16.multiply(m: m, n: w.shape[0], k: k, split: split, weight: w, bias: biases[i]?.floats, out: outputs[i].floats,
-                                   threads: threads, scratch: scratch, release: release)
-            }
-            return outputs
-        }
         if int8 {
             multiplyInt8(x, weights: weights, biases: biases, into: outputs)
             return outputs

@@ -64,6 +64,23 @@ enum QuantizedPanels {
                          out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
                          release: (UnsafeMutablePointer<Float>, Int) -> Void) {
         guard m > 0, n > 0 else { return }
+        guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("QuantizedPanels runs only where oneDNN serves") }
+        let width = PanelLayout.panelWidth, panelBytes = k * width * 2
+        if m >= BF16GEMM.minTeamRows {
+            let layout = PanelLayout(n: n, k: k)
+            let floats = (layout.byteCount + 3) / 4 + alignmentSlack
+            let storage = scratch(floats)
+            defer { release(storage, floats) }
+            let decoded = aligned(storage)
+            let halves = UnsafeMutableRawPointer(decoded).assumingMemoryBound(to: UInt16.self)
+            parallelFor(layout.panels, threads: threads) { panels in
+                decode(weight, rows: (panels.lowerBound * width)..<min(n, panels.upperBound * width),
+                       into: halves + panels.lowerBound * layout.panelElements)
+            }
+            BF16GEMM.multiply(m: m, n: n, k: k, a: rounded, w: UnsafeRawPointer(decoded), panels: layout, bias: bias, out: out,
+                              threads: threads, scratch: scratch, release: release)
+            return
+        }
         if m <= dotMaxRows {
             let a = UnsafeRawPointer(rounded).assumingMemoryBound(to: UInt16.self)
             let q = weight.quantization!, base = weight.buffer.pointer
@@ -76,33 +93,7 @@ enum QuantizedPanels {
             }
             return
         }
-        runPanels(m: m, n: n, depth: k, a: UnsafeRawPointer(rounded), decode: { decode(weight, rows: $0, into: $1) }, bias: bias,
-                  out: out, threads: threads, scratch: scratch, release: release)
-    }
-
-    /// out = a * w^T (+ bias) on the matrix units, for a weight that `decode` writes as panels
-    /// (rows whose first is a multiple of 64, into consecutive panels of depth `depth`) and bf16
-    /// activations `a` [m, depth]. Prefills decode the whole weight for one call on oneDNN's
-    /// team; decode steps decode L2-sized runs on each worker, one single-threaded call per run.
-    static func runPanels(m: Int, n: Int, depth k: Int, a: UnsafeRawPointer,
-                          decode: (Range<Int>, UnsafeMutablePointer<UInt16>) -> Void, bias: UnsafePointer<Float>?,
-                          out: UnsafeMutablePointer<Float>, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>,
-                          release: (UnsafeMutablePointer<Float>, Int) -> Void) {
-        guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("QuantizedPanels runs only where oneDNN serves") }
-        let width = PanelLayout.panelWidth, panelBytes = k * width * 2
-        if m >= BF16GEMM.minTeamRows {
-            let layout = PanelLayout(n: n, k: k)
-            let floats = (layout.byteCount + 3) / 4 + alignmentSlack
-            let storage = scratch(floats)
-            defer { release(storage, floats) }
-            let decoded = aligned(storage)
-            let halves = UnsafeMutableRawPointer(decoded).assumingMemoryBound(to: UInt16.self)
-            parallelFor(layout.panels, threads: threads) { panels in
-                decode((panels.lowerBound * width)..<min(n, panels.upperBound * width), halves + panels.lowerBound * layout.panelElements)
-            }
-            dnnl.matmul(m: m, n: n, k: k, a: a, b: UnsafeRawPointer(decoded), panels: true, bias: bias, c: out, threads: threads)
-            return
-        }
+        let a = UnsafeRawPointer(rounded)
         let runRows = max(1, runBytes / panelBytes) * width
         PanelLayout.forEachSlab(n: n, threads: threads) { first, slabWidth in
             let runFloats = min(runRows, slabWidth + width) * k / 2 + alignmentSlack
@@ -113,7 +104,7 @@ enum QuantizedPanels {
             var row = first
             while row < first + slabWidth {
                 let count = min(runRows, first + slabWidth - row)
-                decode(row..<(row + count), halves)
+                decode(weight, rows: row..<(row + count), into: halves)
                 let whole = count == n
                 dnnl.matmul(m: m, n: count, k: k, a: a, b: UnsafeRawPointer(decoded), panels: true, bias: bias.map { $0 + row },
                             c: whole ? out : dense, threads: 1)
