@@ -161,21 +161,59 @@ static inline __m512i nibbles_as_bf16(__m512i words, __m512i shifts) {
     return _mm512_ternarylogic_epi32(_mm512_srlv_epi16(words, shifts), _mm512_set1_epi16(0x0F), _mm512_set1_epi16(0x4300), 0xEA);
 }
 
+// d[i] = sum over group g of (offset + c) a[i] for `rows` rows (see above).
+STRATA_AVX512BF16 __attribute__((always_inline))
+static inline void group_products(const uint16_t *a, const int rows, int k, const uint8_t *group_codes, int bits, int group_size,
+                                  long g, __m512 d[8]) {
+    // Q4_0-style groups of 32: 16 bytes hold values 0-15 (low nibbles) and 16-31 (high).
+    const __m512i split = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    const __m512i none = _mm512_setzero_si512(), four = _mm512_set1_epi16(4);
+    int blocks_per_group = group_size / 32, half = group_size / 2;
+#pragma clang loop unroll(full)
+    for (int i = 0; i < rows; i++) d[i] = _mm512_setzero_ps();
+    for (int s = 0; s < blocks_per_group; s++) {
+        const uint16_t *x = a + g * group_size + s * 32;
+        __m512i codes_bf16;
+        if (bits == 8) {
+            const uint8_t *p = group_codes + 32 * s;
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+            codes_bf16 = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        } else if (group_size == 32) {
+            __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)group_codes));
+            codes_bf16 = nibbles_as_bf16(_mm512_cvtepu8_epi16(both), split);
+        } else {
+            int first = 32 * s;
+            const uint8_t *p = group_codes + (first < half ? first : first - half);
+            __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+            codes_bf16 = nibbles_as_bf16(words, first < half ? none : four);
+        }
+#pragma clang loop unroll(full)
+        for (int i = 0; i < rows; i++)
+            d[i] = _mm512_dpbf16_ps(d[i], (__m512bh)codes_bf16, (__m512bh)_mm512_loadu_si512((const void *)(x + (long)i * k)));
+    }
+}
+
 STRATA_AVX512BF16 __attribute__((always_inline))
 static inline void dot_rows(const uint16_t *a, const int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
                             const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
     long groups = k / group_size, group_bytes = (long)group_size * bits / 8;
-    int blocks_per_group = group_size / 32, half = group_size / 2;
     const float offset = bits == 8 ? 0.0f : 128.0f;
-    // Q4_0-style groups of 32: 16 bytes hold values 0-15 (low nibbles) and 16-31 (high).
-    const __m512i split = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    const __m512i none = _mm512_setzero_si512(), four = _mm512_set1_epi16(4);
+    // Each group's step is applied with a multiply-add into a running sum; with few rows those
+    // sums are too few to hide the multiply-add's latency (4 cycles, more than a Q4_0 block's
+    // work), so groups rotate over `lanes` sums per row.
+    const int lanes = rows <= 2 ? 4 : rows <= 4 ? 2 : 1;
+    const long prefetch_bytes = 4096;
     for (long n = n0; n < n1; n++) {
         const uint8_t *row_codes = codes + n * groups * group_bytes;
         const uint16_t *row_steps = steps + n * groups, *row_mins = mins + n * groups;
-        __m512 total[8], minimums[8];
+        __m512 total[8][4], minimums[8];
 #pragma clang loop unroll(full)
-        for (int i = 0; i < rows; i++) total[i] = minimums[i] = _mm512_setzero_ps();
+        for (int i = 0; i < rows; i++) {
+            minimums[i] = _mm512_setzero_ps();
+#pragma clang loop unroll(full)
+            for (int u = 0; u < lanes; u++) total[i][u] = _mm512_setzero_ps();
+        }
         for (long g0 = 0; g0 < groups; g0 += 16) {
             // 16 groups' steps widened at once, broadcast per group from memory; their
             // minimum terms (min - offset step) sx as 16-lane products.
@@ -189,41 +227,38 @@ static inline void dot_rows(const uint16_t *a, const int rows, int k, const floa
                 minimums[i] = _mm512_fmadd_ps(constant, _mm512_maskz_loadu_ps(live, sums + (long)i * groups + g0), minimums[i]);
             float step_tile[16];
             _mm512_storeu_ps(step_tile, step16);
-            for (long t = 0; t < count; t++) {
-                long g = g0 + t;
-                const uint8_t *group_codes = row_codes + g * group_bytes;
-                __m512 d[8];
+            // The code stream runs ahead of the loads: a few rows' codes are read per
+            // microsecond, too fast for the hardware prefetcher alone (the widening of each
+            // block waited on its load).
+            const char *ahead = (const char *)(row_codes + g0 * group_bytes) + prefetch_bytes;
+            for (long line = 0; line < count * group_bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+            long t = 0;
+            for (; t + lanes <= count; t += lanes) {
 #pragma clang loop unroll(full)
-                for (int i = 0; i < rows; i++) d[i] = _mm512_setzero_ps();
-                for (int s = 0; s < blocks_per_group; s++) {
-                    const uint16_t *x = a + g * group_size + s * 32;
-                    __m512i codes_bf16;
-                    if (bits == 8) {
-                        const uint8_t *p = group_codes + 32 * s;
-                        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
-                        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
-                        codes_bf16 = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-                    } else if (group_size == 32) {
-                        __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)group_codes));
-                        codes_bf16 = nibbles_as_bf16(_mm512_cvtepu8_epi16(both), split);
-                    } else {
-                        int first = 32 * s;
-                        const uint8_t *p = group_codes + (first < half ? first : first - half);
-                        __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
-                        codes_bf16 = nibbles_as_bf16(words, first < half ? none : four);
-                    }
+                for (int u = 0; u < lanes; u++) {
+                    __m512 d[8];
+                    group_products(a, rows, k, row_codes + (g0 + t + u) * group_bytes, bits, group_size, g0 + t + u, d);
+                    __m512 step = _mm512_set1_ps(step_tile[t + u]);
 #pragma clang loop unroll(full)
-                    for (int i = 0; i < rows; i++)
-                        d[i] = _mm512_dpbf16_ps(d[i], (__m512bh)codes_bf16, (__m512bh)_mm512_loadu_si512((const void *)(x + (long)i * k)));
+                    for (int i = 0; i < rows; i++) total[i][u] = _mm512_fmadd_ps(d[i], step, total[i][u]);
                 }
+            }
+            for (; t < count; t++) {
+                __m512 d[8];
+                group_products(a, rows, k, row_codes + (g0 + t) * group_bytes, bits, group_size, g0 + t, d);
                 __m512 step = _mm512_set1_ps(step_tile[t]);
 #pragma clang loop unroll(full)
-                for (int i = 0; i < rows; i++) total[i] = _mm512_fmadd_ps(d[i], step, total[i]);
+                for (int i = 0; i < rows; i++) total[i][0] = _mm512_fmadd_ps(d[i], step, total[i][0]);
             }
         }
         float b = bias ? bias[n] : 0.0f;
 #pragma clang loop unroll(full)
-        for (int i = 0; i < rows; i++) out[(long)i * ldc + n] = _mm512_reduce_add_ps(_mm512_add_ps(total[i], minimums[i])) + b;
+        for (int i = 0; i < rows; i++) {
+            __m512 sum = minimums[i];
+#pragma clang loop unroll(full)
+            for (int u = 0; u < lanes; u++) sum = _mm512_add_ps(sum, total[i][u]);
+            out[(long)i * ldc + n] = _mm512_reduce_add_ps(sum) + b;
+        }
     }
 }
 
