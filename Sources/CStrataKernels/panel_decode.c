@@ -1,8 +1,8 @@
 // Group-quantized weights under `--weight-format bf16`, decoded to bf16 as they are used: rows
 // straight into oneDNN's panel layout (BA16a64b2a, see PanelLayout in Tensor.swift), so the
-// matrix units multiply a few L2-sized panels at a time, and, for decode steps of a few rows,
-// blocks straight into AVX512-BF16 dot products. AVX-512 with BF16, chosen at run time like
-// int8_gemm.c: the binary's baseline is Haswell.
+// matrix units multiply a few L2-sized panels at a time; for decode steps of a few rows the
+// codes enter AVX512-BF16 dot products as they are (exact bf16 numbers) instead. AVX-512 with
+// BF16, chosen at run time like int8_gemm.c: the binary's baseline is Haswell.
 #include "strata_panels.h"
 #include "cpu_features.h"
 #include <stdlib.h>

@@ -15,7 +15,8 @@ void strata_decode_panels_bf16(const uint8_t *codes, const uint16_t *steps, cons
 
 /// out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for `rows` rows of bf16 activations `a` (row
 /// stride k) and weight rows [n0, n1) of the same layouts as strata_decode_panels_bf16, with
-/// AVX512-BF16 dot products (f32 sums); `bias` may be NULL; `out` has row stride `ldc`.
+/// AVX512-BF16 dot products of the codes themselves (exact weights, f32 sums); `bias` may be
+/// NULL; `out` has row stride `ldc`.
 void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps,
                                const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                                long ldc);

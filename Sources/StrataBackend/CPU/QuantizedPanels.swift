@@ -7,10 +7,11 @@ import StrataCore
 /// AVX-512) right before oneDNN multiplies them. A decode step decodes an L2-sized run of panels
 /// per oneDNN call on each worker, so a 4-bit weight is read from memory once per step at a
 /// quarter of bf16's bytes; a prefill decodes the whole weight once and makes one call on
-/// oneDNN's team. Decode steps of up to `dotMaxRows` rows skip the panels: each block is decoded
-/// into a register and multiplied with AVX512-BF16 dot products (`strata_quantized_dot_bf16`).
-/// Either way the weights are exactly what decoding to f32 and rounding to bf16 gives, so the
-/// result is `--weight-format bf16`'s for the same weight, at any row count.
+/// oneDNN's team; the panels hold exactly what decoding to f32 and rounding to bf16 gives.
+/// Decode steps of up to `dotMaxRows` rows skip the panels and the decoding: the codes
+/// themselves, as exact bf16 numbers, enter AVX512-BF16 dot products and each group's step and
+/// minimum are applied to the sums (`strata_quantized_dot_bf16`), so there the weights are exact
+/// (not rounded to bf16); the inputs are rounded to bf16 on both paths.
 enum QuantizedPanels {
     /// The decoder needs AVX-512 with BF16, which every CPU with AMX or AVX512-BF16 has; the
     /// check keeps `STRATA_CPU_ISA` overrides and odd virtual CPUs on the other paths.
@@ -29,10 +30,10 @@ enum QuantizedPanels {
     static let runBytes = 1 << 19
 
     /// Up to this many rows (decode steps of small batches) the weight is not put into panels:
-    /// `strata_quantized_dot_bf16` decodes each block once and multiplies it with AVX512-BF16
-    /// dot products. Llama-250M Q4_0, 2 threads, decode tokens/s, dot vs panels: 29-31 vs
-    /// 14-16 at batch 1, 82-104 vs 49-56 at 4, 112-125 vs 90-100 at 8; at 16 the panels win
-    /// (148 vs 114-143).
+    /// `strata_quantized_dot_bf16` multiplies the codes with AVX512-BF16 dot products. Llama-250M
+    /// Q4_0, 2 threads, decode tokens/s, dot (when it still decoded each block) vs panels: 29-31
+    /// vs 14-16 at batch 1, 82-104 vs 49-56 at 4, 112-125 vs 90-100 at 8; at 16 the panels won
+    /// (148 vs 114-143). Without the decoding, batch 1 runs at 49-59.
     static let dotMaxRows = 8
 
     /// The kernel `multiply` runs for `rows` rows against an n x k weight, by name.
