@@ -4,20 +4,10 @@
 // CPUBackend.gatedActivate's 8-lane loops serve). e^x is the same Cephes method as
 // Softmax.exp, so both paths agree to rounding.
 #include "strata_elementwise.h"
-#include "cpu_features.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define STRATA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #endif
-
-int strata_elementwise_supported(void) {
-#if defined(__x86_64__)
-    unsigned ecx = 0;
-    return strata_avx512_base(&ecx);
-#else
-    return 0;
-#endif
-}
 
 #if defined(__x86_64__)
 // e^x, Cephes' single-precision method: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6

@@ -8,20 +8,10 @@
 // (see strata_half_gemm): each weight row is read from memory once per L2-sized block of x
 // rows, and the x vectors come from L1.
 #include "strata_half.h"
-#include "cpu_features.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define STRATA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
 #endif
-
-int strata_half_supported(void) {
-#if defined(__x86_64__)
-    unsigned ecx = 0;
-    return strata_avx512_base(&ecx);
-#else
-    return 0;
-#endif
-}
 
 #if defined(__x86_64__)
 STRATA_AVX512 __attribute__((always_inline))

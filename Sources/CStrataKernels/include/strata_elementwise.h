@@ -1,8 +1,7 @@
 #ifndef STRATA_ELEMENTWISE_H
 #define STRATA_ELEMENTWISE_H
 
-/// Whether this CPU runs the AVX-512 kernels below (AVX512F, BW and VL).
-int strata_elementwise_supported(void);
+/// AVX-512 kernels: they run where strata_avx512_supported() (strata_cpu.h) says so.
 
 /// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i], e^x as Softmax.exp.
 void strata_silu_mul(const float *gate, const float *up, long count, float *out);

@@ -2,8 +2,7 @@
 #define STRATA_HALF_H
 #include <stdint.h>
 
-/// Whether this CPU runs strata_half_gemm (AVX512F, BW and VL; F16C comes with them).
-int strata_half_supported(void);
+/// Runs where strata_avx512_supported() (strata_cpu.h) says so; F16C comes with AVX-512.
 
 /// out[r, n] = (accumulate ? out[r, n] : 0) + sum_k x[r, k] * w[n, k] for rows r < m and weight
 /// rows n in [n0, n1), exactly in f32: w is f16 (`bf16` 0) or bf16 (`bf16` 1) row-major with row

@@ -1,4 +1,5 @@
 import COpenBLAS
+import CStrataKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,6 +26,14 @@ public enum CPUSetup {
         // execv returns only on failure: carry on with the default kernels.
         #endif
     }
+
+    /// Whether Strata's own AVX-512 kernels (f16 matmul tile, SwiGLU, softmax) serve:
+    /// `strata_avx512_supported` (CPUID and the OS's register state), unless
+    /// `STRATA_CPU_ISA=baseline` forces the AVX2 code a CPU without AVX-512 runs.
+    static let avx512Kernels: Bool = {
+        if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
+        return strata_avx512_supported() != 0
+    }()
 
     static func cpuHasAVX512() -> Bool {
         let set = cpuFlags()

@@ -1,8 +1,5 @@
 import COpenBLAS
 import CStrataKernels
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A weight element the fused tile can widen to f32 in registers.
 protocol WeightElement {
@@ -54,11 +51,8 @@ enum HalfGEMM {
     static let maxRows = 64
 
     /// Whether `strata_half_gemm` (AVX-512, 4 x 4 tiles of 16 lanes) serves f16/bf16 weights
-    /// instead of the AVX2 tile below; `STRATA_CPU_ISA=baseline` forces the AVX2 tile.
-    static let avx512: Bool = {
-        if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
-        return strata_half_supported() != 0
-    }()
+    /// instead of the AVX2 tile below.
+    static var avx512: Bool { CPUSetup.avx512Kernels }
 
     /// The kernel `run` uses on this machine, by name (for `strata bench-gemm`).
     static var kernel: String { avx512 ? "avx512" : "avx2" }

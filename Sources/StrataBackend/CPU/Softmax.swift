@@ -1,17 +1,12 @@
 import CStrataKernels
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// Softmax for attention rows, 8 lanes at a time: libm's scalar `expf` was ~2% of a bf16
-/// benchmark's time by itself (one call per (query, key) pair at prefill).
+/// Softmax for attention rows, 16 lanes in C where the CPU has AVX-512 (`elementwise.c`), else
+/// 8 lanes here: libm's scalar `expf` was ~2% of a bf16 benchmark's time by itself (one call per
+/// (query, key) pair at prefill).
 enum Softmax {
-    /// Whether the AVX-512 kernels of elementwise.c serve (softmax rows, SwiGLU's gate);
-    /// `STRATA_CPU_ISA=baseline` keeps the 8-lane loops here.
-    static let avx512: Bool = {
-        if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
-        return strata_elementwise_supported() != 0
-    }()
+    /// Whether the AVX-512 kernels of elementwise.c serve (softmax rows, SwiGLU's gate) instead
+    /// of the 8-lane loops here.
+    static var avx512: Bool { CPUSetup.avx512Kernels }
 
     /// e^x for each lane, Cephes' single-precision method: x = n ln2 + r with |r| <= ln2/2,
     /// e^r by a degree-6 polynomial, 2^n put into the exponent bits. Relative error ~2e-7
