@@ -5,7 +5,6 @@
 // BF16, chosen at run time like int8_gemm.c: the binary's baseline is Haswell.
 #include "strata_panels.h"
 #include "cpu_features.h"
-#include <stdlib.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define STRATA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
@@ -284,12 +283,18 @@ static inline void dot_layout(const uint16_t *a, int rows, int k, const float *s
 }
 
 STRATA_AVX512BF16
-static void dot_dispatch(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
-                         int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
-    // Each row's group sums of a (exact f32 sums of its bf16 values), once per call.
+static void dot_dispatch(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
+                         const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                         long ldc) {
+    if (bits == 4 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 4, 32, n0, n1, bias, out, ldc);
+    else if (bits == 8 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 8, 32, n0, n1, bias, out, ldc);
+    else if (bits == 8) dot_layout(a, rows, k, sums, codes, steps, mins, 8, group_size, n0, n1, bias, out, ldc);
+    else dot_layout(a, rows, k, sums, codes, steps, mins, 4, group_size, n0, n1, bias, out, ldc);
+}
+
+STRATA_AVX512BF16
+static void group_sums(const uint16_t *a, int rows, int k, int group_size, float *sums) {
     long groups = k / group_size;
-    float *sums = (float *)malloc(sizeof(float) * (size_t)(rows * groups > 0 ? rows * groups : 1));
-    if (!sums) abort();
     for (int r = 0; r < rows; r++)
         for (long g = 0; g < groups; g++) {
             __m512 acc = _mm512_setzero_ps();
@@ -299,11 +304,6 @@ static void dot_dispatch(const uint16_t *a, int rows, int k, const uint8_t *code
             }
             sums[r * groups + g] = _mm512_reduce_add_ps(acc);
         }
-    if (bits == 4 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 4, 32, n0, n1, bias, out, ldc);
-    else if (bits == 8 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 8, 32, n0, n1, bias, out, ldc);
-    else if (bits == 8) dot_layout(a, rows, k, sums, codes, steps, mins, 8, group_size, n0, n1, bias, out, ldc);
-    else dot_layout(a, rows, k, sums, codes, steps, mins, 4, group_size, n0, n1, bias, out, ldc);
-    free(sums);
 }
 
 // One copy of the loop per common layout, so the per-block branches on bits and group size
@@ -327,13 +327,21 @@ void strata_decode_panels_bf16(const uint8_t *codes, const uint16_t *steps, cons
 #endif
 }
 
-void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps,
+void strata_bf16_group_sums(const uint16_t *a, int rows, int k, int group_size, float *sums) {
+#if defined(__x86_64__)
+    group_sums(a, rows, k, group_size, sums);
+#else
+    (void)a; (void)rows; (void)k; (void)group_size; (void)sums;
+#endif
+}
+
+void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
                                const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                                long ldc) {
 #if defined(__x86_64__)
-    dot_dispatch(a, rows, k, codes, steps, mins, bits, group_size, n0, n1, bias, out, ldc);
+    dot_dispatch(a, rows, k, sums, codes, steps, mins, bits, group_size, n0, n1, bias, out, ldc);
 #else
-    (void)a; (void)rows; (void)k; (void)codes; (void)steps; (void)mins; (void)bits; (void)group_size; (void)n0; (void)n1;
-    (void)bias; (void)out; (void)ldc;
+    (void)a; (void)rows; (void)k; (void)sums; (void)codes; (void)steps; (void)mins; (void)bits; (void)group_size; (void)n0;
+    (void)n1; (void)bias; (void)out; (void)ldc;
 #endif
 }

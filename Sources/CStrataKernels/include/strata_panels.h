@@ -13,11 +13,15 @@ int strata_panels_supported(void);
 void strata_decode_panels_bf16(const uint8_t *codes, const uint16_t *steps, const uint16_t *mins, int bits, int group_size,
                                int k, long n0, long n1, uint16_t *panels);
 
+/// sums[r * (k / group_size) + g] = the f32 sum of group g of row r of bf16 activations `a`
+/// [rows, k] (what strata_quantized_dot_bf16 applies each group's minimum to).
+void strata_bf16_group_sums(const uint16_t *a, int rows, int k, int group_size, float *sums);
+
 /// out[r, n] = bias[n] + sum_k a[r, k] * w[n, k] for `rows` rows of bf16 activations `a` (row
-/// stride k) and weight rows [n0, n1) of the same layouts as strata_decode_panels_bf16, with
-/// AVX512-BF16 dot products of the codes themselves (exact weights, f32 sums); `bias` may be
-/// NULL; `out` has row stride `ldc`.
-void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const uint8_t *codes, const uint16_t *steps,
+/// stride k, group sums `sums` from strata_bf16_group_sums) and weight rows [n0, n1) of the same
+/// layouts as strata_decode_panels_bf16, with AVX512-BF16 dot products of the codes themselves
+/// (exact weights, f32 sums); `bias` may be NULL; `out` has row stride `ldc`.
+void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
                                const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                                long ldc);
 #endif

@@ -85,8 +85,13 @@ enum QuantizedPanels {
         if m <= dotMaxRows {
             let a = UnsafeRawPointer(rounded).assumingMemoryBound(to: UInt16.self)
             let q = weight.quantization!, base = weight.buffer.pointer
+            // The inputs' group sums, once for every worker's columns.
+            let sumCount = m * (k / q.scheme.groupSize)
+            let sums = scratch(max(1, sumCount))
+            defer { release(sums, max(1, sumCount)) }
+            strata_bf16_group_sums(a, Int32(m), Int32(k), Int32(q.scheme.groupSize), sums)
             parallelFor(n, threads: threads, minimumPerThread: 16) { columns in
-                strata_quantized_dot_bf16(a, Int32(m), Int32(k), base.assumingMemoryBound(to: UInt8.self),
+                strata_quantized_dot_bf16(a, Int32(m), Int32(k), sums, base.assumingMemoryBound(to: UInt8.self),
                                           (base + q.stepsOffset).assumingMemoryBound(to: UInt16.self),
                                           (base + q.minsOffset).assumingMemoryBound(to: UInt16.self),
                                           Int32(q.scheme.bits), Int32(q.scheme.groupSize), columns.lowerBound, columns.upperBound,
