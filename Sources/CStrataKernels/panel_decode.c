@@ -27,10 +27,11 @@ int strata_panels_supported(void) {
 
 #if defined(__x86_64__)
 // 32 bf16 values (16 pairs of consecutive k) of block `s` of one group: `bytes` its codes,
-// `step` and `minimum` its f16 scale and offset.
+// values 0-15 scaled by `step_low` and `min_low`, 16-31 by the high pair (the same group's
+// unless groups are 16 values, 8-bit only, when a block holds two groups).
 STRATA_AVX512BF16 __attribute__((always_inline))
-static inline __m512i decode_block(const uint8_t *bytes, float step32, float minimum32, int bits, int group_size, int s) {
-    __m512 step = _mm512_set1_ps(step32), minimum = _mm512_set1_ps(minimum32);
+static inline __m512i decode_block(const uint8_t *bytes, float step_low, float min_low, float step_high, float min_high, int bits,
+                                   int group_size, int s) {
     __m512i low, high;
     if (bits == 8) {
         const uint8_t *p = bytes + 32 * s;
@@ -52,8 +53,8 @@ static inline __m512i decode_block(const uint8_t *bytes, float step32, float min
             high = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, shift), nibble));
         }
     }
-    __m512 vlow = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(low), step), minimum);
-    __m512 vhigh = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(high), step), minimum);
+    __m512 vlow = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(step_low)), _mm512_set1_ps(min_low));
+    __m512 vhigh = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(high), _mm512_set1_ps(step_high)), _mm512_set1_ps(min_high));
     // Low 16 results from the second operand: values 0-15 first, as consecutive k pairs.
     return (__m512i)_mm512_cvtne2ps_pbh(vhigh, vlow);
 }
@@ -87,7 +88,8 @@ STRATA_AVX512BF16 __attribute__((always_inline))
 static inline void decode_panels(const uint8_t *codes, const uint16_t *steps, const uint16_t *mins, int bits, int group_size,
                           int k, long n0, long n1, uint16_t *panels) {
     long groups_per_row = k / group_size, rows = n1 - n0, group_bytes = (long)group_size * bits / 8;
-    int blocks = k / 32, blocks_per_group = group_size / 32;
+    // A block is 32 k values: part of a group, one group, or two groups of 16.
+    int blocks = k / 32, blocks_per_group = group_size >= 32 ? group_size / 32 : 1, pairs = group_size == 16;
     long panel_words = (long)blocks * 16 * 64;  // u32 words (k pairs) per 64-row panel
     uint32_t *out = (uint32_t *)panels;
     long padded = (rows + 63) / 64 * 64;  // rows past n1 in the last panel are zeros
@@ -114,8 +116,8 @@ static inline void decode_panels(const uint8_t *codes, const uint16_t *steps, co
         float step_tile[16][64], min_tile[16][64];
         long tile_first = -64;
         for (int block = 0; block < blocks; block++) {
-            int g = block / blocks_per_group, s = block % blocks_per_group;
-            if (g >= tile_first + 64) {
+            int g = pairs ? 2 * block : block / blocks_per_group, s = pairs ? 0 : block % blocks_per_group, high = g + pairs;
+            if (high >= tile_first + 64) {
                 tile_first = g;
                 long count = groups_per_row - g < 64 ? groups_per_row - g : 64;
                 for (int i = 0; i < 16; i++) {
@@ -130,10 +132,12 @@ static inline void decode_panels(const uint8_t *codes, const uint16_t *steps, co
                     }
                 }
             }
-            long t = g - tile_first;
+            long t = g - tile_first, u = t + pairs;
             __m512i r[16];
 #pragma clang loop unroll(full)
-            for (int i = 0; i < 16; i++) r[i] = decode_block(row_codes[i] + g * group_bytes, step_tile[i][t], min_tile[i][t], bits, group_size, s);
+            for (int i = 0; i < 16; i++)
+                r[i] = decode_block(row_codes[i] + g * group_bytes, step_tile[i][t], min_tile[i][t], step_tile[i][u], min_tile[i][u], bits,
+                                    group_size, s);
             for (long i = live; i < 16; i++) r[i] = _mm512_setzero_si512();
             transpose16(r);
             uint32_t *destination = panel + (long)block * 16 * 64;
@@ -195,13 +199,20 @@ static inline void group_products(const uint16_t *a, const int rows, int k, cons
 
 STRATA_AVX512BF16 __attribute__((always_inline))
 static inline void dot_rows(const uint16_t *a, const int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
-                            const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out, long ldc) {
+                            const uint16_t *mins, int zero, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                            long ldc) {
     long groups = k / group_size, group_bytes = (long)group_size * bits / 8;
     const float offset = bits == 8 ? 0.0f : 128.0f;
     // Each group's step is applied with a multiply-add into a running sum; with few rows those
     // sums are too few to hide the multiply-add's latency (4 cycles, more than a Q4_0 block's
     // work), so groups rotate over `lanes` sums per row.
     const int lanes = rows <= 2 ? 4 : rows <= 4 ? 2 : 1;
+    // 8-bit groups of 16 (a GGUF Q6_K head) go two to a 32-value dot product: its lanes 0-7
+    // sum the first group's pairs and 8-15 the second's, so the step vector holds both steps.
+    const int per = group_size == 16 ? 2 : 1, unit = group_size * per;
+    const __m512i pair_lanes = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);
+    // Symmetric groups (min = -zero * step: Q4_0, Q8_0, Q6_K) need no minimums from memory.
+    const float constant_factor = -(float)zero - offset;
     const long prefetch_bytes = 4096;
     for (long n = n0; n < n1; n++) {
         const uint8_t *row_codes = codes + n * groups * group_bytes;
@@ -219,8 +230,13 @@ static inline void dot_rows(const uint16_t *a, const int rows, int k, const floa
             long count = groups - g0 < 16 ? groups - g0 : 16;
             __mmask16 live = count == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
             __m512 step16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, row_steps + g0));
-            __m512 min16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, row_mins + g0));
-            __m512 constant = _mm512_fnmadd_ps(step16, _mm512_set1_ps(offset), min16);
+            __m512 constant;
+            if (zero >= 0) {
+                constant = _mm512_mul_ps(step16, _mm512_set1_ps(constant_factor));
+            } else {
+                __m512 min16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, row_mins + g0));
+                constant = _mm512_fnmadd_ps(step16, _mm512_set1_ps(offset), min16);
+            }
 #pragma clang loop unroll(full)
             for (int i = 0; i < rows; i++)
                 minimums[i] = _mm512_fmadd_ps(constant, _mm512_maskz_loadu_ps(live, sums + (long)i * groups + g0), minimums[i]);
@@ -232,20 +248,24 @@ static inline void dot_rows(const uint16_t *a, const int rows, int k, const floa
             const char *ahead = (const char *)(row_codes + g0 * group_bytes) + prefetch_bytes;
             for (long line = 0; line < count * group_bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
             long t = 0;
-            for (; t + lanes <= count; t += lanes) {
+            for (; t + lanes * per <= count; t += lanes * per) {
 #pragma clang loop unroll(full)
                 for (int u = 0; u < lanes; u++) {
+                    long g = g0 + t + u * per;
                     __m512 d[8];
-                    group_products(a, rows, k, row_codes + (g0 + t + u) * group_bytes, bits, group_size, g0 + t + u, d);
-                    __m512 step = _mm512_set1_ps(step_tile[t + u]);
+                    group_products(a, rows, k, row_codes + g * group_bytes, bits, unit, g / per, d);
+                    __m512 step = per == 2 ? _mm512_permutexvar_ps(_mm512_add_epi32(pair_lanes, _mm512_set1_epi32((int)(t + u * per))), step16)
+                                           : _mm512_set1_ps(step_tile[t + u]);
 #pragma clang loop unroll(full)
                     for (int i = 0; i < rows; i++) total[i][u] = _mm512_fmadd_ps(d[i], step, total[i][u]);
                 }
             }
-            for (; t < count; t++) {
+            for (; t < count; t += per) {
+                long g = g0 + t;
                 __m512 d[8];
-                group_products(a, rows, k, row_codes + (g0 + t) * group_bytes, bits, group_size, g0 + t, d);
-                __m512 step = _mm512_set1_ps(step_tile[t]);
+                group_products(a, rows, k, row_codes + g * group_bytes, bits, unit, g / per, d);
+                __m512 step = per == 2 ? _mm512_permutexvar_ps(_mm512_add_epi32(pair_lanes, _mm512_set1_epi32((int)t)), step16)
+                                       : _mm512_set1_ps(step_tile[t]);
 #pragma clang loop unroll(full)
                 for (int i = 0; i < rows; i++) total[i][0] = _mm512_fmadd_ps(d[i], step, total[i][0]);
             }
@@ -264,7 +284,7 @@ static inline void dot_rows(const uint16_t *a, const int rows, int k, const floa
 // A fixed row count per copy keeps the accumulators in registers; any count is a sum of them.
 STRATA_AVX512BF16 __attribute__((always_inline))
 static inline void dot_layout(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
-                              const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                              const uint16_t *mins, int zero, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                               long ldc) {
     int first = 0;
     long groups = k / group_size;
@@ -273,10 +293,10 @@ static inline void dot_layout(const uint16_t *a, int rows, int k, const float *s
             const uint16_t *x = a + (long)first * k;
             const float *sx = sums + (long)first * groups;
             float *o = out + (long)first * ldc;
-            if (chunk == 8) dot_rows(x, 8, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-            else if (chunk == 4) dot_rows(x, 4, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-            else if (chunk == 2) dot_rows(x, 2, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
-            else dot_rows(x, 1, k, sx, codes, steps, mins, bits, group_size, n0, n1, bias, o, ldc);
+            if (chunk == 8) dot_rows(x, 8, k, sx, codes, steps, mins, zero, bits, group_size, n0, n1, bias, o, ldc);
+            else if (chunk == 4) dot_rows(x, 4, k, sx, codes, steps, mins, zero, bits, group_size, n0, n1, bias, o, ldc);
+            else if (chunk == 2) dot_rows(x, 2, k, sx, codes, steps, mins, zero, bits, group_size, n0, n1, bias, o, ldc);
+            else dot_rows(x, 1, k, sx, codes, steps, mins, zero, bits, group_size, n0, n1, bias, o, ldc);
             first += chunk;
         }
     }
@@ -284,12 +304,13 @@ static inline void dot_layout(const uint16_t *a, int rows, int k, const float *s
 
 STRATA_AVX512BF16
 static void dot_dispatch(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
-                         const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                         const uint16_t *mins, int zero, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                          long ldc) {
-    if (bits == 4 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 4, 32, n0, n1, bias, out, ldc);
-    else if (bits == 8 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, 8, 32, n0, n1, bias, out, ldc);
-    else if (bits == 8) dot_layout(a, rows, k, sums, codes, steps, mins, 8, group_size, n0, n1, bias, out, ldc);
-    else dot_layout(a, rows, k, sums, codes, steps, mins, 4, group_size, n0, n1, bias, out, ldc);
+    if (bits == 4 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, zero, 4, 32, n0, n1, bias, out, ldc);
+    else if (bits == 8 && group_size == 32) dot_layout(a, rows, k, sums, codes, steps, mins, zero, 8, 32, n0, n1, bias, out, ldc);
+    else if (bits == 8 && group_size == 16) dot_layout(a, rows, k, sums, codes, steps, mins, zero, 8, 16, n0, n1, bias, out, ldc);
+    else if (bits == 8) dot_layout(a, rows, k, sums, codes, steps, mins, zero, 8, group_size, n0, n1, bias, out, ldc);
+    else dot_layout(a, rows, k, sums, codes, steps, mins, zero, 4, group_size, n0, n1, bias, out, ldc);
 }
 
 STRATA_AVX512BF16
@@ -313,6 +334,7 @@ static void decode_dispatch(const uint8_t *codes, const uint16_t *steps, const u
                             int k, long n0, long n1, uint16_t *panels) {
     if (bits == 4 && group_size == 32) decode_panels(codes, steps, mins, 4, 32, k, n0, n1, panels);
     else if (bits == 8 && group_size == 32) decode_panels(codes, steps, mins, 8, 32, k, n0, n1, panels);
+    else if (bits == 8 && group_size == 16) decode_panels(codes, steps, mins, 8, 16, k, n0, n1, panels);
     else if (bits == 8) decode_panels(codes, steps, mins, 8, group_size, k, n0, n1, panels);
     else decode_panels(codes, steps, mins, 4, group_size, k, n0, n1, panels);
 }
@@ -336,12 +358,12 @@ void strata_bf16_group_sums(const uint16_t *a, int rows, int k, int group_size, 
 }
 
 void strata_quantized_dot_bf16(const uint16_t *a, int rows, int k, const float *sums, const uint8_t *codes, const uint16_t *steps,
-                               const uint16_t *mins, int bits, int group_size, long n0, long n1, const float *bias, float *out,
+                               const uint16_t *mins, int zero, int bits, int group_size, long n0, long n1, const float *bias, float *out,
                                long ldc) {
 #if defined(__x86_64__)
-    dot_dispatch(a, rows, k, sums, codes, steps, mins, bits, group_size, n0, n1, bias, out, ldc);
+    dot_dispatch(a, rows, k, sums, codes, steps, mins, zero, bits, group_size, n0, n1, bias, out, ldc);
 #else
-    (void)a; (void)rows; (void)k; (void)sums; (void)codes; (void)steps; (void)mins; (void)bits; (void)group_size; (void)n0;
+    (void)a; (void)rows; (void)k; (void)sums; (void)codes; (void)steps; (void)mins; (void)zero; (void)bits; (void)group_size; (void)n0;
     (void)n1; (void)bias; (void)out; (void)ldc;
 #endif
 }

@@ -49,6 +49,9 @@ public struct QuantizedLayout: Sendable {
     public let stepsOffset: Int
     public let minsOffset: Int
     public let byteCount: Int
+    /// Every group's minimum is -zero * step (`QuantizedTensor.zeroCode`), when known: kernels
+    /// may then skip the minimums. Nil reads them.
+    public var zero: Int? = nil
 
     public init(scheme: QuantizationScheme, shape: [Int]) {
         self.scheme = scheme

@@ -1,13 +1,15 @@
 @testable import StrataBackend
 import StrataCore
+import StrataRuntime
 import Testing
 
 /// Group-quantized weights under `--weight-format bf16` on the matrix units: the codes decoded
 /// to bf16 straight into oneDNN's panel layout (`QuantizedPanels`, AVX-512), at every row count.
 @Suite struct QuantizedPanelTests {
-    /// Schemes the decoder serves: GGUF's Q4_0 / Q8_0 groups of 32, and Strata's own groups of
-    /// 64 and 128 (4-bit groups wider than 32 split their low and high nibbles into blocks).
-    static let schemes = [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64)]
+    /// Schemes the decoder serves: GGUF's Q4_0 / Q8_0 groups of 32, Strata's own groups of 64
+    /// and 128 (4-bit groups wider than 32 split their low and high nibbles into blocks), and
+    /// 8-bit groups of 16 (a GGUF Q6_K head), two to a block.
+    static let schemes = [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64), (8, 16)]
 
     static func quantized(_ backend: CPUBackend, n: Int, k: Int, bits: Int, groupSize: Int, seed: UInt64) throws -> Tensor {
         let w = BackendOpTests.randoms(n * k, seed: seed)
@@ -75,6 +77,44 @@ import Testing
                     }
                 }
             }
+        }
+    }
+
+    /// Symmetric groups (every minimum -z * step: GGUF Q4_0, Q8_0 and the Q6_K head's 8-bit
+    /// groups of 16) are found at upload, and the dot-product kernel then never reads the
+    /// minimums: its results are bit for bit those of the same weight with them read, and match
+    /// the exact reference. A single group off the pattern turns the shortcut off.
+    @Test(arguments: [(4, 32, 8), (8, 32, 128), (8, 16, 32)])
+    func symmetricGroupsSkipTheMinimums(scheme: (Int, Int, Int)) throws {
+        let (bits, groupSize, zero) = scheme
+        let (n, k) = (70, 1024)
+        let s = try QuantizationScheme(bits: bits, groupSize: groupSize)
+        let groups = n * k / groupSize
+        var rng = SeededGenerator(seed: 40)
+        let data = (0..<(groups * s.bytesPerGroup)).map { _ in UInt8(truncatingIfNeeded: rng.next()) & (bits == 8 && zero == 32 ? 63 : 255) }
+        let steps = (0..<groups).map { _ in Float16(Float(rng.next() % 1000 + 1) * 1e-5 * (rng.next() % 2 == 0 ? 1 : -1)) }
+        let symmetric = QuantizedTensor(shape: [n, k], scheme: s, data: data, steps: steps, mins: steps.map { -Float16(Float(zero)) * $0 })
+        #expect(symmetric.zeroCode == zero)
+        var skewed = symmetric
+        skewed.mins[groups / 2] = skewed.mins[groups / 2].nextUp
+        #expect(skewed.zeroCode == nil)
+        try #require(CPUBackend.decodesQuantizedOnMatrixUnits, "no matrix units with AVX512-BF16 here: the dot-product kernel does not run")
+        let backend = CPUBackend(threads: 2, weightFormat: .bf16)
+        let weight = backend.upload(quantized: symmetric)
+        #expect(weight.quantization?.zero == zero)
+        var layout = try #require(weight.quantization)
+        layout.zero = nil
+        let readingMinimums = Tensor(shape: weight.shape, dtype: weight.dtype, buffer: weight.buffer, quantization: layout)
+        let decoded = GroupQuantizer.dequantize(symmetric)
+        for m in [1, 3, 8] {
+            let x = BackendOpTests.randoms(m * k, seed: 41)
+            let input = backend.upload(floats: x, shape: [m, k])
+            let fast = backend.download(backend.linear(input, weight: weight, bias: nil))
+            let full = backend.download(backend.linear(input, weight: readingMinimums, bias: nil))
+            #expect(zip(fast, full).filter { $0 != $1 }.isEmpty && fast.count == full.count, "\(scheme), \(m) rows")
+            let product = MatrixUnitTests.reference(x.map(MatrixUnitTests.bf16), decoded, nil, m: m, n: n, k: k)
+            let scale = max(1, product.map(abs).max() ?? 1)
+            #expect(MatrixUnitTests.maxError(fast, product) / scale < 2e-4, "\(scheme), \(m) rows")
         }
     }
 

@@ -42,7 +42,8 @@ extension CPUBackend {
     }
 
     public func upload(quantized q: QuantizedTensor) -> Tensor {
-        let layout = QuantizedLayout(of: q)
+        var layout = QuantizedLayout(of: q)
+        layout.zero = q.zeroCode
         let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
         q.data.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         q.steps.withUnsafeBytes { (buffer.pointer + layout.stepsOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }

@@ -18,11 +18,14 @@ enum QuantizedPanels {
     static let available = strata_panels_supported() != 0
 
     /// Whether this weight's layout decodes to panels: groups along rows, 4 or 8 bits, groups
-    /// made of whole 32-value blocks (a panel block is 32 k values deep).
+    /// made of whole 32-value blocks (a panel block is 32 k values deep), or 8-bit groups of 16
+    /// two to a block (a GGUF Q6_K head).
     static func supports(_ layout: QuantizedLayout, k: Int) -> Bool {
         let s = layout.scheme
-        return available && layout.geometry.inner == 1 && (s.bits == 4 || s.bits == 8) && s.groupSize % 32 == 0
-            && k % s.groupSize == 0 && (s.bits == 8 || s.groupSize == 32 || s.groupSize % 64 == 0)
+        guard available, layout.geometry.inner == 1, k % 32 == 0 else { return false }
+        if s.bits == 8 && s.groupSize == 16 { return true }
+        return (s.bits == 4 || s.bits == 8) && s.groupSize % 32 == 0 && k % s.groupSize == 0
+            && (s.bits == 8 || s.groupSize == 32 || s.groupSize % 64 == 0)
     }
 
     /// Decoded bf16 bytes per oneDNN call on a decode step: a run of panels that stays in L2
@@ -93,7 +96,7 @@ enum QuantizedPanels {
             parallelFor(n, threads: threads, minimumPerThread: 16) { columns in
                 strata_quantized_dot_bf16(a, Int32(m), Int32(k), sums, base.assumingMemoryBound(to: UInt8.self),
                                           (base + q.stepsOffset).assumingMemoryBound(to: UInt16.self),
-                                          (base + q.minsOffset).assumingMemoryBound(to: UInt16.self),
+                                          (base + q.minsOffset).assumingMemoryBound(to: UInt16.self), Int32(q.zero ?? -1),
                                           Int32(q.scheme.bits), Int32(q.scheme.groupSize), columns.lowerBound, columns.upperBound,
                                           bias, out, n)
             }
