@@ -38,6 +38,10 @@ public struct AttentionLayout: Sendable {
 /// Activations are 2-D: [rows, features], row r = b * length + t.
 public protocol Backend: AnyObject, Sendable {
     var name: String { get }
+    /// Whether 16- and 32-bit weight matrices are held rounded to bf16 (`--weight-format bf16`):
+    /// a checkpoint's quantized copy of a matrix that is finer than that rounding (a GGUF file's
+    /// Q6_K or Q8_0 head) then loses nothing more and is taken as it is, at fewer bytes.
+    var holdsWeightsInBF16: Bool { get }
 
     // Memory
     /// Moves a checkpoint tensor onto the backend in the backend's weight format.
@@ -97,6 +101,8 @@ public protocol Backend: AnyObject, Sendable {
 }
 
 extension Backend {
+    public var holdsWeightsInBF16: Bool { false }
+
     public func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor] {
         precondition(weights.count == biases.count, "one bias (or nil) per weight")
         return zip(weights, biases).map { linear(x, weight: $0, bias: $1) }

@@ -8,6 +8,7 @@ open class DelegatingBackend: Backend, @unchecked Sendable {
     public init(inner: any Backend) { self.inner = inner }
 
     open var name: String { inner.name }
+    open var holdsWeightsInBF16: Bool { inner.holdsWeightsInBF16 }
     open func upload(weight view: UnsafeRawBufferPointer, dtype: DType, shape: [Int], owner: AnyObject?) -> Tensor {
         inner.upload(weight: view, dtype: dtype, shape: shape, owner: owner)
     }

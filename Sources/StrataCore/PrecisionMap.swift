@@ -9,15 +9,20 @@ import Foundation
 ///
 ///     {"format": "strata-precision-map", "group_size": 64, "bits": {"0": 16, "1": 4, "2": 8}}
 ///
-/// `bits` may also be an array indexed by layer. Layers not named stay at 16 bits. Embeddings
-/// and the LM head are never quantized (their rows are gathered, not multiplied, or they are
-/// the one matrix whose error reaches every logit).
+/// `bits` may also be an array indexed by layer. Layers not named stay at 16 bits. Strata never
+/// quantizes embeddings or the LM head itself (their rows are gathered, not multiplied, or they
+/// are the one matrix whose error reaches every logit). A checkpoint that arrives with its head
+/// quantized (a GGUF file's Q6_K or Q8_0 `output.weight`) says so in the stored map's
+/// `"head": {"bits": 8, "group_size": 16}`; it is then stored both ways, and a backend that holds
+/// weights in bf16 anyway takes the quantized copy.
 public struct PrecisionMap: Sendable, Equatable {
     public static let formatName = "strata-precision-map"
     public static let allowedBits = [2, 3, 4, 8, 16]
 
     public var bits: [Int: Int]
     public var groupSize: Int
+    /// The stored quantized copy of the LM head, when there is one.
+    public var head: QuantizationScheme? = nil
 
     public init(bits: [Int: Int], groupSize: Int = 64) {
         self.bits = bits
@@ -75,6 +80,13 @@ public struct PrecisionMap: Sendable, Equatable {
         default:
             throw fields.wrong("bits", "an object of layer index to bits, or an array")
         }
+        if let head = fields.object["head"], !head.isNull {
+            let h = try JSONFields(head, path: path + " (head)")
+            let bits = try h.int("bits"), size = try h.int("group_size")
+            guard bits == 4 || bits == 8 else { throw h.wrong("bits", "4 or 8") }
+            guard size >= 8, size % 8 == 0 else { throw h.wrong("group_size", "a positive multiple of 8") }
+            self.head = try QuantizationScheme(bits: bits, groupSize: size)
+        }
         for (layer, b) in map where !Self.allowedBits.contains(b) {
             throw StrataError.invalidFile(
                 path: path, detail: "field 'bits' gives layer \(layer) \(b) bits; allowed: \(Self.allowedBits.map(String.init).joined(separator: ", "))")
@@ -90,10 +102,12 @@ public struct PrecisionMap: Sendable, Equatable {
     }
 
     public var json: JSONValue {
-        .object([
+        var fields: [String: JSONValue] = [
             "format": .string(Self.formatName),
             "group_size": .number(Double(groupSize)),
             "bits": .object(Dictionary(uniqueKeysWithValues: bits.map { (String($0.key), .number(Double($0.value))) })),
-        ])
+        ]
+        if let head { fields["head"] = .object(["bits": .number(Double(head.bits)), "group_size": .number(Double(head.groupSize))]) }
+        return .object(fields)
     }
 }

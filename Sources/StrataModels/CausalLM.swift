@@ -119,6 +119,17 @@ struct WeightLoader {
         return backend.quantize(tensor, scheme: scheme)
     }
 
+    /// The untied LM head (`lm_head.weight`, outside any prefix): the checkpoint's quantized
+    /// copy (`PrecisionMap.head`) where the backend rounds weights to bf16 anyway, else the
+    /// plain one.
+    func head(_ shape: [Int]) throws -> Tensor {
+        let name = "lm_head.weight"
+        if let scheme = stored?.head, backend.holdsWeightsInBF16, checkpoint.contains(QuantizedCheckpoint.names(name).data) {
+            return backend.upload(quantized: try QuantizedCheckpoint.read(checkpoint, name: name, shape: shape, scheme: scheme))
+        }
+        return try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load(name, shape)
+    }
+
     func loadIf(_ present: Bool, _ name: String, _ shape: [Int]) throws -> Tensor? {
         present ? try load(name, shape) : nil
     }

@@ -39,7 +39,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         } else if tied {
             lmHead = tokenEmbedding
         } else {
-            lmHead = try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load("lm_head.weight", [c.vocabSize, h])
+            lmHead = try w.head([c.vocabSize, h])
         }
         // A pipeline stage loads only its own layers; the others stay empty placeholders.
         residentLayers = loadLayers ? try (0..<c.numLayers).map { j in

@@ -46,7 +46,7 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
         } else if tied {
             lmHead = tokenEmbedding
         } else {
-            lmHead = try WeightLoader(checkpoint: checkpoint, backend: backend, prefix: "").load("lm_head.weight", [c.vocabSize, p])
+            lmHead = try w.head([c.vocabSize, p])
         }
         // A pipeline stage loads only its own layers; the others stay empty placeholders.
         residentLayers = loadLayers ? try (0..<c.numLayers).map { j in

@@ -30,6 +30,9 @@ public enum ModelConverter {
         var config = try model.companion("config.json")
         for name in source.tensorNames {
             let view = try source.require(name)
+            // The head's quantized copy is an alternative to its plain one, which a decoded
+            // checkpoint keeps.
+            if dequantize, name.hasPrefix("lm_head.weight.") { continue }
             if dequantize, name.hasSuffix(".qdata") {
                 let base = String(name.dropLast(".qdata".count))
                 guard let layer = GGUFModel.layerIndex(base), let shape = model.shape(of: base) else {

@@ -3,6 +3,7 @@ import StrataCore
 @testable import StrataFormats
 import StrataModels
 import StrataRuntime
+import Synchronization
 import Testing
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -151,6 +152,67 @@ struct GGUFBytes {
             let q = GroupQuantizer.dequantize(GGUFExact.quantized(file.bytes(of: t), type: t.type, shape: t.shape))
             #expect(q == decoded)
         }
+    }
+
+    /// Q6_K blocks as 8-bit groups of 16 (the form a Q4_0 file's head is kept in): the codes are
+    /// the file's, minimums -32 steps (so the dot kernel skips them), and each value is the
+    /// file's within the rounding of its step to f16: 2^-11 relative, plus 2^-20 absolute for
+    /// steps f16 holds as subnormals. gguf-py's random blocks include negative scales.
+    @Test func q6KBlocksBecomeGroupsOfSixteen() throws {
+        let file = try GGUFFile(path: Fixtures.root + "/gguf/blocks.gguf")
+        let t = try #require(file.tensorsByName["Q6_K"])
+        let bytes = file.bytes(of: t)
+        #expect(GGUFHead.isRepresentable(bytes, type: .q6_K))
+        let q = GGUFHead.quantized(bytes, type: .q6_K, shape: [t.elementCount / 256, 256])
+        #expect(q.scheme == (try QuantizationScheme(bits: 8, groupSize: 16)))
+        #expect(q.zeroCode == 32)
+        #expect(q.data.allSatisfy { $0 < 64 })
+        var ggml = [Float](repeating: .nan, count: t.elementCount)
+        GGMLDequantize.toFloat(bytes.baseAddress!, type: .q6_K, count: t.elementCount, into: &ggml)
+        let strata = GroupQuantizer.dequantize(q)
+        let worst = zip(strata, ggml).map { abs($0 - $1) - abs($1) * 0x1p-11 }.max() ?? .infinity
+        #expect(worst <= 0x1p-20, "largest excess over 2^-11 relative: \(worst)")
+        #expect(zip(strata, ggml).contains { $0 != $1 }, "steps are rounded, so some values differ")
+        // A scale whose minimum f16 cannot hold: the head is then decoded like any tensor.
+        var huge = Array(UnsafeRawBufferPointer(rebasing: bytes[0..<GGMLType.q6_K.blockBytes]))
+        huge.withUnsafeMutableBytes { $0.storeBytes(of: Float16(60000).bitPattern, toByteOffset: 208, as: UInt16.self) }
+        #expect(huge.withUnsafeBytes { !GGUFHead.isRepresentable($0, type: .q6_K) })
+    }
+
+    /// gguf-tiny's Q6_K head is offered both ways; a backend holding weights in bf16 loads the
+    /// quantized copy (its values the plain copy's within f16 step rounding), one computing in
+    /// f32 the plain one; the stored map's `head` survives JSON and a bad one is refused by name.
+    @Test func quantizedHeadIsTakenOnlyWhereWeightsAreRounded() throws {
+        let config = try ModelConfig(directory: Self.tiny)
+        let scheme = try #require(config.storedPrecision?.head)
+        #expect(scheme == (try QuantizationScheme(bits: 8, groupSize: 16)))
+        let source = try TensorSources.open(directory: Self.tiny)
+        let shape = [config.vocabSize, config.hiddenSize]
+        let plain = try #require(source.tensor("lm_head.weight")?.floats())
+        let q = try QuantizedCheckpoint.read(source, name: "lm_head.weight", shape: shape, scheme: scheme)
+        let values = GroupQuantizer.dequantize(q)
+        #expect(zip(values, plain).allSatisfy { abs($0 - $1) <= abs($1) * 0x1p-11 + 0x1p-20 })
+
+        final class Recorder: DelegatingBackend, @unchecked Sendable {
+            let quantizedShapes = Mutex<[[Int]]>([])
+            override func upload(quantized: QuantizedTensor) -> Tensor {
+                quantizedShapes.withLock { $0.append(quantized.shape) }
+                return super.upload(quantized: quantized)
+            }
+        }
+        for format in [CPUBackend.WeightFormat.bf16, .asStored, .f32] {
+            let recorder = Recorder(inner: CPUBackend(threads: 1, weightFormat: format))
+            _ = try ModelLoader.load(directory: Self.tiny, backend: recorder)
+            let heads = recorder.quantizedShapes.withLock { $0.filter { $0 == shape } }
+            #expect(heads.count == (format == .bf16 ? 1 : 0), "\(format)")
+        }
+
+        let map = try #require(config.storedPrecision)
+        #expect(try PrecisionMap(json: map.json, path: "m.json") == map)
+        guard case .object(var fields) = map.json else { Issue.record("map JSON is not an object"); return }
+        fields["head"] = .object(["bits": .number(6), "group_size": .number(16)])
+        #expect(throws: StrataError.self) { _ = try PrecisionMap(json: .object(fields), path: "m.json") }
+        do { _ = try PrecisionMap(json: .object(fields), path: "m.json") } catch { #expect("\(error)".contains("bits") && "\(error)".contains("head")) }
     }
 
     /// Llama 3.1/3.2-shaped rope_freqs (computed by llama.cpp's formula in Python) give back the

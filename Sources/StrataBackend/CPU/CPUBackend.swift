@@ -36,6 +36,7 @@ public final class CPUBackend: Backend {
     }
 
     public let name = "cpu"
+    public var holdsWeightsInBF16: Bool { weightFormat == .bf16 }
     public let threads: Int
     public let cacheFormat: CacheFormat
     public let weightFormat: WeightFormat

@@ -3,7 +3,8 @@ import Synchronization
 
 /// A GGUF model's tensors under Hugging Face names, as `strata convert --precision` would
 /// have stored them: matrices of exactly-quantized layers as `<name>.qdata/.qsteps/.qmins`
-/// (with `strata_precision` in the derived config.json), everything else as F32/F16/BF16.
+/// (with `strata_precision` in the derived config.json), everything else as F32/F16/BF16; the
+/// LM head both ways when `GGUFModel.headScheme` has a group form for it.
 /// Tensors are decoded on first use and kept until `releaseMappings`; plain F32/F16/BF16
 /// tensors that need no reordering are views of the mapped file.
 public final class GGUFCheckpoint: TensorSource, @unchecked Sendable {
@@ -29,15 +30,22 @@ public final class GGUFCheckpoint: TensorSource, @unchecked Sendable {
         var entries: [String: Entry] = [:]
         for (hf, source) in model.names {
             let t = source.tensor
+            var scheme: QuantizationScheme? = nil
             if let layer = GGUFModel.layerIndex(hf), model.layerBits[layer] < 16, t.shape.count == 2, hf.hasSuffix("_proj.weight") {
-                let scheme = try! QuantizationScheme(bits: model.layerBits[layer], groupSize: 32)
+                scheme = try! QuantizationScheme(bits: model.layerBits[layer], groupSize: 32)
+            } else if hf == "lm_head.weight" {
+                scheme = model.headScheme
+            }
+            if let scheme {
                 let groups = scheme.geometry(t.shape).groupCount
                 let names = QuantizedCheckpoint.names(hf)
                 entries[names.data] = Entry(hfName: hf, tensor: t, heads: source.heads, form: .qdata, dtype: .u8,
                                             shape: [groups * scheme.bytesPerGroup])
                 entries[names.steps] = Entry(hfName: hf, tensor: t, heads: source.heads, form: .qsteps, dtype: .f16, shape: [groups])
                 entries[names.mins] = Entry(hfName: hf, tensor: t, heads: source.heads, form: .qmins, dtype: .f16, shape: [groups])
-            } else {
+            }
+            // The head's plain copy stays: a backend that computes in f32 keeps it exact.
+            if scheme == nil || hf == "lm_head.weight" {
                 let dtype: DType = switch t.type { case .f16: .f16; case .bf16: .bf16; default: .f32 }
                 entries[hf] = Entry(hfName: hf, tensor: t, heads: source.heads, form: .plain, dtype: dtype, shape: t.shape)
             }
@@ -93,7 +101,7 @@ public final class GGUFCheckpoint: TensorSource, @unchecked Sendable {
         case .qdata, .qsteps, .qmins:
             // Re-lay the blocks out as Strata groups (rows reordered for q/k), then hand out the
             // three parts; all three are kept, since a loader reads them together.
-            let q = GGUFExact.quantized(source, type: t.type, shape: t.shape)
+            let q = GGUFHead.quantized(source, type: t.type, shape: t.shape)
             // One part as its own mapping, rows in Hugging Face order.
             func part(_ bytes: UnsafeRawBufferPointer, name: String, dtype: DType) throws -> TensorView {
                 let rowBytes = bytes.count / rows

@@ -18,6 +18,9 @@ public final class GGUFModel: Sendable {
     public let companions: [String: JSONValue]
     /// Bits each decoder layer is stored at (16 = decoded to full precision).
     public let layerBits: [Int]
+    /// The group form `output.weight` is also offered in (`GGUFHead`), when the layers are kept
+    /// quantized too: nil for an f16 or K-quant model, which loads as a plain checkpoint.
+    public let headScheme: QuantizationScheme?
     /// Hugging Face tensor name -> (GGUF tensor, heads whose rotary halves are un-interleaved on load).
     let names: [String: (tensor: GGUFTensorInfo, heads: Int?)]
     public var path: String { file.path }
@@ -90,12 +93,19 @@ public final class GGUFModel: Sendable {
         }
         layerBits = bits
         self.names = names.mapValues { (tensor: $0.0, heads: $0.1) }
+        var head: QuantizationScheme? = nil
+        if bits.contains(where: { $0 < 16 }), let output = file.tensorsByName["output.weight"], output.shape.count == 2,
+           let scheme = GGUFHead.scheme(for: output.type), output.shape[1] % 32 == 0,
+           GGUFHead.isRepresentable(file.bytes(of: output), type: output.type) {
+            head = scheme
+        }
+        headScheme = head
         var configJSON = config
         if bits.contains(where: { $0 < 16 }) {
-            configJSON["strata_precision"] = .object([
-                "format": .string(PrecisionMap.formatName), "group_size": .number(32),
-                "bits": .array(bits.map { .number(Double($0)) }),
-            ])
+            var precision = PrecisionMap(bits: Dictionary(uniqueKeysWithValues: bits.enumerated().map { ($0.offset, $0.element) }),
+                                         groupSize: 32)
+            precision.head = head
+            configJSON["strata_precision"] = precision.json
         }
         configJSON["tie_word_embeddings"] = .bool(file.tensorsByName["output.weight"] == nil)
         var companions = try GGUFMetadata.tokenizerFiles(file, config: config)

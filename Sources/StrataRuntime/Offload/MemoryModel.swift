@@ -93,7 +93,10 @@ public struct MemoryModel: Sendable {
         func held(_ t: (shape: [Int], dtype: DType)) -> Int {
             t.shape.reduce(1, *) * weightFormat.heldType(stored: t.dtype, shape: t.shape).byteSize
         }
-        nonLayerBytes = tensors.filter { !layerNames.contains($0.key) }.reduce(0) { $0 + held($1.value) }
+        // A head stored both ways (a GGUF file's) is counted at its plain size, the most it holds.
+        let headCopy = QuantizedCheckpoint.names("lm_head.weight")
+        nonLayerBytes = tensors.filter { !layerNames.contains($0.key) && ![headCopy.data, headCopy.steps, headCopy.mins].contains($0.key) }
+            .reduce(0) { $0 + held($1.value) }
         func sum(_ names: [String]) -> Int { names.compactMap { tensors[$0] }.reduce(0) { $0 + held($1) } }
         let p = description.prefix
         firstStageBytes = sum([p + "embed_tokens.weight", p + "embed_positions.weight", p + "project_in.weight", p + "project_out.weight",
