@@ -2,6 +2,7 @@ import Foundation
 import StrataBackend
 import StrataCore
 import StrataRuntime
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -13,6 +14,20 @@ import Glibc
     static func randoms(_ count: Int, seed: UInt64) -> [Float] {
         var rng = SeededGenerator(seed: seed)
         return (0..<count).map { _ in Float.random(in: -1...1, using: &rng) }
+    }
+
+    /// `parallelChunks` hands out every index exactly once, in chunks of `grain` (the last one
+    /// short), whatever the thread count.
+    @Test(arguments: [(0, 16, 2), (1, 16, 2), (1000, 16, 2), (1000, 64, 3), (33, 1, 4), (64, 64, 2)])
+    func parallelChunksCoverEveryIndexOnce(case c: (Int, Int, Int)) {
+        let (count, grain, threads) = c
+        let seen = Mutex([Int](repeating: 0, count: count)), ranges = Mutex([Range<Int>]())
+        parallelChunks(count, threads: threads, grain: grain) { range in
+            ranges.withLock { $0.append(range) }
+            seen.withLock { for i in range { $0[i] += 1 } }
+        }
+        #expect(seen.withLock { $0.allSatisfy { $0 == 1 } })
+        #expect(ranges.withLock { $0.allSatisfy { $0.lowerBound % grain == 0 && ($0.count == grain || $0.upperBound == count) } })
     }
 
     /// (70, 9, 4100): x's rows split into L2-sized blocks in the AVX-512 kernel.

@@ -93,7 +93,9 @@ enum QuantizedPanels {
             let sums = scratch(max(1, sumCount))
             defer { release(sums, max(1, sumCount)) }
             strata_bf16_group_sums(a, Int32(m), Int32(k), Int32(q.scheme.groupSize), sums)
-            parallelFor(n, threads: threads, minimumPerThread: 16) { columns in
+            // Chunks of about an eighth of a worker's share, taken in turn (`parallelChunks`).
+            let grain = max(16, (n / (threads * 8) + 15) / 16 * 16)
+            parallelChunks(n, threads: threads, grain: grain) { columns in
                 strata_quantized_dot_bf16(a, Int32(m), Int32(k), sums, base.assumingMemoryBound(to: UInt8.self),
                                           (base + q.stepsOffset).assumingMemoryBound(to: UInt16.self),
                                           (base + q.minsOffset).assumingMemoryBound(to: UInt16.self), Int32(q.zero ?? -1),
