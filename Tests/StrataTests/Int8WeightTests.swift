@@ -115,16 +115,21 @@ import Testing
 
     /// A bf16 KV cache holds the keys and values rounded to bf16 and attends exactly as an f32
     /// cache holding those rounded values: decode steps (the bf16 kernels) and prefill blocks
-    /// (widened for sgemm), with left padding and grouped heads. Tolerance 1e-5.
-    @Test(arguments: [1, 9])
-    func bf16CacheAttendsLikeRoundedF32(length: Int) {
-        let (batch, heads, kvHeads, d, past) = (3, 4, 2, 64, 5)
+    /// (widened for sgemm), with left padding and grouped heads. Tolerance 1e-5. Head sizes 48,
+    /// 64 and 128 take the AVX-512 decode kernels where the CPU has them (one, two and three
+    /// column registers; past lengths with odd tails), 40 the 8-lane ones.
+    @Test(arguments: [(1, 64, 5), (9, 64, 5), (1, 48, 37), (1, 128, 38), (1, 40, 7)])
+    func bf16CacheAttendsLikeRoundedF32(shape: (length: Int, d: Int, past: Int)) {
+        let (batch, heads, kvHeads) = (3, 4, 2)
+        let (length, d, past) = shape
         let padding = [0, 2, 6], capacity = past + length
         let halves = CPUBackend(threads: 2, cacheFormat: .bf16), exact = CPUBackend(threads: 2)
         let layout = AttentionLayout(batch: batch, length: length, pastLength: past, padding: padding, heads: heads, kvHeads: kvHeads,
                                      headDim: d, scale: 0.125)
-        let shape = [batch, kvHeads, capacity, d]
-        let caches = [halves, exact].map { b in (b.cacheTensor(shape: shape, compression: nil), b.cacheTensor(shape: shape, compression: nil)) }
+        let cacheShape = [batch, kvHeads, capacity, d]
+        let caches = [halves, exact].map { b in
+            (b.cacheTensor(shape: cacheShape, compression: nil), b.cacheTensor(shape: cacheShape, compression: nil))
+        }
         #expect(caches[0].0.dtype == .bf16 && caches[1].0.dtype == .f32)
         // The past positions, then this step's, stored through each backend.
         let pastLayout = AttentionLayout(batch: batch, length: past, pastLength: 0, padding: padding, heads: heads, kvHeads: kvHeads,

@@ -128,7 +128,10 @@ extension CPUBackend {
         let compressed = keyCache.quantization != nil
         // A bf16 cache is read as it is by decode steps and widened for prefill blocks.
         let halves = keyCache.dtype == .bf16 && !compressed
-        parallelFor(B * H, threads: threads) { range in
+        let wide = CPUSetup.avx512Kernels && D % 16 == 0
+        // Chunks taken in turn (`parallelChunks`): a decode step's attention lasts about as long
+        // as GCD takes to wake the second worker.
+        parallelChunks(B * H, threads: threads, grain: max(1, B * H / (threads * 8))) { range in
             let scores = scratch(T * total)
             // A compressed cache is decoded per (row, head) into f32 just before use.
             let decoded = compressed || (halves && T > Self.directAttentionMaxQueries) ? scratch(2 * total * D) : nil
@@ -155,9 +158,15 @@ extension CPUBackend {
                             let visible = layout.pastLength + t + 1 - pad
                             let output = o + (b * T + t) * width + h * D
                             guard visible > 0 else { continue }
-                            strata_bf16_scores(qBase + t * width, keyHalves, Int32(visible), Int32(D), scale, scores)
-                            Softmax.normalize(scores, count: visible)
-                            strata_bf16_weighted_sum(scores, valueHalves, Int32(visible), Int32(D), output)
+                            if wide {
+                                strata_bf16_scores_avx512(qBase + t * width, keyHalves, Int32(visible), Int32(D), scale, scores)
+                                Softmax.normalize(scores, count: visible)
+                                strata_bf16_weighted_sum_avx512(scores, valueHalves, Int32(visible), Int32(D), output)
+                            } else {
+                                strata_bf16_scores(qBase + t * width, keyHalves, Int32(visible), Int32(D), scale, scores)
+                                Softmax.normalize(scores, count: visible)
+                                strata_bf16_weighted_sum(scores, valueHalves, Int32(visible), Int32(D), output)
+                            }
                         }
                         continue
                     }
