@@ -5,6 +5,8 @@
 // need no run-time check.
 #include "strata_int8.h"
 #include <math.h>
+// Scalar tails round each multiply and add as the vector lanes do (no fused multiply-adds).
+#pragma STDC FP_CONTRACT OFF
 #if defined(__x86_64__)
 #include <immintrin.h>
 // Each kernel's own target: the C target is built for baseline x86-64.

@@ -1,3 +1,4 @@
+import CStrataKernels
 import Foundation
 import StrataBackend
 import StrataCore
@@ -30,6 +31,33 @@ import Testing
     }
 
     /// oneDNN's int8 panels (BA16a64b4a): words of 4 consecutive k, blocks of 64 k.
+    /// The AVX-512 row kernels give the AVX2 ones' bits: codes and scales of rows of every
+    /// tail length, a zero row and a row with a NaN; rescaled sums with and without bias.
+    @Test func avx512RowKernelsMatchTheBaseline() throws {
+        try #require(strata_avx512_supported() != 0, "no AVX-512 here: only the AVX2 kernels run")
+        for count in [1, 15, 16, 17, 37, 1024, 2821] {
+            var rows = [BackendOpTests.randoms(count, seed: UInt64(count)).map { $0 * 3 }, [Float](repeating: 0, count: count)]
+            var poisoned = rows[0]
+            poisoned[count / 2] = .nan
+            rows.append(poisoned)
+            for x in rows {
+                var a = [Int8](repeating: 1, count: count), b = [Int8](repeating: 2, count: count)
+                let scaleA = strata_quantize_row_s8(x, Int32(count), &a), scaleB = strata_quantize_row_s8_avx512(x, Int32(count), &b)
+                #expect(a == b && (scaleA == scaleB || (scaleA.isNaN && scaleB.isNaN)), "\(count) values")
+            }
+            let sums = (0..<count).map { Int32($0 * 7919 % 20011) - 10000 }
+            let columns = BackendOpTests.randoms(count, seed: 5), bias = BackendOpTests.randoms(count, seed: 6)
+            for withBias in [false, true] {
+                var a = [Float](repeating: 0, count: count), b = [Float](repeating: 1, count: count)
+                bias.withUnsafeBufferPointer { bias in
+                    strata_rescale_s32(sums, Int32(count), 0.37, columns, withBias ? bias.baseAddress : nil, &a)
+                    strata_rescale_s32_avx512(sums, Int32(count), 0.37, columns, withBias ? bias.baseAddress : nil, &b)
+                }
+                #expect(a == b, "\(count) sums, bias \(withBias)")
+            }
+        }
+    }
+
     @Test func int8PanelLayoutIndex() {
         let layout = PanelLayout(n: 130, k: 67, element: .int8)
         #expect(layout.blockDepth == 64 && layout.panels == 3 && layout.blocks == 2 && layout.panelElements == 2 * 64 * 64)

@@ -37,6 +37,12 @@ float strata_quantize_row_s8(const float *x, int count, int8_t *codes);
 void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const float *column_scales, const float *bias,
                         float *out);
 
+/// The two above in AVX-512, bit for bit the same results: only where strata_avx512_supported()
+/// (strata_cpu.h) says so.
+float strata_quantize_row_s8_avx512(const float *x, int count, int8_t *codes);
+void strata_rescale_s32_avx512(const int32_t *sums, int count, float row_scale, const float *column_scales, const float *bias,
+                               float *out);
+
 /// scores[j] = scale * dot(query, keys[j]) for `visible` bf16 keys of `d` values each.
 void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, int d, float scale, float *scores);
 /// out[i] = sum_j weights[j] * values[j][i] over `visible` bf16 value rows of `d` values.

@@ -62,7 +62,7 @@ enum Int8Weights {
     /// Symmetric int8 codes of `count` values and their scale (`strata_quantize_row_s8`).
     @inline(__always)
     static func quantizeRow(_ x: UnsafePointer<Float>, count: Int, into codes: UnsafeMutablePointer<Int8>) -> Float {
-        strata_quantize_row_s8(x, Int32(count), codes)
+        CPUSetup.avx512Kernels ? strata_quantize_row_s8_avx512(x, Int32(count), codes) : strata_quantize_row_s8(x, Int32(count), codes)
     }
 
     /// Activations quantized for int8 weights: m rows of k codes and one scale per row, in one
@@ -142,7 +142,12 @@ enum Int8Weights {
     static func rescaleRow(_ sums: UnsafeRawPointer, integers: Bool, count: Int, rowScale: Float, columnScales: UnsafePointer<Float>,
                            bias: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>) {
         if integers {
-            strata_rescale_s32(sums.assumingMemoryBound(to: Int32.self), Int32(count), rowScale, columnScales, bias, out)
+            let s = sums.assumingMemoryBound(to: Int32.self)
+            if CPUSetup.avx512Kernels {
+                strata_rescale_s32_avx512(s, Int32(count), rowScale, columnScales, bias, out)
+            } else {
+                strata_rescale_s32(s, Int32(count), rowScale, columnScales, bias, out)
+            }
             return
         }
         let s = sums.assumingMemoryBound(to: Float.self)
