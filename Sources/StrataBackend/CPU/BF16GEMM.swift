@@ -166,7 +166,10 @@ extension PanelLayout {
     /// contiguous run of panels; row-major weights split the same way).
     static func forEachSlab(n: Int, threads: Int, _ body: (_ first: Int, _ width: Int) -> Void) {
         let blocks = (n + panelWidth - 1) / panelWidth
-        parallelFor(blocks, threads: threads) { range in
+        // About four slabs per worker, taken in turn (`parallelChunks`): GCD's late wake of the
+        // second worker then costs it slabs instead of costing the step its whole share.
+        let grain = max(1, (blocks + 4 * threads - 1) / (4 * threads))
+        parallelChunks(blocks, threads: threads, grain: grain) { range in
             let first = range.lowerBound * panelWidth
             body(first, min(n, range.upperBound * panelWidth) - first)
         }
