@@ -63,7 +63,7 @@ public struct QuantizedTensor: Sendable {
     public var byteCount: Int { data.count + 2 * steps.count + 2 * mins.count }
 
     /// The code z with minimum = -z * step in every group, when there is one: symmetric groups,
-    /// as GGUF's Q4_0 (z = 8), Q8_0 (128) and Q6_K (32, see `GGUFExact`) make them. A kernel that
+    /// as GGUF's Q4_0 (z = 8), Q8_0 (128) and Q6_K (32, see `GGUFHead`) make them. A kernel that
     /// knows z never reads the minimums (1/9 of a Q4_0 weight's bytes).
     public var zeroCode: Int? {
         guard let first = steps.firstIndex(where: { $0 != 0 && Float($0).isFinite }) else { return nil }
