@@ -3,6 +3,7 @@
 // value goes through the same operations in the same order, so both give the same bits. Chosen
 // at run time (strata_avx512_supported): they were 7.5% of a Llama-250M int8 run at batch 32.
 #include "strata_int8.h"
+#include "int8_row.h"
 #include <math.h>
 // Scalar tails round each multiply and add as the vector lanes do (no fused multiply-adds).
 #pragma STDC FP_CONTRACT OFF
@@ -23,14 +24,8 @@ static float quantize_row(const float *x, int count, int8_t *codes) {
     }
     largest = _mm512_reduce_max_ps(peak);
     unordered = nan != 0;
-    for (int j = i; j < count; j++) {
-        if (isnan(x[j])) unordered = 1;
-        largest = fmaxf(largest, fabsf(x[j]));
-    }
-    if (unordered || isinf(largest) || largest == 0) {
-        for (int j = 0; j < count; j++) codes[j] = 0;
-        return largest == 0 && !unordered ? 0.0f : NAN;
-    }
+    float settled;
+    if (strata_int8_row_settle(x, i, count, &largest, unordered, codes, &settled)) return settled;
     const float inverse = 127.0f / largest;
     const __m512 scale = _mm512_set1_ps(inverse);
     i = 0;

@@ -4,6 +4,7 @@
 // to scalar code; these are AVX2, the baseline the whole binary is built for (Haswell), so they
 // need no run-time check.
 #include "strata_int8.h"
+#include "int8_row.h"
 #include <math.h>
 // Scalar tails round each multiply and add as the vector lanes do (no fused multiply-adds).
 #pragma STDC FP_CONTRACT OFF
@@ -32,14 +33,8 @@ float strata_quantize_row_s8(const float *x, int count, int8_t *codes) {
     for (int l = 0; l < 8; l++) largest = fmaxf(largest, lanes[l]);
     unordered = _mm256_movemask_ps(nan) != 0;
 #endif
-    for (int j = i; j < count; j++) {
-        if (isnan(x[j])) unordered = 1;
-        largest = fmaxf(largest, fabsf(x[j]));
-    }
-    if (unordered || isinf(largest) || largest == 0) {
-        for (int j = 0; j < count; j++) codes[j] = 0;
-        return largest == 0 && !unordered ? 0.0f : NAN;
-    }
+    float settled;
+    if (strata_int8_row_settle(x, i, count, &largest, unordered, codes, &settled)) return settled;
     const float inverse = 127.0f / largest;
     i = 0;
 #if defined(__x86_64__)

@@ -299,7 +299,7 @@ public final class CPUBackend: Backend {
         let g = gate.floats, u = up.floats, dst = out.floats
         parallelFor(gate.elementCount, threads: threads, minimumPerThread: 32768) { range in
             var i = range.lowerBound
-            if activation == .silu, Softmax.avx512 {
+            if activation == .silu, CPUSetup.avx512Kernels {
                 strata_silu_mul(g + i, u + i, range.count, dst + i)
                 return
             }

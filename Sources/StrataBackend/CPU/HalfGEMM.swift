@@ -50,16 +50,13 @@ enum HalfGEMM {
     /// `strata bench-gemm`); above it the weight is reused enough for OpenBLAS to win.
     static let maxRows = 64
 
-    /// Whether `strata_half_gemm` (AVX-512, 4 x 4 tiles of 16 lanes) serves f16/bf16 weights
-    /// instead of the AVX2 tile below.
-    static var avx512: Bool { CPUSetup.avx512Kernels }
-
-    /// The kernel `run` uses on this machine, by name (for `strata bench-gemm`).
-    static var kernel: String { avx512 ? "avx512" : "avx2" }
+    /// The kernel `run` uses on this machine, by name (for `strata bench-gemm`): `strata_half_gemm`
+    /// (AVX-512, 4 x 4 tiles of 16 lanes) where `CPUSetup.avx512Kernels`, else the AVX2 tile below.
+    static var kernel: String { CPUSetup.avx512Kernels ? "avx512" : "avx2" }
 
     static func run<W: WeightElement>(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<W>, columns: Range<Int>,
                     out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
-        if avx512, W.self == Float16.self || W.self == BF16.self {
+        if CPUSetup.avx512Kernels, W.self == Float16.self || W.self == BF16.self {
             strata_half_gemm(Int32(m), Int32(k), x, UnsafeRawPointer(w).assumingMemoryBound(to: UInt16.self), W.self == BF16.self ? 1 : 0,
                              columns.lowerBound, columns.upperBound, out, ldc, beta == 0 ? 0 : 1)
             return

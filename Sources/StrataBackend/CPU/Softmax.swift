@@ -4,10 +4,6 @@ import CStrataKernels
 /// 8 lanes here: libm's scalar `expf` was ~2% of a bf16 benchmark's time by itself (one call per
 /// (query, key) pair at prefill).
 enum Softmax {
-    /// Whether the AVX-512 kernels of elementwise.c serve (softmax rows, SwiGLU's gate) instead
-    /// of the 8-lane loops here.
-    static var avx512: Bool { CPUSetup.avx512Kernels }
-
     /// e^x for each lane, Cephes' single-precision method: x = n ln2 + r with |r| <= ln2/2,
     /// e^r by a degree-6 polynomial, 2^n put into the exponent bits. Relative error ~2e-7
     /// (1-2 ulp) over the clamped range; lanes below -87.3 flush to 0 as softmax wants.
@@ -38,7 +34,7 @@ enum Softmax {
     @inline(__always)
     static func normalize(_ row: UnsafeMutablePointer<Float>, count: Int) {
         guard count > 0 else { return }
-        if avx512 {
+        if CPUSetup.avx512Kernels {
             strata_softmax_row(row, Int32(count))
             return
         }
