@@ -57,6 +57,9 @@ extension CPUBackend {
     /// The kernel that serves `--weight-format int8` weights.
     public var int8Kernel: String { Int8Weights.kernel }
 
+    /// oneDNN's kernel for an int8 product of `rows` rows on a slab of n columns.
+    public func int8Kernel(rows: Int, n: Int, k: Int) -> String { Int8Weights.kernel(rows: rows, n: n, k: k) }
+
     public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, path: GEMMPath) -> Tensor {
         let m = x.rows, k = x.columns, n = weight.shape[0]
         precondition(weight.columns == k, "linear: input has \(k) features, weight expects \(weight.columns)")

@@ -14,6 +14,13 @@ enum Int8Weights {
     /// The kernel that serves int8 weights, by name (`strata bench-gemm` reports it).
     static var kernel: String { MatrixUnits.oneDNN?.int8Kernel.map { "onednn " + $0 } ?? "int8-sgemm" }
 
+    /// oneDNN's kernel for a slab of n columns of `rows` rows, as `run` multiplies it (rows
+    /// padded to `OneDNN.int8MinRows`).
+    static func kernel(rows: Int, n: Int, k: Int) -> String {
+        guard let dnnl = MatrixUnits.oneDNN, dnnl.int8Kernel != nil else { return "int8-sgemm" }
+        return dnnl.kernel(m: max(rows, dnnl.int8MinRows), n: n, k: k, element: .int8)
+    }
+
     /// Quantizes a row-major weight [n, k] stored as `dtype` into `buffer` (`layout.byteCount`
     /// bytes), rows in parallel. Panel padding is zero, so it adds nothing to the sums.
     static func make(_ source: UnsafeRawPointer, dtype: DType, layout: Int8Layout, into buffer: UnsafeMutableRawPointer,
@@ -67,20 +74,25 @@ enum Int8Weights {
 
     /// Activations quantized for int8 weights: m rows of k codes and one scale per row, in one
     /// f32 scratch of `floats` values (the caller releases it).
+    /// The codes have `paddedRows` rows, those past m zero: oneDNN serves products of fewer
+    /// rows than `OneDNN.int8MinRows` on narrow slabs with its reference code (a 1 x 1024 x 128
+    /// product took 5 ms), so small batches are multiplied as that many rows.
     struct QuantizedRows {
-        let m: Int, k: Int
+        let m: Int, k: Int, paddedRows: Int
         let storage: UnsafeMutablePointer<Float>
-        static func floats(m: Int, k: Int) -> Int { (m * k + 3) / 4 + m }
-        var floats: Int { Self.floats(m: m, k: k) }
+        static func floats(m: Int, k: Int, paddedRows: Int) -> Int { (paddedRows * k + 3) / 4 + m }
+        var floats: Int { Self.floats(m: m, k: k, paddedRows: paddedRows) }
         var codes: UnsafeMutablePointer<Int8> { UnsafeMutableRawPointer(storage).assumingMemoryBound(to: Int8.self) }
-        var scales: UnsafeMutablePointer<Float> { storage + (m * k + 3) / 4 }
+        var scales: UnsafeMutablePointer<Float> { storage + (paddedRows * k + 3) / 4 }
     }
 
     /// Quantizes x [m, k] per row (rows in parallel); one set of codes serves every weight it
     /// meets (attention's q, k and v projections share one).
     static func quantize(_ x: UnsafePointer<Float>, m: Int, k: Int, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>) -> QuantizedRows {
-        let rows = QuantizedRows(m: m, k: k, storage: scratch(QuantizedRows.floats(m: m, k: k)))
+        let padded = max(m, MatrixUnits.oneDNN?.int8MinRows ?? m)
+        let rows = QuantizedRows(m: m, k: k, paddedRows: padded, storage: scratch(QuantizedRows.floats(m: m, k: k, paddedRows: padded)))
         let codes = rows.codes, scales = rows.scales
+        if padded > m { (codes + m * k).update(repeating: 0, count: (padded - m) * k) }
         parallelFor(m, threads: threads, minimumPerThread: max(1, 8192 / max(k, 1))) { range in
             for r in range { scales[r] = quantizeRow(x + r * k, count: k, into: codes + r * k) }
         }
@@ -118,22 +130,24 @@ enum Int8Weights {
         // calls whose s32 sums land in `out` and are rescaled in place while still in L2 (Llama-
         // 250M prefill, B=32, alternating runs: median 1175 vs 1094 tokens/s for one call on
         // oneDNN's team, then a rescaling pass). Decode-sized ones split by panels instead.
-        if m >= BF16GEMM.minTeamRows || threads == 1 {
-            let block = 128, blocks = (m + block - 1) / block
+        if m >= BF16GEMM.minTeamRows {
+            // The last block takes the remainder, so no block is narrower than 128 rows.
+            let block = 128, blocks = m / block
             parallelFor(blocks, threads: threads) { range in
                 for b in range {
-                    let first = b * block, rows = min(block, m - first)
+                    let first = b * block, rows = b == blocks - 1 ? m - first : block
                     dnnl.matmul(m: rows, n: n, k: k, a: codes + first * k, b: w, element: .int8, bias: nil, c: out + first * n, threads: 1)
                     rescale(out, integers: true, rows: first..<(first + rows), width: n, first: 0)
                 }
             }
             return
         }
+        let rows = x.paddedRows
         PanelLayout.forEachSlab(n: n, threads: threads) { first, width in
-            let sums = scratch(m * width)
-            defer { release(sums, m * width) }
+            let sums = scratch(rows * width)
+            defer { release(sums, rows * width) }
             let slab = w + (first / PanelLayout.panelWidth) * panels.panelElements
-            dnnl.matmul(m: m, n: width, k: k, a: codes, b: slab, element: .int8, bias: nil, c: sums, threads: 1)
+            dnnl.matmul(m: rows, n: width, k: k, a: codes, b: slab, element: .int8, bias: nil, c: sums, threads: 1)
             rescale(sums, integers: true, rows: 0..<m, width: width, first: first)
         }
     }

@@ -16,6 +16,9 @@ final class OneDNN: @unchecked Sendable {
     /// The AMX-INT8 kernel for int8 panels (BA16a64b4a), or nil: without AMX, oneDNN's int8
     /// kernels want weights with compensation terms and would fall back to its reference code.
     let int8Kernel: String?
+    /// The fewest rows for which oneDNN multiplies a 64-column int8 slab on AMX rather than
+    /// in its reference code (probed at load; 8 with Debian's 2.6.3).
+    let int8MinRows: Int
     private let fn: Functions
     private let primitives = Mutex<[Key: Primitive]>([:])
     private let streams = Mutex<[Stream]>([])
@@ -104,7 +107,7 @@ final class OneDNN: @unchecked Sendable {
             guard fn.engineCreate(&engine, dnnl_cpu, 0) == dnnl_success, let engine else {
                 throw LoadError(reason: "oneDNN could not create a CPU engine")
             }
-            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "", takesPanels: false, int8Kernel: nil)
+            let dnnl = OneDNN(engine: engine, fn: fn, kernel: "", takesPanels: false, int8Kernel: nil, int8MinRows: 1)
             let probe = try dnnl.primitive(Key(m: 32, n: 64, k: 64, bias: false, panels: false))
             guard probe.kernel.contains("amx") || probe.kernel.contains("bf16") else {
                 throw LoadError(reason: "oneDNN has no bf16 matrix kernel for this CPU (it offers \(probe.kernel))")
@@ -116,7 +119,11 @@ final class OneDNN: @unchecked Sendable {
             let int8 = try? dnnl.primitive(Key(m: 32, n: 192, k: 128, bias: false, panels: true, element: .int8))
             let int8Kernel = int8.flatMap { $0.kernel.contains("amx_int8") ? $0.kernel : nil }
             for p in [probe, packed, int8].compactMap({ $0 }) { _ = fn.primitiveDestroy(p.handle) }
-            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels, int8Kernel: int8Kernel))
+            let int8MinRows = int8Kernel == nil ? 1 : [1, 2, 4, 8, 16, 32].first {
+                dnnl.kernel(m: $0, n: PanelLayout.panelWidth, k: 256, element: .int8).contains("amx_int8")
+            } ?? 32
+            return .success(OneDNN(engine: engine, fn: fn, kernel: probe.kernel, takesPanels: takesPanels, int8Kernel: int8Kernel,
+                                   int8MinRows: int8MinRows))
         } catch {
             return .failure(error)
         }
@@ -124,12 +131,13 @@ final class OneDNN: @unchecked Sendable {
 
     struct LoadError: Error, Sendable { let reason: String }
 
-    private init(engine: dnnl_engine_t, fn: Functions, kernel: String, takesPanels: Bool, int8Kernel: String?) {
+    private init(engine: dnnl_engine_t, fn: Functions, kernel: String, takesPanels: Bool, int8Kernel: String?, int8MinRows: Int) {
         self.engine = engine
         self.fn = fn
         self.kernel = kernel
         self.takesPanels = takesPanels
         self.int8Kernel = int8Kernel
+        self.int8MinRows = int8MinRows
     }
 
     /// c[m, n] = a[m, k] (bf16) * b^T + bias, where b is a bf16 weight [n, k] stored row-major
@@ -179,8 +187,9 @@ final class OneDNN: @unchecked Sendable {
     }
 
     /// The kernel oneDNN picks for a shape (bench-gemm reports it).
-    func kernel(m: Int, n: Int, k: Int) -> String {
-        guard let p = try? primitive(Key(m: m, n: n, k: k, bias: false, panels: takesPanels)) else { return "none" }
+    func kernel(m: Int, n: Int, k: Int, element: PanelLayout.Element = .bf16) -> String {
+        let panels = element == .int8 || takesPanels
+        guard let p = try? primitive(Key(m: m, n: n, k: k, bias: false, panels: panels, element: element)) else { return "none" }
         _ = fn.primitiveDestroy(p.handle)
         return p.kernel
     }
