@@ -99,13 +99,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         backend.addInPlace(h, x)
 
         let n = backend.rmsNorm(h, weight: l["post_attention_layernorm.weight"], eps: eps)
-        let gateUp = backend.linear(n, weights: [l["mlp.gate_proj.weight"], l["mlp.up_proj.weight"]],
-                                    biases: [l.optional("mlp.gate_proj.bias"), l.optional("mlp.up_proj.bias")])
-        let (gate, up) = (gateUp[0], gateUp[1])
-        let m = backend.linear(backend.gatedActivate(gate: gate, up: up, activation), weight: l["mlp.down_proj.weight"],
-                               bias: l.optional("mlp.down_proj.bias"))
-        backend.addInPlace(m, h)
-        return m
+        return backend.gatedMLP(n, gate: l["mlp.gate_proj.weight"], up: l["mlp.up_proj.weight"], down: l["mlp.down_proj.weight"],
+                                biases: ["gate_proj", "up_proj", "down_proj"].map { l.optional("mlp.\($0).bias") },
+                                activation: activation, residual: h)
     }
 
     private func rotaryTensors(for positions: [Int]) -> (Tensor, Tensor) {

@@ -260,8 +260,13 @@ public final class CPUBackend: Backend {
         precondition(a.elementCount == b.elementCount, "add: shapes \(a.shape) and \(b.shape) differ")
         let pa = a.floats, pb = b.floats
         parallelFor(a.elementCount, threads: threads, minimumPerThread: 65536) { range in
-            for i in range { pa[i] += pb[i] }
+            Self.add(pb + range.lowerBound, into: pa + range.lowerBound, count: range.count)
         }
+    }
+
+    /// a[i] += b[i].
+    static func add(_ b: UnsafePointer<Float>, into a: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { a[i] += b[i] }
     }
 
     @inline(__always)
@@ -298,25 +303,31 @@ public final class CPUBackend: Backend {
         let out = allocate(gate.shape)
         let g = gate.floats, u = up.floats, dst = out.floats
         parallelFor(gate.elementCount, threads: threads, minimumPerThread: 32768) { range in
-            var i = range.lowerBound
-            if activation == .silu, CPUSetup.avx512Kernels {
-                strata_silu_mul(g + i, u + i, range.count, dst + i)
-                return
-            }
-            if activation == .silu {
-                // SwiGLU (Llama) 8 lanes at a time: libm's scalar expf per element was a large
-                // share of a Llama prefill.
-                while i + 8 <= range.upperBound {
-                    let v = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
-                    let up = UnsafeRawPointer(u + i).loadUnaligned(as: SIMD8<Float>.self)
-                    let silu = v / (1 + Softmax.exp(-v))
-                    UnsafeMutableRawPointer(dst + i).storeBytes(of: silu * up, as: SIMD8<Float>.self)
-                    i += 8
-                }
-            }
-            while i < range.upperBound { dst[i] = Self.apply(activation, g[i]) * u[i]; i += 1 }
+            Self.gatedActivate(g + range.lowerBound, u + range.lowerBound, count: range.count, activation, into: dst + range.lowerBound)
         }
         return out
+    }
+
+    /// dst[i] = act(g[i]) * u[i]; dst may be g.
+    static func gatedActivate(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, count: Int, _ activation: Activation,
+                              into dst: UnsafeMutablePointer<Float>) {
+        var i = 0
+        if activation == .silu, CPUSetup.avx512Kernels {
+            strata_silu_mul(g, u, count, dst)
+            return
+        }
+        if activation == .silu {
+            // SwiGLU (Llama) 8 lanes at a time: libm's scalar expf per element was a large
+            // share of a Llama prefill.
+            while i + 8 <= count {
+                let v = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+                let up = UnsafeRawPointer(u + i).loadUnaligned(as: SIMD8<Float>.self)
+                let silu = v / (1 + Softmax.exp(-v))
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: silu * up, as: SIMD8<Float>.self)
+                i += 8
+            }
+        }
+        while i < count { dst[i] = apply(activation, g[i]) * u[i]; i += 1 }
     }
 
     public func gatherRows(_ x: Tensor, _ indices: [Int]) -> Tensor {
