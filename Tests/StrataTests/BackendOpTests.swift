@@ -75,8 +75,9 @@ import Glibc
 
     /// Decode-sized query blocks take the direct SIMD path, longer ones OpenBLAS; both must equal
     /// a reference softmax attention with left padding and grouped KV heads.
-    /// 40 past keys: softmax rows longer than one 16-lane vector, with a tail.
-    @Test(arguments: [(1, 5), (3, 5), (9, 5), (1, 40), (9, 40)])
+    /// 40 past keys: softmax rows longer than one 16-lane vector, with a tail. 70 and 33
+    /// queries: causal blocks of 32 queries over a growing share of the keys, the last partial.
+    @Test(arguments: [(1, 5), (3, 5), (9, 5), (1, 40), (9, 40), (70, 5), (33, 40)])
     func attentionMatchesReference(queries: Int, past: Int) {
         let backend = CPUBackend(threads: 2)
         let batch = 2, heads = 4, kvHeads = 2, d = 12, capacity = past + queries + 2

@@ -53,6 +53,8 @@ extension CPUBackend {
     /// Up to this many queries per row (decode steps), attention runs as SIMD dot products:
     /// two tiny sgemm calls per (row, head) cost more in call overhead than in arithmetic.
     static let directAttentionMaxQueries = 4
+    /// Queries per causal block of a prefill's attention.
+    static let causalBlock = 32
 
     /// One query against `visible` cached keys: out = softmax(scale * q K^T) V.
     @inline(__always)
@@ -185,23 +187,37 @@ extension CPUBackend {
                     }
                     continue
                 }
-                // scores[T, valid] = scale * Q[T, D] x K[pad..<total, D]^T
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(valid), Int32(D),
-                            scale, qBase, Int32(width), keys, Int32(D), 0, scores, Int32(valid))
-                for t in 0..<T {
-                    let row = scores + t * valid
-                    // Query t sits at cache position pastLength + t; keys after it are masked.
-                    let visible = layout.pastLength + t + 1 - pad
-                    if visible <= 0 {
-                        for j in 0..<valid { row[j] = 0 }
+                // Causal: a block of queries sees the keys up to its last query's position, so
+                // the products run over blocks of `causalBlock` queries, each over those keys
+                // only (5/8 of the full products at 4 blocks).
+                var t0 = 0
+                while t0 < T {
+                    let rows = min(Self.causalBlock, T - t0)
+                    let seen = min(valid, max(0, layout.pastLength + t0 + rows - pad))
+                    let output = o + (b * T + t0) * width + h * D
+                    guard seen > 0 else {
+                        t0 += rows
                         continue
                     }
-                    Softmax.normalize(row, count: visible)
-                    for j in visible..<valid { row[j] = 0 }
+                    // scores[rows, seen] = scale * Q[t0..., D] x K[pad..<pad + seen, D]^T
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(seen), Int32(D),
+                                scale, qBase + t0 * width, Int32(width), keys, Int32(D), 0, scores, Int32(seen))
+                    for t in 0..<rows {
+                        let row = scores + t * seen
+                        // Query t0 + t sits at cache position pastLength + t0 + t; later keys are masked.
+                        let visible = layout.pastLength + t0 + t + 1 - pad
+                        if visible <= 0 {
+                            for j in 0..<seen { row[j] = 0 }
+                            continue
+                        }
+                        Softmax.normalize(row, count: visible)
+                        for j in visible..<seen { row[j] = 0 }
+                    }
+                    // out[rows, D] = P[rows, seen] x V[pad..<pad + seen, D]
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(D), Int32(seen),
+                                1, scores, Int32(seen), values, Int32(D), 0, output, Int32(width))
+                    t0 += rows
                 }
-                // out[T, D] = P[T, valid] x V[pad..<total, D]
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(valid),
-                            1, scores, Int32(valid), values, Int32(D), 0, o + b * T * width + h * D, Int32(width))
             }
         }
         return out
