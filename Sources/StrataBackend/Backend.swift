@@ -75,11 +75,13 @@ public protocol Backend: AnyObject, Sendable {
     func activate(_ x: Tensor, _ activation: Activation) -> Tensor
     /// act(gate) * up, SwiGLU-style.
     func gatedActivate(gate: Tensor, up: Tensor, _ activation: Activation) -> Tensor
-    /// A gated MLP (SwiGLU) in one op: (act(x gate^T + b0) * (x up^T + b1)) down^T + b2, plus
-    /// `residual` (the result's shape) when given. One op, so that a backend can keep the
+    /// A transformer's feed-forward block in one op: (act(x gate^T + b0) * (x up^T + b1))
+    /// down^T + b2 for a gated MLP (SwiGLU), act(x up^T + b1) down^T + b2 without a gate (OPT's
+    /// fc1 and fc2), plus `residual` (the result's shape) when given. `biases` holds the gate's,
+    /// up's and down's (the gate's ignored without one). One op, so that a backend can keep the
     /// [rows, ffn] intermediates in its caches; the default composes the ops above.
-    func gatedMLP(_ x: Tensor, gate: Tensor, up: Tensor, down: Tensor, biases: [Tensor?], activation: Activation,
-                  residual: Tensor?) -> Tensor
+    func feedForward(_ x: Tensor, gate: Tensor?, up: Tensor, down: Tensor, biases: [Tensor?], activation: Activation,
+                     residual: Tensor?) -> Tensor
     /// Rotary embedding in place on x [rows, heads * headDim], rotate-half convention;
     /// `cos`/`sin` are [rows, headDim / 2].
     func applyRotary(_ x: Tensor, heads: Int, headDim: Int, cos: Tensor, sin: Tensor)
@@ -108,17 +110,23 @@ public protocol Backend: AnyObject, Sendable {
 extension Backend {
     public var holdsWeightsInBF16: Bool { false }
 
-    public func gatedMLP(_ x: Tensor, gate: Tensor, up: Tensor, down: Tensor, biases: [Tensor?], activation: Activation,
-                         residual: Tensor?) -> Tensor {
-        composedGatedMLP(x, gate: gate, up: up, down: down, biases: biases, activation: activation, residual: residual)
+    public func feedForward(_ x: Tensor, gate: Tensor?, up: Tensor, down: Tensor, biases: [Tensor?], activation: Activation,
+                            residual: Tensor?) -> Tensor {
+        composedFeedForward(x, gate: gate, up: up, down: down, biases: biases, activation: activation, residual: residual)
     }
 
-    /// `gatedMLP` as separate ops (wrappers that watch `linear` see each projection).
-    public func composedGatedMLP(_ x: Tensor, gate: Tensor, up: Tensor, down: Tensor, biases: [Tensor?], activation: Activation,
-                                 residual: Tensor?) -> Tensor {
-        precondition(biases.count == 3, "gatedMLP: one bias (or nil) for each of gate, up and down")
-        let gateUp = linear(x, weights: [gate, up], biases: [biases[0], biases[1]])
-        let out = linear(gatedActivate(gate: gateUp[0], up: gateUp[1], activation), weight: down, bias: biases[2])
+    /// `feedForward` as separate ops (wrappers that watch `linear` see each projection).
+    public func composedFeedForward(_ x: Tensor, gate: Tensor?, up: Tensor, down: Tensor, biases: [Tensor?], activation: Activation,
+                                    residual: Tensor?) -> Tensor {
+        precondition(biases.count == 3, "feedForward: one bias (or nil) for each of gate, up and down")
+        let hidden: Tensor
+        if let gate {
+            let gateUp = linear(x, weights: [gate, up], biases: [biases[0], biases[1]])
+            hidden = gatedActivate(gate: gateUp[0], up: gateUp[1], activation)
+        } else {
+            hidden = activate(linear(x, weight: up, bias: biases[1]), activation)
+        }
+        let out = linear(hidden, weight: down, bias: biases[2])
         if let residual { addInPlace(out, residual) }
         return out
     }

@@ -99,9 +99,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         backend.addInPlace(h, x)
 
         let n = backend.rmsNorm(h, weight: l["post_attention_layernorm.weight"], eps: eps)
-        return backend.gatedMLP(n, gate: l["mlp.gate_proj.weight"], up: l["mlp.up_proj.weight"], down: l["mlp.down_proj.weight"],
-                                biases: ["gate_proj", "up_proj", "down_proj"].map { l.optional("mlp.\($0).bias") },
-                                activation: activation, residual: h)
+        return backend.feedForward(n, gate: l["mlp.gate_proj.weight"], up: l["mlp.up_proj.weight"], down: l["mlp.down_proj.weight"],
+                                   biases: ["gate_proj", "up_proj", "down_proj"].map { l.optional("mlp.\($0).bias") },
+                                   activation: activation, residual: h)
     }
 
     private func rotaryTensors(for positions: [Int]) -> (Tensor, Tensor) {

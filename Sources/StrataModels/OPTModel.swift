@@ -107,10 +107,10 @@ public final class OPTModel: CausalLM, @unchecked Sendable {
 
         let residual2 = h
         let ffnNorm = l.optional("final_layer_norm.weight"), ffnNormBias = l.optional("final_layer_norm.bias")
-        var f = preNorm ? backend.layerNorm(h, weight: ffnNorm, bias: ffnNormBias, eps: eps) : h
-        f = backend.activate(backend.linear(f, weight: l["fc1.weight"], bias: l.optional("fc1.bias")), activation)
-        f = backend.linear(f, weight: l["fc2.weight"], bias: l.optional("fc2.bias"))
-        backend.addInPlace(f, residual2)
+        let normed = preNorm ? backend.layerNorm(h, weight: ffnNorm, bias: ffnNormBias, eps: eps) : h
+        var f = backend.feedForward(normed, gate: nil, up: l["fc1.weight"], down: l["fc2.weight"],
+                                    biases: [nil, l.optional("fc1.bias"), l.optional("fc2.bias")], activation: activation,
+                                    residual: residual2)
         if !preNorm { f = backend.layerNorm(f, weight: ffnNorm, bias: ffnNormBias, eps: eps) }
         return f
     }

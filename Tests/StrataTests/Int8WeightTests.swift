@@ -141,32 +141,36 @@ import Testing
         }
     }
 
-    /// A prefill's gated MLP on int8 weights runs fused, per 128-row block, and gives what the
-    /// separate ops give: bit for bit where the AVX-512 kernels serve (the gate's SIMD8
-    /// fallback rounds its tails by position), else within 1e-6 of the largest output.
-    @Test(arguments: [(128, Activation.silu, true), (300, .silu, false), (255, .gelu, true), (40, .silu, true)])
-    func fusedGatedMLPMatchesTheSeparateOps(rows m: Int, activation: Activation, withBiases: Bool) {
+    /// A prefill's feed-forward block on int8 weights runs fused, per 128-row block, and gives
+    /// what the separate ops give: bit for bit where the AVX-512 kernels serve (the gate's
+    /// SIMD8 fallback rounds its tails by position), else within 1e-6 of the largest output.
+    /// Gated (SwiGLU, GELU) and plain (OPT's ReLU fc1/fc2); a block remainder (300 = 128 +
+    /// 172 rows); 40 rows stay unfused.
+    @Test(arguments: [(128, Activation.silu, true, true), (300, .silu, true, false), (255, .gelu, true, true),
+                      (40, .silu, true, true), (300, .relu, false, true), (128, .gelu, false, false)])
+    func fusedFeedForwardMatchesTheSeparateOps(rows m: Int, activation: Activation, gated: Bool, withBiases: Bool) {
         let k = 96, f = 200, n = 72
         let backend = CPUBackend(threads: 2, weightFormat: .int8)
         func weight(_ rows: Int, _ cols: Int, _ seed: UInt64) -> Tensor {
             let halves = BackendOpTests.randoms(rows * cols, seed: seed).map(Float16.init)
             return halves.withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [rows, cols], owner: nil) }
         }
-        let gate = weight(f, k, 31), up = weight(f, k, 32), down = weight(n, f, 33)
+        let gate = gated ? weight(f, k, 31) : nil, up = weight(f, k, 32), down = weight(n, f, 33)
         let x = backend.upload(floats: BackendOpTests.randoms(m * k, seed: 34), shape: [m, k])
         let residual = backend.upload(floats: BackendOpTests.randoms(m * n, seed: 35), shape: [m, n])
         let biases: [Tensor?] = withBiases
             ? [f, f, n].enumerated().map { backend.upload(floats: BackendOpTests.randoms($1, seed: 36 + UInt64($0)), shape: [$1]) }
             : [nil, nil, nil]
-        #expect(backend.fusesGatedMLP(rows: m, gate: gate, up: up, down: down) == (m >= 128 && backend.int8Kernel.contains("amx_int8")))
+        let amx = backend.int8Kernel.contains("amx_int8")
+        #expect(backend.fusesFeedForward(rows: m, gate: gate, up: up, down: down) == (m >= 128 && amx))
         for res in [residual, nil] {
-            let fused = backend.download(backend.gatedMLP(x, gate: gate, up: up, down: down, biases: biases, activation: activation,
-                                                          residual: res))
-            let separate = backend.download(backend.composedGatedMLP(x, gate: gate, up: up, down: down, biases: biases,
-                                                                     activation: activation, residual: res))
+            let fused = backend.download(backend.feedForward(x, gate: gate, up: up, down: down, biases: biases, activation: activation,
+                                                             residual: res))
+            let separate = backend.download(backend.composedFeedForward(x, gate: gate, up: up, down: down, biases: biases,
+                                                                        activation: activation, residual: res))
             let scale = max(separate.map(abs).max() ?? 1, 1e-6)
             #expect(MatrixUnitTests.maxError(fused, separate) / scale <= 1e-6, "rows \(m) residual \(res != nil)")
-            if backend.int8Kernel.contains("amx_int8") && MatrixUnits.status.kind != nil {
+            if amx && MatrixUnits.status.kind != nil {
                 #expect(fused == separate, "rows \(m) residual \(res != nil)")
             }
         }

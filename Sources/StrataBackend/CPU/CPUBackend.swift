@@ -283,20 +283,25 @@ public final class CPUBackend: Backend {
         let out = allocate(x.shape)
         let src = x.floats, dst = out.floats
         parallelFor(x.elementCount, threads: threads, minimumPerThread: 32768) { range in
-            guard activation == .relu else {
-                for i in range { dst[i] = Self.apply(activation, src[i]) }
-                return
-            }
-            // ReLU (OPT) 8 lanes at a time: the per-element switch kept the loop scalar.
-            var i = range.lowerBound
-            while i + 8 <= range.upperBound {
-                let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
-                UnsafeMutableRawPointer(dst + i).storeBytes(of: v.replacing(with: 0, where: v .< 0), as: SIMD8<Float>.self)
-                i += 8
-            }
-            while i < range.upperBound { dst[i] = max(src[i], 0); i += 1 }
+            Self.activate(src + range.lowerBound, count: range.count, activation, into: dst + range.lowerBound)
         }
         return out
+    }
+
+    /// dst[i] = act(src[i]); dst may be src.
+    static func activate(_ src: UnsafePointer<Float>, count: Int, _ activation: Activation, into dst: UnsafeMutablePointer<Float>) {
+        guard activation == .relu else {
+            for i in 0..<count { dst[i] = apply(activation, src[i]) }
+            return
+        }
+        // ReLU (OPT) 8 lanes at a time: the per-element switch kept the loop scalar.
+        var i = 0
+        while i + 8 <= count {
+            let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(dst + i).storeBytes(of: v.replacing(with: 0, where: v .< 0), as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < count { dst[i] = max(src[i], 0); i += 1 }
     }
 
     public func gatedActivate(gate: Tensor, up: Tensor, _ activation: Activation) -> Tensor {
@@ -308,7 +313,7 @@ public final class CPUBackend: Backend {
         return out
     }
 
-    /// dst[i] = act(g[i]) * u[i]; dst may be g.
+    /// dst[i] = act(g[i]) * u[i]; dst may be g or u.
     static func gatedActivate(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, count: Int, _ activation: Activation,
                               into dst: UnsafeMutablePointer<Float>) {
         var i = 0
