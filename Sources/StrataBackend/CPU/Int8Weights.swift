@@ -74,6 +74,7 @@ enum Int8Weights {
 
     /// Activations quantized for int8 weights: m rows of k codes and one scale per row, in one
     /// f32 scratch of `floats` values (the caller releases it).
+    ///
     /// The codes have `paddedRows` rows, those past m zero: oneDNN serves products of fewer
     /// rows than `OneDNN.int8MinRows` on narrow slabs with its reference code (a 1 x 1024 x 128
     /// product took 5 ms), so small batches are multiplied as that many rows.
