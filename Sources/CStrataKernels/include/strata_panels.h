@@ -8,8 +8,9 @@ int strata_panels_supported(void);
 /// Weight rows [n0, n1) of a group-quantized weight (groups of `group_size` along k, a multiple
 /// of 32 dividing k, or 16 for 8-bit codes with k a multiple of 32; `bits` 4 or 8; codes, then
 /// f16 steps and minimums per group as Strata lays them out: w = code * step + minimum; 4-bit
-/// byte j of a group holds values j and j + group_size / 2) decoded to bf16 into ceil((n1 - n0) / 64) consecutive 64-row panels of
-/// PanelLayout(n: n1 - n0, k: k) (k / 32 blocks of 16 k pairs by 64 rows); rows past n1 are zero.
+/// byte j of a group holds values j and j + group_size / 2) decoded to bf16 into
+/// ceil((n1 - n0) / 64) consecutive 64-row panels of PanelLayout(n: n1 - n0, k: k) (k / 32
+/// blocks of 16 k pairs by 64 rows); rows past n1 are zero.
 void strata_decode_panels_bf16(const uint8_t *codes, const uint16_t *steps, const uint16_t *mins, int bits, int group_size,
                                int k, long n0, long n1, uint16_t *panels);
 

@@ -32,10 +32,10 @@ extension Int8Weights {
 
     /// out = (act(x gate^T + b0) * (x up^T + b1)) down^T + b2 (+ residual) for x [m, k], or
     /// act(x up^T + b1) down^T + b2 (+ residual) without a gate; m >= `fusedFeedForwardRows`,
-    /// panel-packed int8 weights. Each worker takes blocks of 128 rows through the whole block:
-    /// the projections' s32 sums, then per row the rescale, the activation and the quantization
-    /// for the down projection while the row is in L1; then the down projection, its rescale
-    /// and the residual. The separate ops wrote and read the [m, ffn] intermediates (~46 MB
+    /// panel-packed int8 weights. Each worker takes blocks of `rowsPerBlock` rows through the
+    /// whole block: the projections' s32 sums, then per row the rescale, the activation and the
+    /// quantization for the down projection while the row is in L1; then the down projection,
+    /// its rescale and the residual. The separate ops wrote and read the [m, ffn] intermediates (~46 MB
     /// each for a Llama-250M prefill of 4096 rows) through memory several times per layer.
     /// The results are bit for bit the separate ops' where the AVX-512 kernels serve.
     static func feedForward(_ x: UnsafePointer<Float>, m: Int, k: Int, gate: Tensor?, up: Tensor, down: Tensor,
@@ -44,18 +44,14 @@ extension Int8Weights {
                             release: (UnsafeMutablePointer<Float>, Int) -> Void) {
         guard let dnnl = MatrixUnits.oneDNN else { preconditionFailure("feedForward needs oneDNN's int8 kernels") }
         let f = up.shape[0], n = down.shape[0], projections = gate == nil ? 1 : 2
-        func scales(_ w: Tensor) -> UnsafePointer<Float> {
-            UnsafePointer((w.buffer.pointer + w.int8!.scalesOffset).assumingMemoryBound(to: Float.self))
-        }
-        let upScales = scales(up), downScales = scales(down), gateScales = gate.map(scales)
+        let upScales = scales(of: up), downScales = scales(of: down), gateScales = gate.map { scales(of: $0) }
         let xq = quantize(x, m: m, k: k, threads: threads, scratch: scratch)
         defer { release(xq.storage, xq.floats) }
-        let block = 128, blocks = m / block
-        parallelFor(blocks, threads: threads) { range in
+        parallelFor(rowBlockCount(m), threads: threads) { range in
             // Per worker, for the most rows a block has (the last takes the remainder): the
             // projections' sums, the down projection's, one activated row pair, and the down
             // projection's input codes.
-            let most = 2 * block - 1, floats = projections * most * f + most * n + 2 * f
+            let most = 2 * rowsPerBlock - 1, floats = projections * most * f + most * n + 2 * f
             let sums = scratch(floats)
             let hidden = QuantizedRows(m: most, k: f, paddedRows: most,
                                        storage: scratch(QuantizedRows.floats(m: most, k: f, paddedRows: most)))
@@ -64,7 +60,7 @@ extension Int8Weights {
                 release(hidden.storage, hidden.floats)
             }
             for b in range {
-                let first = b * block, rows = b == blocks - 1 ? m - first : block
+                let block = rowBlock(b, of: m), first = block.lowerBound, rows = block.count
                 let upSums = UnsafeMutableRawPointer(sums), gateSums = UnsafeMutableRawPointer(sums + rows * f)
                 let downSums = UnsafeMutableRawPointer(sums + projections * rows * f)
                 let upRow = sums + projections * rows * f + rows * n, gateRow = upRow + f

@@ -51,11 +51,26 @@ enum Int8Weights {
         }
     }
 
+    /// An int8 weight's per-row scales.
+    static func scales(of weight: Tensor) -> UnsafePointer<Float> {
+        guard let layout = weight.int8 else { preconditionFailure("not an int8 weight") }
+        return UnsafePointer((weight.buffer.pointer + layout.scalesOffset).assumingMemoryBound(to: Float.self))
+    }
+
+    /// Prefill-sized products (m >= `BF16GEMM.minTeamRows`) go in blocks of `rowsPerBlock`
+    /// rows, one single-threaded oneDNN call each; the last block takes the remainder (up to
+    /// 2 * rowsPerBlock - 1 rows), so no block is short.
+    static let rowsPerBlock = 128
+    static func rowBlockCount(_ m: Int) -> Int { max(1, m / rowsPerBlock) }
+    static func rowBlock(_ b: Int, of m: Int) -> Range<Int> {
+        b * rowsPerBlock..<(b == rowBlockCount(m) - 1 ? m : (b + 1) * rowsPerBlock)
+    }
+
     /// Row `row` of an int8 weight as f32 (codes times the row's scale).
     static func unpackRow(_ weight: Tensor, row: Int, into destination: UnsafeMutablePointer<Float>) {
         guard let layout = weight.int8 else { preconditionFailure("not an int8 weight") }
         let codes = weight.buffer.pointer.assumingMemoryBound(to: Int8.self)
-        let scale = (weight.buffer.pointer + layout.scalesOffset).assumingMemoryBound(to: Float.self)[row]
+        let scale = scales(of: weight)[row]
         // A word (4 consecutive k) is contiguous in panels as in rows: one index per word.
         var c = 0
         while c + 4 <= layout.k {
@@ -108,7 +123,7 @@ enum Int8Weights {
         guard let layout = weight.int8 else { preconditionFailure("not an int8 weight") }
         let m = x.m, k = x.k
         guard m > 0, n > 0 else { return }
-        let weightScales = UnsafePointer((weight.buffer.pointer + layout.scalesOffset).assumingMemoryBound(to: Float.self))
+        let weightScales = scales(of: weight)
         let codes = x.codes, rowScales = x.scales
         func rescale(_ sums: UnsafeRawPointer, integers: Bool, rows: Range<Int>, width: Int, first: Int) {
             for r in rows {
@@ -132,13 +147,12 @@ enum Int8Weights {
         // 250M prefill, B=32, alternating runs: median 1175 vs 1094 tokens/s for one call on
         // oneDNN's team, then a rescaling pass). Decode-sized ones split by panels instead.
         if m >= BF16GEMM.minTeamRows {
-            // The last block takes the remainder, so no block is narrower than 128 rows.
-            let block = 128, blocks = m / block
-            parallelFor(blocks, threads: threads) { range in
+            parallelFor(rowBlockCount(m), threads: threads) { range in
                 for b in range {
-                    let first = b * block, rows = b == blocks - 1 ? m - first : block
-                    dnnl.matmul(m: rows, n: n, k: k, a: codes + first * k, b: w, element: .int8, bias: nil, c: out + first * n, threads: 1)
-                    rescale(out, integers: true, rows: first..<(first + rows), width: n, first: 0)
+                    let rows = rowBlock(b, of: m), first = rows.lowerBound
+                    dnnl.matmul(m: rows.count, n: n, k: k, a: codes + first * k, b: w, element: .int8, bias: nil, c: out + first * n,
+                                threads: 1)
+                    rescale(out, integers: true, rows: rows, width: n, first: 0)
                 }
             }
             return
