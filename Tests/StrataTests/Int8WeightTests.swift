@@ -7,7 +7,7 @@ import StrataRuntime
 import Testing
 
 /// `--weight-format int8` (W8A8: int8 weights per row, int8 activations per row, AMX-INT8
-/// through oneDNN or the sgemm fallback) and the bf16 KV cache that comes with it.
+/// through oneDNN or AVX2's integer kernel) and the bf16 KV cache that comes with it.
 @Suite struct Int8WeightTests {
     /// Symmetric per-row int8 quantization as the format defines it: scale max|x| / 127, codes
     /// round-to-nearest-even(x * 127 / max|x|).
@@ -34,7 +34,7 @@ import Testing
     /// The AVX-512 row kernels give the AVX2 ones' bits: codes and scales of rows of every
     /// tail length, a zero row and a row with a NaN; rescaled sums with and without bias.
     @Test func avx512RowKernelsMatchTheBaseline() throws {
-        try #require(strata_avx512_supported() != 0, "no AVX-512 here: only the AVX2 kernels run")
+        if !(strata_avx512_supported() != 0) { try Test.cancel("no AVX-512 here: only the AVX2 kernels run") }
         for count in [1, 15, 16, 17, 37, 1024, 2821] {
             var rows = [BackendOpTests.randoms(count, seed: UInt64(count)).map { $0 * 3 }, [Float](repeating: 0, count: count)]
             var poisoned = rows[0]
@@ -97,10 +97,10 @@ import Testing
 
     /// Every row count (one-row decode, panel slabs over workers, 128-row prefill blocks with a
     /// remainder) on awkward shapes, packed (oneDNN where it has AMX-INT8) and row-major (always
-    /// the sgemm fallback), against the quantized double reference. Tolerance 1e-5 relative to
+    /// the AVX2 kernel), against the quantized double reference. Tolerance 1e-5 relative to
     /// the largest output: the integer sums are exact; only f32 rescaling and summation remain.
     @Test(arguments: [(1, 1, 1), (3, 7, 9), (5, 65, 67), (17, 130, 64), (130, 200, 130), (300, 64, 768),
-                      (1, 512, 256), (2, 130, 64), (129, 64, 64)])
+                      (1, 512, 256), (2, 130, 64), (129, 64, 64), (300, 9, 2051)])
     func int8LinearMatchesQuantizedReference(shape: (Int, Int, Int)) {
         let (m, n, k) = shape
         let packing = CPUBackend(threads: 2, weightFormat: .int8)
@@ -121,6 +121,40 @@ import Testing
                 #expect(MatrixUnitTests.maxError(out, expected) / scale < 1e-5, "\(name) \(shape) bias \(useBias)")
             }
         }
+    }
+
+    /// AVX2's int8 kernel gives the exact integer sums: codes at both ends of [-127, 127] (where
+    /// a 16-bit pair sum would saturate if the sign handling were wrong: 2 * 127 * 127 = 32258
+    /// is the largest that fits), 133 rows over k = 2051 (three of its 256 KiB row chunks, 4-row
+    /// tiles and a 1-row tail, a 3-value k tail) and 7 weight rows (pairs and a single), a
+    /// column range that starts past 0, against sums in Int.
+    @Test func avx2Int8SumsAreExact() {
+        let m = 133, n = 7, k = 2051
+        var state: UInt64 = 7
+        func code() -> Int8 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            let r = Int(state >> 33) % 8
+            return r < 2 ? (r == 0 ? 127 : -127) : Int8(Int(state >> 40) % 255 - 127)
+        }
+        let a = (0..<(m * k)).map { _ in code() }, w = (0..<(n * k)).map { _ in code() }
+        var sums = [Int32](repeating: -1, count: m * n)
+        strata_s8_gemm_avx2(a, Int32(m), Int32(k), w, 1, Int32(n), &sums, n)
+        var worst = 0
+        for r in 0..<m {
+            #expect(sums[r * n] == -1, "column 0 is outside the range and must not be written")
+            for c in 1..<n {
+                var exact = 0
+                for i in 0..<k { exact += Int(a[r * k + i]) * Int(w[c * k + i]) }
+                worst = max(worst, abs(exact - Int(sums[r * n + c])))
+            }
+        }
+        #expect(worst == 0)
+        // All-extreme rows: every pair at the 16-bit limit, with both signs.
+        let top = [Int8](repeating: 127, count: 64), bottom = [Int8](repeating: -127, count: 64)
+        var extreme = [Int32](repeating: 0, count: 2)
+        strata_s8_gemm_avx2(bottom, 1, 64, top + bottom, 0, 2, &extreme, 2)
+        let limit: Int32 = 127 * 127 * 64
+        #expect(extreme == [-limit, limit])
     }
 
     /// Small batches are multiplied as `OneDNN.int8MinRows` rows (zero codes past the batch),

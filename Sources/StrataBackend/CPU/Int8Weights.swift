@@ -5,19 +5,28 @@ import StrataCore
 /// `--weight-format int8` (W8A8): each weight row held as symmetric int8 codes with one f32
 /// scale, and each matmul's activations quantized the same way per row, on the fly. The integer
 /// sums run on AMX-INT8 through oneDNN (twice the bf16 tiles' rate, half the weight bytes);
-/// where oneDNN has no AMX-INT8 kernel, the same integers are multiplied by OpenBLAS in f32
-/// (exact while a sum stays under 2^24, then within one f32 rounding), so both give the same
-/// results to ~1e-7. Opt-in: the logits move by the quantization, ~1e-2 of their range.
+/// where oneDNN has no AMX-INT8 kernel, on AVX2 (`strata_s8_gemm_avx2`, several times the f32
+/// FMAs' rate on a CPU without matrix units). Both give the exact integer sums, so the same
+/// results. Opt-in: the logits move by the quantization, ~1e-2 of their range.
 enum Int8Weights {
     static var usesMatrixUnits: Bool { MatrixUnits.oneDNN?.int8Kernel != nil }
 
     /// The kernel that serves int8 weights, by name (`strata bench-gemm` reports it).
-    static var kernel: String { MatrixUnits.oneDNN?.int8Kernel.map { "onednn " + $0 } ?? "int8-sgemm" }
+    static var kernel: String { MatrixUnits.oneDNN?.int8Kernel.map { "onednn " + $0 } ?? fallbackKernel }
+
+    /// What runs where oneDNN has no AMX-INT8 kernel.
+    static var fallbackKernel: String {
+        #if arch(x86_64)
+        "int8-avx2"
+        #else
+        "int8-sgemm"
+        #endif
+    }
 
     /// oneDNN's kernel for a slab of n columns of `rows` rows, as `run` multiplies it (rows
     /// padded to `OneDNN.int8MinRows`).
     static func kernel(rows: Int, n: Int, k: Int) -> String {
-        guard let dnnl = MatrixUnits.oneDNN, dnnl.int8Kernel != nil else { return "int8-sgemm" }
+        guard let dnnl = MatrixUnits.oneDNN, dnnl.int8Kernel != nil else { return fallbackKernel }
         return dnnl.kernel(m: max(rows, dnnl.int8MinRows), n: n, k: k, element: .int8)
     }
 
@@ -137,8 +146,19 @@ enum Int8Weights {
             return
         }
         guard let dnnl = MatrixUnits.oneDNN, dnnl.int8Kernel != nil, let panels = layout.panels else {
+            #if arch(x86_64)
+            // AVX2's exact integer sums (`strata_s8_gemm_avx2`), output columns split across
+            // the workers, written as s32 into `out` and rescaled in place.
+            let weightCodes = UnsafePointer(weight.buffer.pointer.assumingMemoryBound(to: Int8.self))
+            let sums = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Int32.self)
+            parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+                strata_s8_gemm_avx2(codes, Int32(m), Int32(k), weightCodes, Int32(columns.lowerBound), Int32(columns.upperBound), sums, n)
+            }
+            parallelFor(m, threads: threads) { rows in rescale(out, integers: true, rows: rows, width: n, first: 0) }
+            #else
             multiplyInFloat(m: m, n: n, k: k, codes: codes, weight: weight, out: out, threads: threads, scratch: scratch, release: release)
             parallelFor(m, threads: threads) { rows in rescale(out, integers: false, rows: rows, width: n, first: 0) }
+            #endif
             return
         }
         let w = UnsafeRawPointer(weight.buffer.pointer)
@@ -183,7 +203,7 @@ enum Int8Weights {
         for c in 0..<count { out[c] = s[c] * (columnScales[c] * rowScale) + (bias?[c] ?? 0) }
     }
 
-    /// The fallback: the integer codes of both sides as f32, multiplied by OpenBLAS sgemm in
+    /// The fallback where there is no AVX2: the integer codes of both sides as f32, multiplied by OpenBLAS sgemm in
     /// output-column slabs (one per worker, widened ~4 MiB at a time). Leaves the raw sums in `out`.
     private static func multiplyInFloat(m: Int, n: Int, k: Int, codes: UnsafePointer<Int8>, weight: Tensor,
                                         out: UnsafeMutablePointer<Float>, threads: Int,
