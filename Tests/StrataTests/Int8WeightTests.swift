@@ -34,7 +34,7 @@ import Testing
     /// The AVX-512 row kernels give the AVX2 ones' bits: codes and scales of rows of every
     /// tail length, a zero row and a row with a NaN; rescaled sums with and without bias.
     @Test func avx512RowKernelsMatchTheBaseline() throws {
-        if !(strata_avx512_supported() != 0) { try Test.cancel("no AVX-512 here: only the AVX2 kernels run") }
+        if strata_avx512_supported() == 0 { try Test.cancel("no AVX-512 here: only the AVX2 kernels run") }
         for count in [1, 15, 16, 17, 37, 1024, 2821] {
             var rows = [BackendOpTests.randoms(count, seed: UInt64(count)).map { $0 * 3 }, [Float](repeating: 0, count: count)]
             var poisoned = rows[0]
@@ -125,8 +125,8 @@ import Testing
 
     /// AVX2's int8 kernel gives the exact integer sums: codes at both ends of [-127, 127] (where
     /// a 16-bit pair sum would saturate if the sign handling were wrong: 2 * 127 * 127 = 32258
-    /// is the largest that fits), 133 rows over k = 2051 (three of its 256 KiB row chunks, 4-row
-    /// tiles and a 1-row tail, a 3-value k tail) and 7 weight rows (pairs and a single), a
+    /// is the largest that fits), 133 rows over k = 2051 (two of its row chunks, 124 rows at that k;
+    /// 4-row tiles and a 1-row tail; a 3-value k tail) and 7 weight rows (pairs and a single), a
     /// column range that starts past 0, against sums in Int.
     @Test func avx2Int8SumsAreExact() {
         let m = 133, n = 7, k = 2051

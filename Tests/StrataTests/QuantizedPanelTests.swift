@@ -52,7 +52,7 @@ import Testing
     /// double reference (the rounding that the reference does not share is 1e-3).
     @Test(arguments: [1, 4, 16, 33, 130])
     func linearMatchesTheRoundedReference(rows m: Int) throws {
-        if !(CPUBackend.decodesQuantizedOnMatrixUnits) { try Test.cancel("no matrix units with AVX512-BF16 here: quantized weights take the fused kernel") }
+        if !CPUBackend.decodesQuantizedOnMatrixUnits { try Test.cancel("no matrix units with AVX512-BF16 here: quantized weights take the fused kernel") }
         let backends = [1, 2].map { CPUBackend(threads: $0, weightFormat: .bf16) }
         // k = 2048 makes one panel 256 KiB, so a decode step's slab of 320 columns takes several
         // oneDNN calls (a prefill decodes the whole weight for one call either way).
@@ -98,7 +98,7 @@ import Testing
         var skewed = symmetric
         skewed.mins[groups / 2] = skewed.mins[groups / 2].nextUp
         #expect(skewed.zeroCode == nil)
-        if !(CPUBackend.decodesQuantizedOnMatrixUnits) { try Test.cancel("no matrix units with AVX512-BF16 here: the dot-product kernel does not run") }
+        if !CPUBackend.decodesQuantizedOnMatrixUnits { try Test.cancel("no matrix units with AVX512-BF16 here: the dot-product kernel does not run") }
         let backend = CPUBackend(threads: 2, weightFormat: .bf16)
         let weight = backend.upload(quantized: symmetric)
         #expect(weight.quantization?.zero == zero)
@@ -120,7 +120,7 @@ import Testing
 
     /// Projections of one input (q/k/v) share one rounding and give what each alone gives.
     @Test func sharedProjectionsMatchSingleOnes() throws {
-        if !(CPUBackend.decodesQuantizedOnMatrixUnits) { try Test.cancel("no matrix units with AVX512-BF16 here") }
+        if !CPUBackend.decodesQuantizedOnMatrixUnits { try Test.cancel("no matrix units with AVX512-BF16 here") }
         let backend = CPUBackend(threads: 2, weightFormat: .bf16)
         let weights = try (0..<3).map { try Self.quantized(backend, n: 96, k: 128, bits: 4, groupSize: 32, seed: UInt64(20 + $0)) }
         for m in [3, 140] {

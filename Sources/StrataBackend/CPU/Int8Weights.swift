@@ -5,9 +5,9 @@ import StrataCore
 /// `--weight-format int8` (W8A8): each weight row held as symmetric int8 codes with one f32
 /// scale, and each matmul's activations quantized the same way per row, on the fly. The integer
 /// sums run on AMX-INT8 through oneDNN (twice the bf16 tiles' rate, half the weight bytes);
-/// where oneDNN has no AMX-INT8 kernel, on AVX2 (`strata_s8_gemm_avx2`, several times the f32
-/// FMAs' rate on a CPU without matrix units). Both give the exact integer sums, so the same
-/// results. Opt-in: the logits move by the quantization, ~1e-2 of their range.
+/// where oneDNN has no AMX-INT8 kernel, on AVX2 (`strata_s8_gemm_avx2`: byte multiply-adds,
+/// which a Zen 3 issues at 4.5x its f32 FMA rate). Both give the exact integer sums, so the
+/// same results. Opt-in: the logits move by the quantization, ~1e-2 of their range.
 enum Int8Weights {
     static var usesMatrixUnits: Bool { MatrixUnits.oneDNN?.int8Kernel != nil }
 
@@ -203,8 +203,9 @@ enum Int8Weights {
         for c in 0..<count { out[c] = s[c] * (columnScales[c] * rowScale) + (bias?[c] ?? 0) }
     }
 
-    /// The fallback where there is no AVX2: the integer codes of both sides as f32, multiplied by OpenBLAS sgemm in
-    /// output-column slabs (one per worker, widened ~4 MiB at a time). Leaves the raw sums in `out`.
+    /// The fallback off x86-64 (no AVX2): the integer codes of both sides as f32, multiplied by
+    /// OpenBLAS sgemm in output-column slabs (one per worker, widened ~4 MiB at a time). Leaves
+    /// the raw sums in `out`.
     private static func multiplyInFloat(m: Int, n: Int, k: Int, codes: UnsafePointer<Int8>, weight: Tensor,
                                         out: UnsafeMutablePointer<Float>, threads: Int,
                                         scratch: (Int) -> UnsafeMutablePointer<Float>, release: (UnsafeMutablePointer<Float>, Int) -> Void) {
