@@ -76,5 +76,13 @@ void strata_s8_gemm_avx2(const int8_t *a, int m, int k, const int8_t *w, int n0,
             }
         }
     }
+#else
+    // Other architectures: the same exact sums, one product at a time.
+    for (int r = 0; r < m; r++)
+        for (int n = n0; n < n1; n++) {
+            int32_t s = 0;
+            for (int i = 0; i < k; i++) s += (int32_t)a[(long)r * k + i] * (int32_t)w[(long)n * k + i];
+            sums[(long)r * ldc + n] = s;
+        }
 #endif
 }

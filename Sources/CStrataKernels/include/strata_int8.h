@@ -29,7 +29,8 @@ void strata_int8_gemm(const strata_int8_rows *x, int rows, int k, int group_size
 
 /// sums[r * ldc + c] = sum_i a[r, i] * w[c, i] for weight rows c in [n0, n1): m rows of k int8
 /// codes against row-major int8 weight rows, codes in [-127, 127] on both sides, exact s32 sums
-/// (AVX2, s8_gemm.c; exact for k up to 133,000, where 127 * 127 * k reaches 2^31).
+/// (AVX2 on x86-64, a scalar loop elsewhere, s8_gemm.c; exact for k up to 133,000, where
+/// 127 * 127 * k reaches 2^31).
 void strata_s8_gemm_avx2(const int8_t *a, int m, int k, const int8_t *w, int n0, int n1, int32_t *sums, long ldc);
 
 /// Symmetric int8 codes of one row, x ~ scale * code, code = round-to-nearest-even(x * 127 / max|x|);

@@ -71,10 +71,10 @@ extension Int8Weights {
                 }
                 for r in 0..<rows {
                     let rowScale = xq.scales[first + r]
-                    rescaleRow(upSums + r * f * 4, integers: true, count: f, rowScale: rowScale, columnScales: upScales,
+                    rescaleRow(upSums + r * f * 4, count: f, rowScale: rowScale, columnScales: upScales,
                                bias: biases[1], into: upRow)
                     if let gateScales {
-                        rescaleRow(gateSums + r * f * 4, integers: true, count: f, rowScale: rowScale, columnScales: gateScales,
+                        rescaleRow(gateSums + r * f * 4, count: f, rowScale: rowScale, columnScales: gateScales,
                                    bias: biases[0], into: gateRow)
                         CPUBackend.gatedActivate(gateRow, upRow, count: f, activation, into: upRow)
                     } else {
@@ -86,7 +86,7 @@ extension Int8Weights {
                             threads: 1)
                 for r in 0..<rows {
                     let o = out + (first + r) * n
-                    rescaleRow(downSums + r * n * 4, integers: true, count: n, rowScale: hidden.scales[r], columnScales: downScales,
+                    rescaleRow(downSums + r * n * 4, count: n, rowScale: hidden.scales[r], columnScales: downScales,
                                bias: biases[2], into: o)
                     if let residual { CPUBackend.add(residual + (first + r) * n, into: o, count: n) }
                 }

@@ -1,4 +1,3 @@
-import COpenBLAS
 import CStrataKernels
 import StrataCore
 
@@ -14,14 +13,8 @@ enum Int8Weights {
     /// The kernel that serves int8 weights, by name (`strata bench-gemm` reports it).
     static var kernel: String { MatrixUnits.oneDNN?.int8Kernel.map { "onednn " + $0 } ?? fallbackKernel }
 
-    /// What runs where oneDNN has no AMX-INT8 kernel.
-    static var fallbackKernel: String {
-        #if arch(x86_64)
-        "int8-avx2"
-        #else
-        "int8-sgemm"
-        #endif
-    }
+    /// What runs where oneDNN has no AMX-INT8 kernel (`strata_s8_gemm_avx2`).
+    static let fallbackKernel = "int8-avx2"
 
     /// oneDNN's kernel for a slab of n columns of `rows` rows, as `run` multiplies it (rows
     /// padded to `OneDNN.int8MinRows`).
@@ -134,31 +127,27 @@ enum Int8Weights {
         guard m > 0, n > 0 else { return }
         let weightScales = scales(of: weight)
         let codes = x.codes, rowScales = x.scales
-        func rescale(_ sums: UnsafeRawPointer, integers: Bool, rows: Range<Int>, width: Int, first: Int) {
+        func rescale(_ sums: UnsafeRawPointer, rows: Range<Int>, width: Int, first: Int) {
             for r in rows {
-                rescaleRow(sums + r * width * 4, integers: integers, count: width, rowScale: rowScales[r],
+                rescaleRow(sums + r * width * 4, count: width, rowScale: rowScales[r],
                            columnScales: weightScales + first, bias: bias.map { $0 + first }, into: out + r * n + first)
             }
         }
         guard k > 0 else {
-            for r in 0..<m { (out + r * n).update(repeating: 0, count: n) }
-            rescale(out, integers: false, rows: 0..<m, width: n, first: 0)
+            // Empty sums: zero s32 (the same bits as f32 zeros), then the bias.
+            out.update(repeating: 0, count: m * n)
+            rescale(out, rows: 0..<m, width: n, first: 0)
             return
         }
         guard let dnnl = MatrixUnits.oneDNN, dnnl.int8Kernel != nil, let panels = layout.panels else {
-            #if arch(x86_64)
-            // AVX2's exact integer sums (`strata_s8_gemm_avx2`), output columns split across
-            // the workers, written as s32 into `out` and rescaled in place.
+            // Exact integer sums from `strata_s8_gemm_avx2`, output columns split across the
+            // workers, written as s32 into `out` and rescaled in place.
             let weightCodes = UnsafePointer(weight.buffer.pointer.assumingMemoryBound(to: Int8.self))
             let sums = UnsafeMutableRawPointer(out).assumingMemoryBound(to: Int32.self)
             parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
                 strata_s8_gemm_avx2(codes, Int32(m), Int32(k), weightCodes, Int32(columns.lowerBound), Int32(columns.upperBound), sums, n)
             }
-            parallelFor(m, threads: threads) { rows in rescale(out, integers: true, rows: rows, width: n, first: 0) }
-            #else
-            multiplyInFloat(m: m, n: n, k: k, codes: codes, weight: weight, out: out, threads: threads, scratch: scratch, release: release)
-            parallelFor(m, threads: threads) { rows in rescale(out, integers: false, rows: rows, width: n, first: 0) }
-            #endif
+            parallelFor(m, threads: threads) { rows in rescale(out, rows: rows, width: n, first: 0) }
             return
         }
         let w = UnsafeRawPointer(weight.buffer.pointer)
@@ -172,7 +161,7 @@ enum Int8Weights {
                     let rows = rowBlock(b, of: m), first = rows.lowerBound
                     dnnl.matmul(m: rows.count, n: n, k: k, a: codes + first * k, b: w, element: .int8, bias: nil, c: out + first * n,
                                 threads: 1)
-                    rescale(out, integers: true, rows: rows, width: n, first: 0)
+                    rescale(out, rows: rows, width: n, first: 0)
                 }
             }
             return
@@ -183,52 +172,19 @@ enum Int8Weights {
             defer { release(sums, rows * width) }
             let slab = w + (first / PanelLayout.panelWidth) * panels.panelElements
             dnnl.matmul(m: rows, n: width, k: k, a: codes, b: slab, element: .int8, bias: nil, c: sums, threads: 1)
-            rescale(sums, integers: true, rows: 0..<m, width: width, first: first)
+            rescale(sums, rows: 0..<m, width: width, first: first)
         }
     }
 
-    /// out[r, c] = sum[r, c] * rowScale * columnScales[c] + bias[c], the sums s32 or f32.
-    static func rescaleRow(_ sums: UnsafeRawPointer, integers: Bool, count: Int, rowScale: Float, columnScales: UnsafePointer<Float>,
+    /// out[r, c] = sum[r, c] * rowScale * columnScales[c] + bias[c] for s32 sums (`out` may be
+    /// the sums themselves: each is read before its f32 is written).
+    static func rescaleRow(_ sums: UnsafeRawPointer, count: Int, rowScale: Float, columnScales: UnsafePointer<Float>,
                            bias: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>) {
-        if integers {
-            let s = sums.assumingMemoryBound(to: Int32.self)
-            if CPUSetup.avx512Kernels {
-                strata_rescale_s32_avx512(s, Int32(count), rowScale, columnScales, bias, out)
-            } else {
-                strata_rescale_s32(s, Int32(count), rowScale, columnScales, bias, out)
-            }
-            return
-        }
-        let s = sums.assumingMemoryBound(to: Float.self)
-        for c in 0..<count { out[c] = s[c] * (columnScales[c] * rowScale) + (bias?[c] ?? 0) }
-    }
-
-    /// The fallback off x86-64 (no AVX2): the integer codes of both sides as f32, multiplied by
-    /// OpenBLAS sgemm in output-column slabs (one per worker, widened ~4 MiB at a time). Leaves
-    /// the raw sums in `out`.
-    private static func multiplyInFloat(m: Int, n: Int, k: Int, codes: UnsafePointer<Int8>, weight: Tensor,
-                                        out: UnsafeMutablePointer<Float>, threads: Int,
-                                        scratch: (Int) -> UnsafeMutablePointer<Float>, release: (UnsafeMutablePointer<Float>, Int) -> Void) {
-        guard let layout = weight.int8 else { return }
-        let a = scratch(m * k)
-        defer { release(a, m * k) }
-        for i in 0..<(m * k) { a[i] = Float(codes[i]) }
-        let weightCodes = weight.buffer.pointer.assumingMemoryBound(to: Int8.self)
-        let input = UnsafePointer(a)
-        parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
-            let slab = max(1, min(columns.count, (1 << 20) / max(k, 1)))
-            let widened = scratch(slab * k)
-            defer { release(widened, slab * k) }
-            var row = columns.lowerBound
-            while row < columns.upperBound {
-                let rowsNow = min(slab, columns.upperBound - row)
-                for r in 0..<rowsNow {
-                    for c in 0..<k { widened[r * k + c] = Float(weightCodes[layout.index(row: row + r, column: c)]) }
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(rowsNow), Int32(k),
-                            1, input, Int32(k), widened, Int32(k), 0, out + row, Int32(n))
-                row += rowsNow
-            }
+        let s = sums.assumingMemoryBound(to: Int32.self)
+        if CPUSetup.avx512Kernels {
+            strata_rescale_s32_avx512(s, Int32(count), rowScale, columnScales, bias, out)
+        } else {
+            strata_rescale_s32(s, Int32(count), rowScale, columnScales, bias, out)
         }
     }
 }
