@@ -112,13 +112,8 @@ extension CPUBackend {
                 return
             }
             if fused {
-                if weight.dtype == .bf16 {
-                    HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: BF16.self),
-                                 columns: columns, out: op, ldc: n, beta: beta)
-                } else {
-                    HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer.assumingMemoryBound(to: Float16.self),
-                                 columns: columns, out: op, ldc: n, beta: beta)
-                }
+                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer, bf16: weight.dtype == .bf16, columns: columns, out: op,
+                             ldc: n, beta: beta)
                 return
             }
             // Widen the stored weight in slabs of about 4 MiB: large enough that OpenBLAS packs x
