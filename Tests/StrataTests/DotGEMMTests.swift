@@ -1,4 +1,5 @@
 import CStrataKernels
+import StrataBackend
 import StrataCore
 import Testing
 
@@ -54,5 +55,26 @@ import Testing
             }
             #expect(worst <= 1e-6 * Double(k + 1), "\(label) m=\(m) n=\(n) k=\(k): max error \(worst)")
         }
+    }
+
+    /// `strata_dequantize_rows` (whole 4- and 8-bit groups along rows) gives bit for bit what
+    /// the Swift group decoder does, so the fused quantized matmul's weights did not change.
+    @Test(arguments: [(4, 32), (8, 32), (4, 64), (8, 16), (4, 128)])
+    func rowDecoderMatchesTheGroupDecoder(bits: Int, groupSize: Int) throws {
+        let (n, k) = (5, 4 * groupSize)
+        let scheme = try QuantizationScheme(bits: bits, groupSize: groupSize)
+        let q = GroupQuantizer.quantize(Self.randoms(n * k, seed: 7), shape: [n, k], scheme: scheme)
+        var expected = [Float](repeating: .nan, count: n * k)
+        expected.withUnsafeMutableBufferPointer { out in
+            q.data.withUnsafeBufferPointer { data in
+                for index in 0..<(n * k / groupSize) {
+                    GroupQuantizer.dequantizeGroup(data.baseAddress! + index * scheme.bytesPerGroup, step: q.steps[index],
+                                                   minimum: q.mins[index], scheme: scheme, into: out.baseAddress! + index * groupSize)
+                }
+            }
+        }
+        let backend = CPUBackend(threads: 1)
+        let decoded = backend.download(backend.upload(quantized: q))
+        #expect(decoded.map(\.bitPattern) == expected.map(\.bitPattern), "\(bits)-bit groups of \(groupSize)")
     }
 }

@@ -1,4 +1,5 @@
 import COpenBLAS
+import CStrataKernels
 import StrataCore
 
 /// The CPU backend's matmuls against weights: which kernel serves a weight's format and row
@@ -102,6 +103,13 @@ extension CPUBackend {
         let fused = usesFusedKernel(weight, rows: m, path: path)
         // Output columns are split across workers; each runs a single-threaded kernel on its slab.
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+            if weight.dtype == .f32, m <= HalfGEMM.maxRows {
+                // Decode-sized: sgemm would copy (pack) the whole weight on every call, which for
+                // an f32 LM head (a GGUF's Q6_K output, decoded at load) is 131 MB per step.
+                strata_dot_gemm(Int32(m), Int32(k), xp, weight.floats, Int32(STRATA_DOT_F32), columns.lowerBound, columns.upperBound,
+                                op, n, beta == 0 ? 0 : 1, Int(HalfGEMM.prefetchDistance) * 4)
+                return
+            }
             if weight.dtype == .f32 {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(columns.count), Int32(k),
                             1, xp, Int32(k), weight.floats + columns.lowerBound * k, Int32(k), beta, op + columns.lowerBound, Int32(n))

@@ -1,3 +1,4 @@
+import CStrataKernels
 import Dispatch
 import StrataCore
 import Synchronization
@@ -73,6 +74,13 @@ extension CPUBackend {
         let steps = (t.buffer.pointer + q.stepsOffset).assumingMemoryBound(to: Float16.self)
         let mins = (t.buffer.pointer + q.minsOffset).assumingMemoryBound(to: Float16.self)
         let columns = t.columns
+        if g.inner == 1, s.bits == 4 || s.bits == 8, gs % 16 == 0, columns % gs == 0 {
+            // Whole groups of 4 or 8 bits (Q4_0, Q8_0 and Strata's own defaults): one C call.
+            strata_dequantize_rows(data, UnsafeRawPointer(steps).assumingMemoryBound(to: UInt16.self),
+                                   UnsafeRawPointer(mins).assumingMemoryBound(to: UInt16.self), Int32(s.bits), Int32(gs),
+                                   Int32(columns), rows.lowerBound, Int32(rows.count), out)
+            return
+        }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: gs) { group in
             let tmp = group.baseAddress!
             if g.inner == 1 {
