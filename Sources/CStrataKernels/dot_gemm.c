@@ -3,9 +3,10 @@
 //
 // Register tile: 4 rows of x by 3 weight rows, 8 lanes along k: 12 accumulators, 3 widened
 // weight vectors and one x vector fill AVX2's 16 registers. Per step that is 4 x loads (from
-// L2: x is reused by every weight triple) for 12 FMAs. The 4 x 2 tile this replaces read x at
-// 4 loads per 8 FMAs, which L2's bandwidth could not feed; on a Zen 3 the 4 x 3 tile ran
-// 25-40% faster in a side-by-side harness (BENCHMARKS.md, issue 15, sixth round).
+// L2: x is reused by every weight triple) for 12 FMAs, where the 4 x 2 tile this replaces read
+// x at 4 loads per 8 FMAs. On a Zen 3, one thread, the per-thread shapes of a Llama-250M decode
+// step, min of 15 alternating calls: 1.04-1.17x the 4 x 2 tile at 16 rows, 1.54x at one row,
+// 0.91x at exactly four (BENCHMARKS.md, issue 15, sixth round).
 #include "strata_dot.h"
 #include <stdint.h>
 #include <string.h>

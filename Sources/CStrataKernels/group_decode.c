@@ -1,7 +1,7 @@
 // Group-quantized weight rows decoded to f32 for the fused quantized matmul (QuantGEMM.swift)
 // and the decode-then-sgemm path. Swift decoded them one 32-value group per call across a
-// module boundary; at batch 1 on AVX2 that call and its scalar set-up per group made a Q4_0
-// decode step 5x slower than llama.cpp's (issue 15, sixth round).
+// module boundary; at batch 1 on AVX2 that call and its set-up per group were a large share
+// of a Q4_0 decode step (10.7 tokens/s on a Zen 3, llama.cpp 56.5; issue 15, sixth round).
 #include "strata_group_decode.h"
 #include <string.h>
 // code * step, then + minimum: two roundings, as the Swift decoder does (no fused multiply-add).
