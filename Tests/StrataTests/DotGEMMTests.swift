@@ -77,4 +77,49 @@ import Testing
         let decoded = backend.download(backend.upload(quantized: q))
         #expect(decoded.map(\.bitPattern) == expected.map(\.bitPattern), "\(bits)-bit groups of \(groupSize)")
     }
+
+    /// `strata_quantized_dot_row` (batch-1 steps on 4/8-bit groups) against a double reference of
+    /// the decoded weights: asymmetric groups (minimums read) and symmetric ones whose zero code
+    /// is known (Q4_0's 8, Q8_0's 128; minimums never read: they are NaN here), weight-row counts
+    /// that leave 1-3 rows past the 4-row tile, and accumulation.
+    @Test(arguments: [(4, 32, -1), (8, 16, -1), (4, 32, 8), (8, 32, 128), (4, 64, 0), (8, 64, 128)])
+    func rowKernelMatchesDecodedWeights(bits: Int, groupSize: Int, zero: Int) throws {
+        let (n, k) = (7, 3 * groupSize)
+        let scheme = try QuantizationScheme(bits: bits, groupSize: groupSize)
+        var q = GroupQuantizer.quantize(Self.randoms(n * k, seed: 11), shape: [n, k], scheme: scheme)
+        if zero >= 0 {
+            // Symmetric groups: minimum = -zero * step exactly; the kernel must not read them.
+            q.steps = q.steps.enumerated().map { Float16(Float(1 + $0.offset % 5) / 64) }
+            q.mins = q.steps.map { Float16(-Float(zero) * Float($0)) }
+        }
+        let groups = k / groupSize
+        var weights = [Float](repeating: 0, count: n * k)
+        weights.withUnsafeMutableBufferPointer { out in
+            q.data.withUnsafeBufferPointer { data in
+                for index in 0..<(n * groups) {
+                    GroupQuantizer.dequantizeGroup(data.baseAddress! + index * scheme.bytesPerGroup, step: q.steps[index],
+                                                   minimum: q.mins[index], scheme: scheme, into: out.baseAddress! + index * groupSize)
+                }
+            }
+        }
+        let mins = zero >= 0 ? [UInt16](repeating: Float16.nan.bitPattern, count: q.mins.count) : q.mins.map(\.bitPattern)
+        let x = Self.randoms(k, seed: 12), old = Self.randoms(n, seed: 13)
+        for accumulate in [false, true] {
+            var out = old
+            q.data.withUnsafeBufferPointer { data in
+                strata_quantized_dot_row(Int32(k), x, data.baseAddress!, q.steps.map(\.bitPattern), mins, Int32(zero), Int32(bits),
+                                         Int32(groupSize), 0, n, &out, accumulate ? 1 : 0)
+            }
+            for c in 0..<n {
+                var expected = accumulate ? Double(old[c]) : 0, magnitude = 0.0
+                for i in 0..<k {
+                    expected += Double(x[i]) * Double(weights[c * k + i])
+                    magnitude += abs(Double(x[i]) * Double(weights[c * k + i]))
+                }
+                // f32 rounding of sums whose terms total `magnitude`: 1e-6 of it per 16 terms is generous.
+                #expect(abs(Double(out[c]) - expected) <= 1e-6 * magnitude * Double(k / 16 + 1) + 1e-6,
+                        "\(bits)-bit g\(groupSize) zero \(zero) row \(c): \(out[c]) vs \(expected)")
+            }
+        }
+    }
 }

@@ -22,6 +22,17 @@ enum QuantGEMM {
         let layout = weight.quantization!
         let rowBytes = layout.geometry.groupsAlongAxis * layout.scheme.bytesPerGroup
         let data = UnsafePointer(weight.buffer.pointer.assumingMemoryBound(to: UInt8.self))
+        let scheme = layout.scheme
+        if m == 1, scheme.bits == 4 || scheme.bits == 8, scheme.groupSize % 16 == 0, k % scheme.groupSize == 0 {
+            // A batch-1 step: decoding each weight to f32 and reading it back for a single FMA
+            // cost more than the FMA; the codes multiply x as they are, scaled once per group.
+            let base = UnsafeRawPointer(weight.buffer.pointer)
+            strata_quantized_dot_row(Int32(k), x, data, (base + layout.stepsOffset).assumingMemoryBound(to: UInt16.self),
+                                     (base + layout.minsOffset).assumingMemoryBound(to: UInt16.self), Int32(layout.zero ?? -1),
+                                     Int32(scheme.bits), Int32(scheme.groupSize), columns.lowerBound, columns.upperBound, out,
+                                     beta == 0 ? 0 : 1)
+            return
+        }
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerStep * k)
         defer { scratch.deallocate() }
         var n = columns.lowerBound
