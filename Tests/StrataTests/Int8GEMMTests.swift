@@ -6,7 +6,8 @@ import StrataModels
 import StrataRuntime
 import Testing
 
-/// `--int8-activations`: 4/8-bit weights times int8-quantized activations on AVX512-VNNI.
+/// `--int8-activations`: 4/8-bit weights times int8-quantized activations (AVX512-VNNI, or AVX2
+/// for 4-bit weights).
 @Suite struct Int8GEMMTests {
     /// Against the exact product of the dequantized weight (double precision): every output is
     /// within the bound the activation rounding allows (half a step of each group's int8 scale
@@ -45,7 +46,7 @@ import Testing
         #expect(total / Double(m * n) < 0.2, "mean error / bound = \(total / Double(m * n))")
         // Where the CPU has the instructions the int8 path must have run (an exact f32 result
         // would mean the flag was ignored).
-        if CPUBackend.int8DotProducts { #expect(worstRelative > 0) }
+        if CPUBackend.int8DotProducts(bits: bits) { #expect(worstRelative > 0) }
     }
 
     /// On the trained demo model with 4-bit and 8-bit weights, token by token (one-row decode
@@ -82,20 +83,32 @@ import Testing
             worst = max(worst, ratio)
         }
         #expect(worst <= 0.03, "\(bits)-bit: a step's logits moved by \(worst) of the largest")
-        if CPUBackend.int8DotProducts { #expect(worst > 0, "the int8 path did not run") }
+        if CPUBackend.int8DotProducts(bits: bits) { #expect(worst > 0, "the int8 path did not run") }
         let change = abs(b.nll - a.nll) / a.nll
         #expect(change < 0.001, "\(bits)-bit: mean NLL \(a.nll) -> \(b.nll) (\(change))")
     }
 
-    /// A CPU without VNNI (forced with STRATA_CPU_ISA=baseline) runs the exact f32 path: the flag
-    /// changes nothing there, and the binary still starts.
-    @Test func forcedBaselineIgnoresTheFlag() throws {
+    /// `STRATA_CPU_ISA=baseline` forces the AVX2 kernel: for 4-bit weights it gives the VNNI
+    /// kernel's results bit for bit (the same text as the native run, whichever kernel that
+    /// is), for 8-bit weights it leaves the exact f32 path (the same text as without the flag);
+    /// and the binary still starts.
+    @Test func forcedBaselineRunsTheAVX2Kernel() throws {
         try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
         let common = ["generate", "--model", Fixtures.model("opt-licenses"), "--prompt", "The license", "--max-new-tokens", "24",
-                      "--compress-weight", "--backend", "cpu"]
-        let plain = try CommandLineTests.run(common)
-        let forced = try CommandLineTests.run(common + ["--int8-activations"], environment: ["STRATA_CPU_ISA": "baseline"])
-        #expect(plain.status == 0 && forced.status == 0, "\(plain.stderr) \(forced.stderr)")
-        #expect(plain.stdout == forced.stdout && !plain.stdout.isEmpty)
+                      "--backend", "cpu"]
+        let baseline = ["STRATA_CPU_ISA": "baseline"]
+        let four = common + ["--compress-weight", "--int8-activations"]
+        let native = try CommandLineTests.run(four), forced = try CommandLineTests.run(four, environment: baseline)
+        #expect(native.status == 0 && forced.status == 0, "\(native.stderr) \(forced.stderr)")
+        #expect(native.stdout == forced.stdout && !native.stdout.isEmpty)
+        let layers = try ModelConfig(directory: Fixtures.model("opt-licenses")).numLayers
+        let map = FileManager.default.temporaryDirectory.appendingPathComponent("strata-int8-eight-\(getpid()).json").path
+        try "{\"group_size\": 64, \"bits\": [\(Array(repeating: "8", count: layers).joined(separator: ", "))]}"
+            .write(toFile: map, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: map) }
+        let eight = common + ["--precision", map]
+        let plain = try CommandLineTests.run(eight), flagged = try CommandLineTests.run(eight + ["--int8-activations"], environment: baseline)
+        #expect(plain.status == 0 && flagged.status == 0, "\(plain.stderr) \(flagged.stderr)")
+        #expect(plain.stdout == flagged.stdout && !plain.stdout.isEmpty)
     }
 }

@@ -22,10 +22,15 @@ void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int gro
 /// out[r, n] = beta * out[r, n] + sum_k x[r, k] * w[n, k] for weight rows n in [n0, n1) of a
 /// group-quantized weight (groups along k, `bits` 4 or 8, codes then f16 steps and mins as
 /// Strata lays them out: w = min + code * step; 4-bit byte j of a group holds values j and
-/// j + group_size / 2). rows <= 16.
+/// j + group_size / 2). rows <= 16. `vnni` nonzero: AVX512-VNNI (strata_int8_supported);
+/// zero: AVX2, 4-bit codes only (strata_int8_avx2_supports), the same results bit for bit.
 void strata_int8_gemm(const strata_int8_rows *x, int rows, int k, int group_size, int bits,
                       const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
-                      int n0, int n1, float *out, int ldc, float beta);
+                      int n0, int n1, float *out, int ldc, float beta, int vnni);
+
+/// Whether strata_int8_gemm's AVX2 form serves weights of `bits`: 4 (an 8-bit code times an
+/// int8 activation could saturate vpmaddubsw's 16-bit pair sums).
+int strata_int8_avx2_supports(int bits);
 
 /// sums[r * ldc + c] = sum_i a[r, i] * w[c, i] for weight rows c in [n0, n1): m rows of k int8
 /// codes against row-major int8 weight rows, codes in [-127, 127] on both sides, exact s32 sums

@@ -49,7 +49,7 @@ extension CPUBackend {
         guard let q = weight.quantization else { return "not quantized" }
         let (n, k) = (weight.shape[0], weight.columns)
         if decodesToPanels(weight, rows: m) { return QuantizedPanels.kernel(rows: m, n: n, k: k) }
-        if int8Activations, m <= Int8GEMM.maxRows, Int8GEMM.supports(q, k: k) { return "int8-vnni" }
+        if int8Activations, m <= Int8GEMM.maxRows, Int8GEMM.supports(q, k: k) { return Int8GEMM.kernel }
         if usesFusedKernel(weight, rows: m, path: .automatic) { return "fused-q\(q.scheme.bits)" }
         if weightFormat == .bf16, BF16GEMM.usesMatrixUnits { return "decode+" + BF16GEMM.kernel(rows: m, n: n, k: k) }
         return "decode-sgemm"

@@ -4,14 +4,16 @@ import Glibc
 import CStrataKernels
 import StrataCore
 
-/// Small-batch products with 4-bit and 8-bit weights as integer dot products (AVX512-VNNI
-/// `vpdpbusd`, unsigned weight codes times int8 activations), as llama.cpp multiplies its Q4_0
-/// and Q8_0 blocks. The activations are quantized to int8 per block of 32 values (scale = max
+/// Small-batch products with 4-bit and 8-bit weights as integer dot products, as llama.cpp
+/// multiplies its Q4_0 and Q8_0 blocks: AVX512-VNNI `vpdpbusd` (unsigned weight codes times
+/// int8 activations) where the CPU has it, else AVX2 `vpmaddubsw` + `vpmaddwd` for 4-bit codes
+/// (bit for bit the same results; 8-bit codes could saturate its 16-bit pairs and stay on the
+/// f32 path). The activations are quantized to int8 per block of 32 values (scale = max
 /// |x| / 127; per block, not per weight group, because OPT-style activations carry outlier
-/// features that would coarsen a whole 64-value group), so results move slightly: opt-in (`--int8-activations`), never the
-/// default path the fixtures hold to 1e-4. The kernels are C with their own target
-/// attributes (the rest of the binary targets Haswell) and run only where CPUID says so;
-/// `STRATA_CPU_ISA=baseline` forces the f32 fused path.
+/// features that would coarsen a whole 64-value group), so results move slightly: opt-in
+/// (`--int8-activations`), never the default path the fixtures hold to 1e-4. The kernels are C
+/// with their own target attributes (the rest of the binary targets Haswell);
+/// `STRATA_CPU_ISA=baseline` forces the AVX2 form.
 enum Int8GEMM {
     /// Up to this many rows (small decode batches: one 4-row tile, so each weight block is decoded
     /// once per call); from 8 rows on the f32 fused kernel was as fast or faster (Llama-250M Q4_0
@@ -19,15 +21,24 @@ enum Int8GEMM {
     /// 78 vs 76, 16 rows 111 vs 80).
     static let maxRows = 4
 
-    static let available: Bool = {
+    /// Whether the AVX512-VNNI form runs (else the AVX2 one).
+    static let vnni: Bool = {
         if let isa = getenv(MatrixUnits.environmentKey), String(cString: isa) == "baseline" { return false }
         return strata_int8_supported() != 0
     }()
 
-    static func supports(_ layout: QuantizedLayout, k: Int) -> Bool {
-        available && layout.geometry.inner == 1 && (layout.scheme.bits == 4 || layout.scheme.bits == 8)
-            && layout.scheme.groupSize % 32 == 0 && k % layout.scheme.groupSize == 0
+    /// Whether weights of `bits` have an integer kernel on this CPU.
+    static func serves(bits: Int) -> Bool {
+        (bits == 4 || bits == 8) && (vnni || strata_int8_avx2_supports(Int32(bits)) != 0)
     }
+
+    static func supports(_ layout: QuantizedLayout, k: Int) -> Bool {
+        serves(bits: layout.scheme.bits) && layout.geometry.inner == 1 && layout.scheme.groupSize % 32 == 0
+            && k % layout.scheme.groupSize == 0
+    }
+
+    /// The kernel's name, for `strata bench-gemm`.
+    static var kernel: String { vnni ? "int8-vnni" : "int8-avx2" }
 
     /// out = beta * out + x * weight^T over `threads` workers split by output columns.
     static func run(m: Int, k: Int, x: UnsafePointer<Float>, weight: Tensor, out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float,
@@ -48,13 +59,14 @@ enum Int8GEMM {
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
             withUnsafePointer(to: rows) { r in
                 strata_int8_gemm(r, Int32(m), Int32(k), Int32(groupSize), Int32(q.scheme.bits), data, steps, mins,
-                                 Int32(columns.lowerBound), Int32(columns.upperBound), out, Int32(ldc), beta)
+                                 Int32(columns.lowerBound), Int32(columns.upperBound), out, Int32(ldc), beta, vnni ? 1 : 0)
             }
         }
     }
 }
 
 extension CPUBackend {
-    /// Whether `int8Activations` runs integer dot products on this CPU (else the flag is a no-op).
-    public static var int8DotProducts: Bool { Int8GEMM.available }
+    /// Whether `int8Activations` runs integer dot products for weights of `bits` on this CPU
+    /// (else the flag is a no-op for them).
+    public static func int8DotProducts(bits: Int) -> Bool { Int8GEMM.serves(bits: bits) }
 }
