@@ -100,7 +100,9 @@ void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int gro
                 long at = (long)(n + j) * groups + g;                                                                    \
                 step[j] = _cvtsh_ss(steps[at]);                                                                          \
                 minimum[j] = _cvtsh_ss(mins[at]);                                                                        \
-                _mm_prefetch((const char *)(codes + at * bytes_per_group + 1024), _MM_HINT_T0);                        \
+                /* The next tile's rows at this group: 1 KiB ahead fell inside this tile for */                      \
+                /* rows of up to 1 KiB (Q4_0 at k = 1024), and the code loads waited on memory. */                     \
+                _mm_prefetch((const char *)(codes + (at + (long)NR * groups) * bytes_per_group), _MM_HINT_T0);        \
             }                                                                                                            \
             for (int s = 0; s < blocks; s++) {                                                                           \
                 __m256i w[4];                                                                                            \

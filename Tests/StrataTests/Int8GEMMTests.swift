@@ -1,3 +1,4 @@
+import CStrataKernels
 import Foundation
 import StrataBackend
 import StrataCore
@@ -46,7 +47,7 @@ import Testing
         #expect(total / Double(m * n) < 0.2, "mean error / bound = \(total / Double(m * n))")
         // Where the CPU has the instructions the int8 path must have run (an exact f32 result
         // would mean the flag was ignored).
-        if CPUBackend.int8DotProducts(bits: bits) { #expect(worstRelative > 0) }
+        if CPUBackend.int8DotProducts(bits: bits, rows: m) { #expect(worstRelative > 0) }
     }
 
     /// On the trained demo model with 4-bit and 8-bit weights, token by token (one-row decode
@@ -83,32 +84,64 @@ import Testing
             worst = max(worst, ratio)
         }
         #expect(worst <= 0.03, "\(bits)-bit: a step's logits moved by \(worst) of the largest")
-        if CPUBackend.int8DotProducts(bits: bits) { #expect(worst > 0, "the int8 path did not run") }
+        if CPUBackend.int8DotProducts(bits: bits, rows: 1) { #expect(worst > 0, "the int8 path did not run") }
         let change = abs(b.nll - a.nll) / a.nll
         #expect(change < 0.001, "\(bits)-bit: mean NLL \(a.nll) -> \(b.nll) (\(change))")
     }
 
-    /// `STRATA_CPU_ISA=baseline` forces the AVX2 kernel: for 4-bit weights it gives the VNNI
-    /// kernel's results bit for bit (the same text as the native run, whichever kernel that
-    /// is), for 8-bit weights it leaves the exact f32 path (the same text as without the flag);
-    /// and the binary still starts.
-    @Test func forcedBaselineRunsTheAVX2Kernel() throws {
+    /// The AVX2 form gives the VNNI form's results bit for bit (4-bit codes: no 16-bit pair can
+    /// saturate), on every row count and a weight-row tail; where there is no VNNI it is checked
+    /// against the dequantized product by the test above instead.
+    @Test func avx2FormMatchesVNNIBitForBit() throws {
+        guard strata_int8_supported() != 0 else {
+            try Test.cancel("this CPU has no AVX512-VNNI to compare with; the AVX2 form is checked against the dequantized product")
+        }
+        let (n, k, groupSize) = (13, 256, 64)
+        let q = GroupQuantizer.quantize(BackendOpTests.randoms(n * k, seed: 21), shape: [n, k],
+                                        scheme: try QuantizationScheme(bits: 4, groupSize: groupSize))
+        for m in 1...4 {
+            let x = BackendOpTests.randoms(m * k, seed: 22 + UInt64(m))
+            var codes = [Int8](repeating: 0, count: m * k), scales = [Float](repeating: 0, count: m * k / 32)
+            var sums = [Float](repeating: 0, count: m * k / groupSize)
+            var outputs: [[Float]] = []
+            for vnni: Int32 in [1, 0] {
+                var out = [Float](repeating: 0, count: m * n)
+                codes.withUnsafeMutableBufferPointer { c in
+                    scales.withUnsafeMutableBufferPointer { s in
+                        sums.withUnsafeMutableBufferPointer { u in
+                            let rows = strata_int8_rows(codes: c.baseAddress!, scales: s.baseAddress!, sums: u.baseAddress!)
+                            strata_int8_quantize_rows(x, Int32(m), Int32(k), Int32(k), Int32(groupSize), 4, rows)
+                            withUnsafePointer(to: rows) { r in
+                                strata_int8_gemm(r, Int32(m), Int32(k), Int32(groupSize), 4, q.data, q.steps.map(\.bitPattern),
+                                                 q.mins.map(\.bitPattern), 0, Int32(n), &out, Int32(n), 0, vnni)
+                            }
+                        }
+                    }
+                }
+                outputs.append(out)
+            }
+            #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern), "\(m) rows")
+        }
+    }
+
+    /// `STRATA_CPU_ISA=baseline` (the AVX2 forms) with batch-1 generation: one-row decode steps
+    /// take the exact f32 row kernel (faster there than the AVX2 integer form) and a prompt of
+    /// more than 4 tokens is above the integer path's rows, so the flag changes nothing for
+    /// 4-bit or 8-bit weights; and the binary still starts.
+    @Test func forcedBaselineKeepsBatchOneGenerationExact() throws {
         try #require(FileManager.default.isExecutableFile(atPath: CommandLineTests.binary), "no binary (swift build first)")
-        let common = ["generate", "--model", Fixtures.model("opt-licenses"), "--prompt", "The license", "--max-new-tokens", "24",
-                      "--backend", "cpu"]
-        let baseline = ["STRATA_CPU_ISA": "baseline"]
-        let four = common + ["--compress-weight", "--int8-activations"]
-        let native = try CommandLineTests.run(four), forced = try CommandLineTests.run(four, environment: baseline)
-        #expect(native.status == 0 && forced.status == 0, "\(native.stderr) \(forced.stderr)")
-        #expect(native.stdout == forced.stdout && !native.stdout.isEmpty)
+        let common = ["generate", "--model", Fixtures.model("opt-licenses"), "--prompt", "The license grants every recipient of a copy",
+                      "--max-new-tokens", "24", "--backend", "cpu"]
         let layers = try ModelConfig(directory: Fixtures.model("opt-licenses")).numLayers
         let map = FileManager.default.temporaryDirectory.appendingPathComponent("strata-int8-eight-\(getpid()).json").path
         try "{\"group_size\": 64, \"bits\": [\(Array(repeating: "8", count: layers).joined(separator: ", "))]}"
             .write(toFile: map, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: map) }
-        let eight = common + ["--precision", map]
-        let plain = try CommandLineTests.run(eight), flagged = try CommandLineTests.run(eight + ["--int8-activations"], environment: baseline)
-        #expect(plain.status == 0 && flagged.status == 0, "\(plain.stderr) \(flagged.stderr)")
-        #expect(plain.stdout == flagged.stdout && !plain.stdout.isEmpty)
+        for weights in [["--compress-weight"], ["--precision", map]] {
+            let plain = try CommandLineTests.run(common + weights)
+            let forced = try CommandLineTests.run(common + weights + ["--int8-activations"], environment: ["STRATA_CPU_ISA": "baseline"])
+            #expect(plain.status == 0 && forced.status == 0, "\(plain.stderr) \(forced.stderr)")
+            #expect(plain.stdout == forced.stdout && !plain.stdout.isEmpty, "\(weights)")
+        }
     }
 }

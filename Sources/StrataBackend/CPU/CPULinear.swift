@@ -49,7 +49,7 @@ extension CPUBackend {
         guard let q = weight.quantization else { return "not quantized" }
         let (n, k) = (weight.shape[0], weight.columns)
         if decodesToPanels(weight, rows: m) { return QuantizedPanels.kernel(rows: m, n: n, k: k) }
-        if int8Activations, m <= Int8GEMM.maxRows, Int8GEMM.supports(q, k: k) { return Int8GEMM.kernel }
+        if int8Activations, Int8GEMM.runs(q, k: k, rows: m) { return Int8GEMM.kernel }
         if usesFusedKernel(weight, rows: m, path: .automatic) { return "fused-q\(q.scheme.bits)" }
         if weightFormat == .bf16, BF16GEMM.usesMatrixUnits { return "decode+" + BF16GEMM.kernel(rows: m, n: n, k: k) }
         return "decode-sgemm"
@@ -96,7 +96,7 @@ extension CPUBackend {
         }
         let beta: Float = bias == nil ? 0 : 1
         let xp = x.floats, op = out.floats
-        if int8Activations, path == .automatic, m <= Int8GEMM.maxRows, let q = weight.quantization, Int8GEMM.supports(q, k: k) {
+        if int8Activations, path == .automatic, let q = weight.quantization, Int8GEMM.runs(q, k: k, rows: m) {
             Int8GEMM.run(m: m, k: k, x: xp, weight: weight, out: op, ldc: n, beta: beta, threads: threads)
             return out
         }
@@ -152,7 +152,7 @@ extension CPUBackend {
     func decodesToPanels(_ weight: Tensor, rows m: Int) -> Bool {
         guard let q = weight.quantization, weightFormat == .bf16, BF16GEMM.usesMatrixUnits,
               QuantizedPanels.supports(q, k: weight.columns) else { return false }
-        return !(int8Activations && m <= Int8GEMM.maxRows && Int8GEMM.supports(q, k: weight.columns))
+        return !(int8Activations && Int8GEMM.runs(q, k: weight.columns, rows: m))
     }
 
     /// Projections of one input: int8 weights share one quantization of it, bf16 weights on the

@@ -37,6 +37,14 @@ enum Int8GEMM {
             && k % layout.scheme.groupSize == 0
     }
 
+    /// Whether `--int8-activations` takes this product: up to `maxRows` rows, except one row
+    /// without VNNI, where the f32 row kernel (`strata_quantized_dot_row`) was faster than the
+    /// AVX2 form (Zen 3, Q4_0 Llama-250M batch-1 decode: 44 against 37 tokens/s; at 4 rows the
+    /// AVX2 form won, 68 against 58).
+    static func runs(_ layout: QuantizedLayout, k: Int, rows: Int) -> Bool {
+        rows <= maxRows && (vnni || rows > 1) && supports(layout, k: k)
+    }
+
     /// The kernel's name, for `strata bench-gemm`.
     static var kernel: String { vnni ? "int8-vnni" : "int8-avx2" }
 
@@ -66,7 +74,9 @@ enum Int8GEMM {
 }
 
 extension CPUBackend {
-    /// Whether `int8Activations` runs integer dot products for weights of `bits` on this CPU
-    /// (else the flag is a no-op for them).
-    public static func int8DotProducts(bits: Int) -> Bool { Int8GEMM.serves(bits: bits) }
+    /// Whether `int8Activations` runs integer dot products for `rows` rows against weights of
+    /// `bits` on this CPU (else the flag is a no-op for them).
+    public static func int8DotProducts(bits: Int, rows: Int) -> Bool {
+        Int8GEMM.serves(bits: bits) && rows <= Int8GEMM.maxRows && (Int8GEMM.vnni || rows > 1)
+    }
 }
