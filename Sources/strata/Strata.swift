@@ -56,7 +56,7 @@ struct BackendOptions: ParsableArguments {
     @Flag(help: "No progress bars or notes on stderr (errors and results still print).")
     var quiet = false
 
-    @Flag(help: "Resident models: multiply 4/8-bit weights by int8-quantized activations with the CPU's integer dot products (AVX512-VNNI; without it AVX2, 4-bit weights only) for decode batches of up to 4 rows, as llama.cpp does; results move by ~1e-3 relative, so it is opt-in.")
+    @Flag(help: "Resident models: multiply 4/8-bit weights by int8-quantized activations with the CPU's integer dot products (AVX512-VNNI; without it AVX2, 4-bit weights, 2-4 rows) for decode batches of up to 4 rows, as llama.cpp does; results move by ~1e-3 relative, so it is opt-in.")
     var int8Activations = false
 
     @Flag(help: "Say which compute backend runs and why (e.g. why CUDA is not used).")
