@@ -8,19 +8,12 @@
 // step, min of 15 alternating calls: 1.04-1.17x the 4 x 2 tile at 16 rows, 1.54x at one row,
 // 0.91x at exactly four (BENCHMARKS.md, issue 15, sixth round).
 #include "strata_dot.h"
+#include "lanes.h"
 #include <stdint.h>
-#include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define STRATA_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) static inline
-
-STRATA_AVX2 INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 STRATA_AVX2 INLINE __m256 load8(const void *w, const int type, long i) {
     if (type == STRATA_DOT_F32) return _mm256_loadu_ps((const float *)w + i);
@@ -33,15 +26,7 @@ STRATA_AVX2 INLINE __m256 load8(const void *w, const int type, long i) {
 static inline float widen1(const void *w, const int type, long i) {
     if (type == STRATA_DOT_F32) return ((const float *)w)[i];
     uint16_t h = ((const uint16_t *)w)[i];
-    if (type == STRATA_DOT_BF16) {
-        uint32_t bits = (uint32_t)h << 16;
-        float f;
-        memcpy(&f, &bits, 4);
-        return f;
-    }
-    _Float16 half;
-    memcpy(&half, &h, 2);
-    return (float)half;
+    return type == STRATA_DOT_BF16 ? strata_bf16_to_float(h) : strata_f16_to_float(h);
 }
 
 static inline long element_bytes(int type) { return type == STRATA_DOT_F32 ? 4 : 2; }
@@ -71,7 +56,7 @@ STRATA_AVX2 INLINE void tile(const int MR, const int NR, const int type, int k, 
     }
     for (int r = 0; r < MR; r++)
         for (int j = 0; j < NR; j++) {
-            float s = hsum(acc[r][j]);
+            float s = strata_hsum8(acc[r][j]);
             for (int i = vectorEnd; i < k; i++) s += x[(long)r * k + i] * widen1(rows + j * rowBytes, type, i);
             float *o = out + (long)r * ldc + j;
             *o = accumulate ? *o + s : s;

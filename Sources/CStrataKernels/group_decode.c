@@ -3,22 +3,16 @@
 // module boundary; at batch 1 on AVX2 that call and its set-up per group were a large share
 // of a Q4_0 decode step (10.7 tokens/s on a Zen 3, llama.cpp 56.5; issue 15, sixth round).
 #include "strata_group_decode.h"
+#include "lanes.h"
 #include <stdlib.h>
-#include <string.h>
 // code * step, then + minimum: two roundings, as the Swift decoder does (no fused multiply-add).
 #pragma STDC FP_CONTRACT OFF
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define STRATA_AVX2 __attribute__((target("avx2,f16c")))
+#define STRATA_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define STRATA_AVX2
 #endif
-
-static inline float half_to_float(uint16_t h) {
-    _Float16 v;
-    memcpy(&v, &h, 2);
-    return (float)v;
-}
 
 STRATA_AVX2
 void strata_dequantize_rows(const uint8_t *codes, const uint16_t *steps, const uint16_t *mins, int bits, int group_size,
@@ -28,7 +22,7 @@ void strata_dequantize_rows(const uint8_t *codes, const uint16_t *steps, const u
         for (long g = 0; g < groups; g++) {
             const long index = (n0 + r) * groups + g;
             const uint8_t *p = codes + index * bytes;
-            const float step = half_to_float(steps[index]), minimum = half_to_float(mins[index]);
+            const float step = strata_f16_to_float(steps[index]), minimum = strata_f16_to_float(mins[index]);
             float *o = out + (long)r * k + g * group_size;
             // j: the values (8-bit) or code bytes (4-bit) the vector loop has done.
             int j = 0;
@@ -67,19 +61,11 @@ void strata_dequantize_rows(const uint8_t *codes, const uint16_t *steps, const u
 // step): per group, the codes less `zero` times x in f32 (two accumulators per weight row, so
 // the FMA chains interleave), then one FMA by the group's step into the row's total.
 #if defined(__x86_64__)
-#define STRATA_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
-STRATA_AVX2_FMA __attribute__((always_inline)) static inline __m256 codes8(const uint8_t *p, __m256i zero) {
+STRATA_AVX2 __attribute__((always_inline)) static inline __m256 codes8(const uint8_t *p, __m256i zero) {
     return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)), zero));
 }
 
-STRATA_AVX2_FMA __attribute__((always_inline)) static inline float sum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-STRATA_AVX2_FMA __attribute__((always_inline)) static inline void
+STRATA_AVX2 __attribute__((always_inline)) static inline void
 dot_rows(const int NR, const int bits, int k, const float *x, const uint8_t *codes, const uint16_t *steps, int zero,
          int group_size, long n, float *totals) {
     const long groups = k / group_size, bytes = (long)group_size * bits / 8;
@@ -121,18 +107,15 @@ dot_rows(const int NR, const int bits, int k, const float *x, const uint8_t *cod
             }
         }
         for (int j = 0; j < NR; j++) {
-            const __m256 step = _mm256_set1_ps(half_to_float(steps[(n + j) * groups + g]));
+            const __m256 step = _mm256_set1_ps(strata_f16_to_float(steps[(n + j) * groups + g]));
             total[j] = _mm256_fmadd_ps(_mm256_add_ps(low[j], high[j]), step, total[j]);
         }
     }
-    for (int j = 0; j < NR; j++) totals[j] = sum8(total[j]);
+    for (int j = 0; j < NR; j++) totals[j] = strata_hsum8(total[j]);
 }
 #endif
 
-#if !defined(__x86_64__)
-#define STRATA_AVX2_FMA
-#endif
-STRATA_AVX2_FMA
+STRATA_AVX2
 void strata_quantized_dot_row(int k, const float *x, const uint8_t *codes, const uint16_t *steps, const uint16_t *mins,
                               int zero, int bits, int group_size, long n0, long n1, float *out, int accumulate) {
     const long groups = k / group_size;
@@ -169,13 +152,13 @@ void strata_quantized_dot_row(int k, const float *x, const uint8_t *codes, const
                 int c = bits == 8 ? p[i] : (i < group_size / 2 ? p[i] & 0xF : p[i - group_size / 2] >> 4);
                 s += x[g * group_size + i] * (float)(c - (zero > 0 ? zero : 0));
             }
-            sums[0] += s * half_to_float(steps[n * groups + g]);
+            sums[0] += s * strata_f16_to_float(steps[n * groups + g]);
         }
 #endif
         for (int j = 0; j < rows; j++) {
             float v = sums[j];
             if (zero < 0)
-                for (long g = 0; g < groups; g++) v += half_to_float(mins[(n + j) * groups + g]) * xsums[g];
+                for (long g = 0; g < groups; g++) v += strata_f16_to_float(mins[(n + j) * groups + g]) * xsums[g];
             out[n + j] = accumulate ? out[n + j] + v : v;
         }
         n += rows;

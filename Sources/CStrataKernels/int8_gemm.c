@@ -3,6 +3,7 @@
 // Strata targets Haswell, so these functions carry their own target attributes.
 #include "strata_int8.h"
 #include "cpu_features.h"
+#include "lanes.h"
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -58,12 +59,6 @@ void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int gro
 // are the same operations, so both give the same bits. 8-bit codes could saturate 16 bits:
 // without VNNI they stay on the f32 path (strata_int8_avx2_supports).
 #define STRATA_INT8_KERNELS(TARGET, SUFFIX, DOT)                                                                       \
-    TARGET static inline float hsum_##SUFFIX(__m256 v) {                                                               \
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));                                  \
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                                                          \
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));                                                                           \
-        return _mm_cvtss_f32(s);                                                                                         \
-    }                                                                                                                    \
     /* 32 weight codes of sub-block s of a group as unsigned bytes in value order (4-bit: the low */                    \
     /* nibbles are values 16s.., the high ones half + 16s..; 8-bit: 32 consecutive values). */                         \
     TARGET static inline __m256i weight_block_##SUFFIX(const uint8_t *group, int bits, int s) {                        \
@@ -125,7 +120,7 @@ void strata_int8_quantize_rows(const float *x, int rows, int k, int ldx, int gro
         }                                                                                                                \
         for (int r = 0; r < MR; r++)                                                                                     \
             for (int j = 0; j < NR; j++) {                                                                               \
-                float v = hsum_##SUFFIX(acc[r][j]) + offset[r][j];                                                       \
+                float v = strata_hsum8(acc[r][j]) + offset[r][j];                                                       \
                 float *o = out + (long)(r0 + r) * ldc + n + j;                                                           \
                 *o = beta == 0 ? v : beta * *o + v;                                                                      \
             }                                                                                                            \

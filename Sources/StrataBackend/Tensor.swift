@@ -62,6 +62,14 @@ public struct QuantizedLayout: Sendable {
         byteCount = minsOffset + geometry.groupCount * 2
     }
 
+    /// Whether groups of 4 or 8 bits run along rows, each a whole group (a multiple of 16 values
+    /// dividing the row): the layout the C row kernels take (`strata_dequantize_rows`,
+    /// `strata_quantized_dot_row`).
+    public var hasWholeRowGroups: Bool {
+        geometry.inner == 1 && (scheme.bits == 4 || scheme.bits == 8) && scheme.groupSize % 16 == 0
+            && geometry.extent % scheme.groupSize == 0
+    }
+
     /// The layout of `q`'s parts, checked against their sizes.
     public init(of q: QuantizedTensor) {
         self.init(scheme: q.scheme, shape: q.shape)

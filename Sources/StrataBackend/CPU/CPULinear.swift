@@ -107,7 +107,7 @@ extension CPUBackend {
                 // Decode-sized: sgemm would copy (pack) the whole weight on every call, which for
                 // an f32 LM head (a GGUF's Q6_K output, decoded at load) is 131 MB per step.
                 strata_dot_gemm(Int32(m), Int32(k), xp, weight.floats, Int32(STRATA_DOT_F32), columns.lowerBound, columns.upperBound,
-                                op, n, beta == 0 ? 0 : 1, Int(HalfGEMM.prefetchDistance) * 4)
+                                op, n, beta == 0 ? 0 : 1, HalfGEMM.prefetchDistance * MemoryLayout<Float>.size)
                 return
             }
             if weight.dtype == .f32 {

@@ -74,7 +74,7 @@ extension CPUBackend {
         let steps = (t.buffer.pointer + q.stepsOffset).assumingMemoryBound(to: Float16.self)
         let mins = (t.buffer.pointer + q.minsOffset).assumingMemoryBound(to: Float16.self)
         let columns = t.columns
-        if g.inner == 1, s.bits == 4 || s.bits == 8, gs % 16 == 0, columns % gs == 0 {
+        if q.hasWholeRowGroups {
             // Whole groups of 4 or 8 bits (Q4_0, Q8_0 and Strata's own defaults): one C call.
             strata_dequantize_rows(data, UnsafeRawPointer(steps).assumingMemoryBound(to: UInt16.self),
                                    UnsafeRawPointer(mins).assumingMemoryBound(to: UInt16.self), Int32(s.bits), Int32(gs),

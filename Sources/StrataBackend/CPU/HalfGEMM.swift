@@ -27,7 +27,7 @@ enum HalfGEMM {
             return
         }
         strata_dot_gemm(Int32(m), Int32(k), x, w, Int32(bf16 ? STRATA_DOT_BF16 : STRATA_DOT_F16), columns.lowerBound,
-                        columns.upperBound, out, ldc, beta == 0 ? 0 : 1, prefetchDistance * 2)
+                        columns.upperBound, out, ldc, beta == 0 ? 0 : 1, prefetchDistance * MemoryLayout<UInt16>.size)
     }
 
     /// Pairwise horizontal sum: three dependent vector adds instead of `sum()`'s serial chain.

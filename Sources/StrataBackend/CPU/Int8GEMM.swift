@@ -27,22 +27,19 @@ enum Int8GEMM {
         return strata_int8_supported() != 0
     }()
 
-    /// Whether weights of `bits` have an integer kernel on this CPU.
-    static func serves(bits: Int) -> Bool {
-        (bits == 4 || bits == 8) && (vnni || strata_int8_avx2_supports(Int32(bits)) != 0)
+    /// Whether `rows` rows against weights of `bits` have an integer kernel on this CPU: up to
+    /// `maxRows` rows, except one row without VNNI, where the f32 row kernel
+    /// (`strata_quantized_dot_row`) was faster than the AVX2 form (Zen 3, Q4_0 Llama-250M
+    /// batch-1 decode: 44 against 37 tokens/s; at 4 rows the AVX2 form won, 68 against 58).
+    static func takes(bits: Int, rows: Int) -> Bool {
+        guard bits == 4 || bits == 8, rows <= maxRows else { return false }
+        return vnni || (rows > 1 && strata_int8_avx2_supports(Int32(bits)) != 0)
     }
 
-    static func supports(_ layout: QuantizedLayout, k: Int) -> Bool {
-        serves(bits: layout.scheme.bits) && layout.geometry.inner == 1 && layout.scheme.groupSize % 32 == 0
-            && k % layout.scheme.groupSize == 0
-    }
-
-    /// Whether `--int8-activations` takes this product: up to `maxRows` rows, except one row
-    /// without VNNI, where the f32 row kernel (`strata_quantized_dot_row`) was faster than the
-    /// AVX2 form (Zen 3, Q4_0 Llama-250M batch-1 decode: 44 against 37 tokens/s; at 4 rows the
-    /// AVX2 form won, 68 against 58).
+    /// Whether `--int8-activations` takes this product (groups along k of whole 32-value blocks).
     static func runs(_ layout: QuantizedLayout, k: Int, rows: Int) -> Bool {
-        rows <= maxRows && (vnni || rows > 1) && supports(layout, k: k)
+        takes(bits: layout.scheme.bits, rows: rows) && layout.geometry.inner == 1 && layout.scheme.groupSize % 32 == 0
+            && k % layout.scheme.groupSize == 0
     }
 
     /// The kernel's name, for `strata bench-gemm`.
@@ -76,7 +73,5 @@ enum Int8GEMM {
 extension CPUBackend {
     /// Whether `int8Activations` runs integer dot products for `rows` rows against weights of
     /// `bits` on this CPU (else the flag is a no-op for them).
-    public static func int8DotProducts(bits: Int, rows: Int) -> Bool {
-        Int8GEMM.serves(bits: bits) && rows <= Int8GEMM.maxRows && (Int8GEMM.vnni || rows > 1)
-    }
+    public static func int8DotProducts(bits: Int, rows: Int) -> Bool { Int8GEMM.takes(bits: bits, rows: rows) }
 }

@@ -23,7 +23,7 @@ enum QuantGEMM {
         let rowBytes = layout.geometry.groupsAlongAxis * layout.scheme.bytesPerGroup
         let data = UnsafePointer(weight.buffer.pointer.assumingMemoryBound(to: UInt8.self))
         let scheme = layout.scheme
-        if m == 1, scheme.bits == 4 || scheme.bits == 8, scheme.groupSize % 16 == 0, k % scheme.groupSize == 0 {
+        if m == 1, layout.hasWholeRowGroups {
             // A batch-1 step: decoding each weight to f32 and reading it back for a single FMA
             // cost more than the FMA; the codes multiply x as they are, scaled once per group.
             let base = UnsafeRawPointer(weight.buffer.pointer)
