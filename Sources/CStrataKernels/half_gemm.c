@@ -1,50 +1,63 @@
-// Matmuls against f16/bf16 weights kept half-size in memory (`--weight-format as-stored`),
-// exact in f32: each weight is widened in a register (F16C, or a shift for bf16) and multiplied
-// in f32, so no f32 copy of the weight is ever made. AVX-512, chosen at run time like
-// int8_gemm.c (the binary's baseline is Haswell, where HalfGEMM.swift's AVX2 tile serves).
+// Matmuls against weights kept as stored (`--weight-format as-stored`): f16 or bf16 widened to
+// f32 on the fly, or f32, exact in f32 arithmetic, so no f32 copy of a 16-bit weight is ever
+// made. AVX-512, chosen at run time like int8_gemm.c (the binary's baseline is Haswell, where
+// dot_gemm.c's AVX2 tile serves).
 //
-// Register tile: 4 rows of x by 4 weight rows, 16 lanes along k: 16 accumulators, 4 x vectors
-// and 4 widened weight vectors (24 of the 32 registers) per 16 FMAs. Blocked for the caches
-// (see strata_half_gemm): each weight row is read from memory once per L2-sized block of x
-// rows, and the x vectors come from L1.
+// Two kinds of register tile, 16 lanes each:
+// - below 12 rows (bandwidth-bound decode): dot products along k, 4 rows of x by 4 weight rows,
+//   each weight vector widened in a register. 16 FMAs per 4 widenings; a widening (vcvtph2ps)
+//   takes a slot on the FMA ports, so this tile can reach at most 2/3 of the FMA rate, which is
+//   enough where the weight stream from memory is the limit.
+// - from 12 rows on: outer products over a panel of widened weight rows (see wide_gemm), where
+//   the FMA ports are the bound: its tiles run at about 0.9 of the FMA peak with their operands
+//   in L1, where the 4 x 4 tile reached about 0.5.
 #include "strata_half.h"
+#include "strata_dot.h"
+#include <stdlib.h>
+#include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define STRATA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
+#define STRATA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
 #endif
 
 #if defined(__x86_64__)
+static inline long element_size(int type) { return type == STRATA_DOT_F32 ? 4 : 2; }
+
 STRATA_AVX512 __attribute__((always_inline))
-static inline __m512 widen(const uint16_t *p, int bf16, __mmask16 mask) {
+static inline __m512 widen(const char *p, int type, __mmask16 mask) {
+    if (type == STRATA_DOT_F32) return _mm512_maskz_loadu_ps(mask, p);
     __m256i h = _mm256_maskz_loadu_epi16(mask, p);
-    if (bf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    if (type == STRATA_DOT_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     return _mm512_cvtph_ps(h);
 }
 
 // One 4 x 4 tile over all of k. Missing rows or weight rows repeat the last valid one (their
-// sums are dropped), which keeps the loop free of branches.
+// sums are dropped), which keeps the loop free of branches. `w` is the tile's first weight row,
+// rows `stride` bytes apart.
 STRATA_AVX512
-static void tile(int k, const float *x, int rows, const uint16_t *w, int bf16, int columns, float *out, long ldc,
-                 int accumulate, int prefetch) {
+static void tile4x4(int k, const float *x, int rows, const char *w, long stride, int type, int columns, float *out,
+                    long ldc, int accumulate, int prefetch) {
     const float *x0 = x, *x1 = x + (long)(rows > 1 ? 1 : 0) * k, *x2 = x + (long)(rows > 2 ? 2 : rows - 1) * k,
                 *x3 = x + (long)(rows > 3 ? 3 : rows - 1) * k;
-    const uint16_t *w0 = w, *w1 = w + (long)(columns > 1 ? 1 : 0) * k, *w2 = w + (long)(columns > 2 ? 2 : columns - 1) * k,
-                   *w3 = w + (long)(columns > 3 ? 3 : columns - 1) * k;
+    const char *w0 = w, *w1 = w + (columns > 1 ? 1 : 0) * stride, *w2 = w + (columns > 2 ? 2 : columns - 1) * stride,
+               *w3 = w + (columns > 3 ? 3 : columns - 1) * stride;
+    long esize = element_size(type);
     __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
     __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
     for (int i = 0; i < k; i += 16) {
         __mmask16 mask = k - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - i)) - 1);
-        if (prefetch && (i & 31) == 0) {
+        long at = i * esize;
+        if (prefetch && (at & 63) == 0) {
             // The lines these weight rows' successors will need: the stream runs ahead of the
             // FMAs instead of stalling them (decode steps are half memory-bound on weights).
-            const char *ahead = (const char *)(w3 + i) + 4 * 2 * (long)k;
+            const char *ahead = w3 + at + 4 * stride;
             _mm_prefetch(ahead, _MM_HINT_T0);
-            _mm_prefetch(ahead - 2 * (long)k, _MM_HINT_T0);
-            _mm_prefetch(ahead - 4 * (long)k, _MM_HINT_T0);
-            _mm_prefetch(ahead - 6 * (long)k, _MM_HINT_T0);
+            _mm_prefetch(ahead - stride, _MM_HINT_T0);
+            _mm_prefetch(ahead - 2 * stride, _MM_HINT_T0);
+            _mm_prefetch(ahead - 3 * stride, _MM_HINT_T0);
         }
-        __m512 v0 = widen(w0 + i, bf16, mask), v1 = widen(w1 + i, bf16, mask);
-        __m512 v2 = widen(w2 + i, bf16, mask), v3 = widen(w3 + i, bf16, mask);
+        __m512 v0 = widen(w0 + at, type, mask), v1 = widen(w1 + at, type, mask);
+        __m512 v2 = widen(w2 + at, type, mask), v3 = widen(w3 + at, type, mask);
         __m512 u = _mm512_maskz_loadu_ps(mask, x0 + i);
         a00 = _mm512_fmadd_ps(u, v0, a00); a01 = _mm512_fmadd_ps(u, v1, a01);
         a02 = _mm512_fmadd_ps(u, v2, a02); a03 = _mm512_fmadd_ps(u, v3, a03);
@@ -66,9 +79,192 @@ static void tile(int k, const float *x, int rows, const uint16_t *w, int bf16, i
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < columns; c++) out[r * ldc + c] = accumulate ? out[r * ldc + c] + s[r][c] : s[r][c];
 }
+
+// From 12 rows on: outer products. 24 weight rows are widened once into a panel, x is
+// transposed, and x vectors (16 rows, or 8 rows with each value twice) are multiplied by
+// weight values broadcast from the panel. No widening in the loop and no horizontal sums, and
+// both streams are read front to back. The panel holds, for each 16-value block of k, 12 pairs
+// of weight rows, each pair's values interleaved (w[2q][i], w[2q + 1][i], ...): one 64-bit
+// broadcast then carries a value of both rows of the pair.
+enum { PANEL_COLUMNS = 24, PANEL_BLOCK = PANEL_COLUMNS * 16 };
+
+// 16 rows by the panel's 24 columns. x comes as two vectors per k, rows 0-7 and rows 8-15 with
+// each value twice; lane 2r + c of a pair's sum is row r and the pair's column c. Per k, 24
+// FMAs take 12 broadcasts and 2 loads: a plain 16 x 24 tile (one broadcast per FMA) ran at
+// about 0.75 of the FMA peak in L1, and no faster than the 4 x 4 dot-product tile at 16 rows.
+STRATA_AVX512
+static void tile16x24(long kBlocks, const float *xd, const float *panel, int rows, int columns, float *out, long ldc,
+                      int accumulate, const char *next, long nextBlock) {
+    __m512 z = _mm512_setzero_ps();
+    __m512 a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z, a10 = z, a11 = z;
+    __m512 b0 = z, b1 = z, b2 = z, b3 = z, b4 = z, b5 = z, b6 = z, b7 = z, b8 = z, b9 = z, b10 = z, b11 = z;
+    for (long kb = 0; kb < kBlocks; kb++) {
+        const float *p = panel + kb * PANEL_BLOCK, *xb = xd + kb * 512;
+        if (next)
+            for (long at = 0; at < nextBlock; at += 64) _mm_prefetch(next + kb * nextBlock + at, _MM_HINT_T0);
+        for (int kk = 0; kk < 16; kk++) {
+            __m512 u = _mm512_load_ps(xb + kk * 32), v = _mm512_load_ps(xb + kk * 32 + 16);
+#define STRATA_FMA(q)                                                                              \
+    {                                                                                              \
+        double pair;                                                                               \
+        memcpy(&pair, p + (q) * 32 + kk * 2, sizeof pair);                                         \
+        __m512 wq = _mm512_castpd_ps(_mm512_set1_pd(pair));                                        \
+        a##q = _mm512_fmadd_ps(u, wq, a##q);                                                       \
+        b##q = _mm512_fmadd_ps(v, wq, b##q);                                                       \
+    }
+            STRATA_FMA(0) STRATA_FMA(1) STRATA_FMA(2) STRATA_FMA(3) STRATA_FMA(4) STRATA_FMA(5)
+            STRATA_FMA(6) STRATA_FMA(7) STRATA_FMA(8) STRATA_FMA(9) STRATA_FMA(10) STRATA_FMA(11)
+#undef STRATA_FMA
+        }
+    }
+    // s[q][h][2r + c] is out[8h + r, 2q + c]; out is row-major, so the tile leaves through it.
+    float s[12][2][16] __attribute__((aligned(64)));
+#define STRATA_STORE(q)               \
+    _mm512_store_ps(s[q][0], a##q);   \
+    _mm512_store_ps(s[q][1], b##q);
+    STRATA_STORE(0) STRATA_STORE(1) STRATA_STORE(2) STRATA_STORE(3) STRATA_STORE(4) STRATA_STORE(5)
+    STRATA_STORE(6) STRATA_STORE(7) STRATA_STORE(8) STRATA_STORE(9) STRATA_STORE(10) STRATA_STORE(11)
+#undef STRATA_STORE
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < columns; c++) {
+            float v = s[c >> 1][r >> 3][2 * (r & 7) + (c & 1)];
+            out[r * ldc + c] = accumulate ? out[r * ldc + c] + v : v;
+        }
+}
+
+// 32 rows (two blocks of 16 rows of x, one vector each per k) by 12 of the panel's columns
+// from `first` (even) on: each broadcast weight value serves both vectors, so per k 24 FMAs
+// take 14 loads (about 0.9 of the FMA peak in L1).
+STRATA_AVX512
+static void tile32x12(long kBlocks, const float *xt0, const float *xt1, const float *panel, int first, int rows,
+                      int columns, float *out, long ldc, int accumulate, const char *next, long nextBlock) {
+    __m512 z = _mm512_setzero_ps();
+    __m512 a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z, a10 = z, a11 = z;
+    __m512 b0 = z, b1 = z, b2 = z, b3 = z, b4 = z, b5 = z, b6 = z, b7 = z, b8 = z, b9 = z, b10 = z, b11 = z;
+    for (long kb = 0; kb < kBlocks; kb++) {
+        const float *p = panel + kb * PANEL_BLOCK + first * 16, *u0 = xt0 + kb * 256, *u1 = xt1 + kb * 256;
+        if (next)
+            for (long at = 0; at < nextBlock; at += 64) _mm_prefetch(next + kb * nextBlock + at, _MM_HINT_T0);
+        for (int kk = 0; kk < 16; kk++) {
+            __m512 u = _mm512_load_ps(u0 + kk * 16), v = _mm512_load_ps(u1 + kk * 16);
+#define STRATA_FMA(j)                                                        \
+    {                                                                        \
+        __m512 wj = _mm512_set1_ps(p[((j) >> 1) * 32 + ((j) & 1) + kk * 2]); \
+        a##j = _mm512_fmadd_ps(u, wj, a##j);                                 \
+        b##j = _mm512_fmadd_ps(v, wj, b##j);                                 \
+    }
+            STRATA_FMA(0) STRATA_FMA(1) STRATA_FMA(2) STRATA_FMA(3) STRATA_FMA(4) STRATA_FMA(5)
+            STRATA_FMA(6) STRATA_FMA(7) STRATA_FMA(8) STRATA_FMA(9) STRATA_FMA(10) STRATA_FMA(11)
+#undef STRATA_FMA
+        }
+    }
+    float s[12][32] __attribute__((aligned(64)));
+#define STRATA_STORE(j)            \
+    _mm512_store_ps(s[j], a##j);   \
+    _mm512_store_ps(s[j] + 16, b##j);
+    STRATA_STORE(0) STRATA_STORE(1) STRATA_STORE(2) STRATA_STORE(3) STRATA_STORE(4) STRATA_STORE(5)
+    STRATA_STORE(6) STRATA_STORE(7) STRATA_STORE(8) STRATA_STORE(9) STRATA_STORE(10) STRATA_STORE(11)
+#undef STRATA_STORE
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < columns; c++) out[r * ldc + c] = accumulate ? out[r * ldc + c] + s[c][r] : s[c][r];
+}
+
+// Widens weight rows [0, columns) at `w` (`stride` bytes apart) into the panel's pairs, zeros
+// past k and in the rows past `columns`. Inlined per weight type, so the loop holds one
+// widening, not all three and a select.
+STRATA_AVX512 __attribute__((always_inline))
+static inline void fill_panel(int k, long kBlocks, const char *w, long stride, int columns, int type, float *panel) {
+    long esize = element_size(type);
+    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int q = 0; q < PANEL_COLUMNS / 2; q++) {
+        const char *even = w + 2L * q * stride, *odd = even + stride;
+        for (long kb = 0; kb < kBlocks; kb++) {
+            long i = kb * 16;
+            __mmask16 mask = k - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - i)) - 1);
+            __m512 e = 2 * q < columns ? widen(even + i * esize, type, mask) : _mm512_setzero_ps();
+            __m512 o = 2 * q + 1 < columns ? widen(odd + i * esize, type, mask) : _mm512_setzero_ps();
+            float *to = panel + kb * PANEL_BLOCK + q * 32;
+            _mm512_store_ps(to, _mm512_permutex2var_ps(e, low, o));
+            _mm512_store_ps(to + 16, _mm512_permutex2var_ps(e, high, o));
+        }
+    }
+}
+
+STRATA_AVX512
+static void fill_panel_f16(int k, long kBlocks, const char *w, long stride, int columns, float *panel) {
+    fill_panel(k, kBlocks, w, stride, columns, STRATA_DOT_F16, panel);
+}
+STRATA_AVX512
+static void fill_panel_bf16(int k, long kBlocks, const char *w, long stride, int columns, float *panel) {
+    fill_panel(k, kBlocks, w, stride, columns, STRATA_DOT_BF16, panel);
+}
+STRATA_AVX512
+static void fill_panel_f32(int k, long kBlocks, const char *w, long stride, int columns, float *panel) {
+    fill_panel(k, kBlocks, w, stride, columns, STRATA_DOT_F32, panel);
+}
+
+// Returns 0 (and computes nothing) when the buffers cannot be had; the 4 x 4 tiles then serve.
+STRATA_AVX512
+static int wide_gemm(int m, int k, const float *x, const char *w, int type, long n0, long n1, float *out, long ldc,
+                     int accumulate) {
+    long stride = (long)k * element_size(type), kBlocks = (k + 15) / 16;
+    // Up to 16 rows: one block with each value twice (tile16x24); more: blocks of 16 rows in
+    // pairs (tile32x12), an odd last block paired with zeros.
+    int paired = m <= 16, rowBlocks = paired ? 1 : (m + 31) / 32 * 2;
+    float *panel = aligned_alloc(64, (size_t)kBlocks * PANEL_BLOCK * sizeof(float));
+    float *xt = aligned_alloc(64, (size_t)rowBlocks * kBlocks * (paired ? 512 : 256) * sizeof(float));
+    if (!panel || !xt) {
+        free(panel);
+        free(xt);
+        return 0;
+    }
+    if (paired) {
+        for (long i = 0; i < kBlocks * 16; i++)
+            for (int l = 0; l < 16; l++) {
+                float v = l < m && i < k ? x[(long)l * k + i] : 0;
+                long at = i * 32 + (l >> 3) * 16 + 2 * (l & 7);
+                xt[at] = v;
+                xt[at + 1] = v;
+            }
+    } else {
+        for (int b = 0; b < rowBlocks; b++) {
+            float *to = xt + (long)b * kBlocks * 256;
+            for (int l = 0; l < 16; l++) {
+                int r = b * 16 + l;
+                for (long i = 0; i < kBlocks * 16; i++) to[i * 16 + l] = r < m && i < k ? x[(long)r * k + i] : 0;
+            }
+        }
+    }
+    void (*fill)(int, long, const char *, long, int, float *) =
+        type == STRATA_DOT_F16 ? fill_panel_f16 : type == STRATA_DOT_BF16 ? fill_panel_bf16 : fill_panel_f32;
+    // The next panel's weight rows are one run of 24 * stride bytes; the tiles prefetch a share
+    // of it with each block of k, so it arrives while they compute instead of in one burst.
+    long nextBlock = (PANEL_COLUMNS * stride / kBlocks + 63) / 64 * 64;
+    for (long n = n0; n < n1; n += PANEL_COLUMNS) {
+        int columns = n1 - n < PANEL_COLUMNS ? (int)(n1 - n) : PANEL_COLUMNS;
+        fill(k, kBlocks, w + n * stride, stride, columns, panel);
+        const char *next = n + 2 * PANEL_COLUMNS <= n1 ? w + (n + PANEL_COLUMNS) * stride : NULL;
+        if (paired) {
+            tile16x24(kBlocks, xt, panel, m, columns, out + n, ldc, accumulate, next, nextBlock);
+            continue;
+        }
+        for (int b = 0; b < rowBlocks; b += 2) {
+            int rows = m - b * 16 < 32 ? m - b * 16 : 32;
+            const float *xb = xt + (long)b * kBlocks * 256;
+            for (int first = 0; first < columns; first += 12)
+                tile32x12(kBlocks, xb, xb + kBlocks * 256, panel, first, rows, columns - first < 12 ? columns - first : 12,
+                          out + (long)b * 16 * ldc + n + first, ldc, accumulate, b == 0 && first == 0 ? next : NULL,
+                          nextBlock);
+        }
+    }
+    free(panel);
+    free(xt);
+    return 1;
+}
 #endif
 
-void strata_half_gemm(int m, int k, const float *x, const uint16_t *w, int bf16, long n0, long n1, float *out, long ldc,
+void strata_half_gemm(int m, int k, const float *x, const void *w, int type, long n0, long n1, float *out, long ldc,
                       int accumulate) {
 #if defined(__x86_64__)
     if (m <= 0 || n1 <= n0) return;
@@ -78,12 +274,14 @@ void strata_half_gemm(int m, int k, const float *x, const uint16_t *w, int bf16,
                 for (long n = n0; n < n1; n++) out[r * ldc + n] = 0;
         return;
     }
+    if (m >= 12 && wide_gemm(m, k, x, (const char *)w, type, n0, n1, out, ldc, accumulate)) return;
     // Rows in blocks whose x stays in L2 (about 1 MiB), weight rows in blocks of about 512 KiB
     // that the first 4 rows bring into L2 and the others reuse from there; inside a block each
     // 4-row group of x (in L1) meets every 4 weight rows in turn.
+    long stride = (long)k * element_size(type);
     long blockRows = (1L << 20) / (4L * k);
     blockRows = blockRows < 4 ? 4 : blockRows - blockRows % 4;
-    long blockColumns = (1L << 19) / (2L * k);
+    long blockColumns = (1L << 19) / stride;
     blockColumns = blockColumns < 4 ? 4 : blockColumns - blockColumns % 4;
     for (int r0 = 0; r0 < m; r0 += (int)blockRows) {
         int rowsInBlock = m - r0 < blockRows ? m - r0 : (int)blockRows;
@@ -93,8 +291,8 @@ void strata_half_gemm(int m, int k, const float *x, const uint16_t *w, int bf16,
                 int rows = rowsInBlock - r < 4 ? rowsInBlock - r : 4;
                 for (long n = c0; n < c1; n += 4) {
                     int columns = c1 - n < 4 ? (int)(c1 - n) : 4;
-                    tile(k, x + (long)(r0 + r) * k, rows, w + n * k, bf16, columns, out + (long)(r0 + r) * ldc + n, ldc,
-                         accumulate, r == 0);
+                    tile4x4(k, x + (long)(r0 + r) * k, rows, (const char *)w + n * stride, stride, type, columns,
+                            out + (long)(r0 + r) * ldc + n, ldc, accumulate, r == 0);
                 }
             }
         }

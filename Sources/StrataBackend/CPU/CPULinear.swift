@@ -106,8 +106,8 @@ extension CPUBackend {
             if weight.dtype == .f32, m <= HalfGEMM.maxRows {
                 // Decode-sized: sgemm would copy (pack) the whole weight on every call, which for
                 // an f32 LM head (a GGUF's Q6_K output, decoded at load) is 131 MB per step.
-                strata_dot_gemm(Int32(m), Int32(k), xp, weight.floats, Int32(STRATA_DOT_F32), columns.lowerBound, columns.upperBound,
-                                op, n, beta == 0 ? 0 : 1, HalfGEMM.prefetchDistance * MemoryLayout<Float>.size)
+                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer, dtype: .f32, columns: columns, out: op, ldc: n,
+                             beta: beta)
                 return
             }
             if weight.dtype == .f32 {
@@ -120,7 +120,7 @@ extension CPUBackend {
                 return
             }
             if fused {
-                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer, bf16: weight.dtype == .bf16, columns: columns, out: op,
+                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer, dtype: weight.dtype, columns: columns, out: op,
                              ldc: n, beta: beta)
                 return
             }

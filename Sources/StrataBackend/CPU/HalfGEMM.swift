@@ -1,10 +1,12 @@
 import COpenBLAS
 import CStrataKernels
+import StrataCore
 
 /// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 (or bf16) and
-/// widened in registers, for decode-sized batches where OpenBLAS would first need a full f32
-/// copy of the weight: `strata_half_gemm` (AVX-512, 4 x 4 tiles of 16 lanes) where
-/// `CPUSetup.avx512Kernels`, else `strata_dot_gemm` (AVX2, 4 x 3 tiles of 8 lanes).
+/// widened on the fly, or f32, for decode-sized batches where OpenBLAS would first need a full
+/// f32 copy of the weight (and packs even an f32 one whole on every call):
+/// `strata_half_gemm` (AVX-512: 4 x 4 tiles below 8 rows, 8 x 3 tiles over widened weight rows
+/// from 8 on) where `CPUSetup.avx512Kernels`, else `strata_dot_gemm` (AVX2, 4 x 3 tiles).
 enum HalfGEMM {
     /// How far ahead (in weight elements) the weight stream is prefetched while the first row
     /// group runs: far enough to cover DRAM latency, so weight loads overlap the FMAs instead of
@@ -18,16 +20,22 @@ enum HalfGEMM {
     /// The kernel `run` uses on this machine, by name (for `strata bench-gemm`).
     static var kernel: String { CPUSetup.avx512Kernels ? "avx512" : "avx2" }
 
-    /// Weight rows `columns` of the f16 (`bf16` false) or bf16 weight at `w`.
-    static func run(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, bf16: Bool, columns: Range<Int>,
+    /// Weight rows `columns` of the f32, f16 or bf16 (`dtype`) weight at `w`, exact in f32.
+    static func run(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, dtype: DType, columns: Range<Int>,
                     out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
+        let type: Int32
+        switch dtype {
+        case .f16: type = Int32(STRATA_DOT_F16)
+        case .bf16: type = Int32(STRATA_DOT_BF16)
+        case .f32: type = Int32(STRATA_DOT_F32)
+        case .u8: preconditionFailure("HalfGEMM.run: u8 codes go through QuantGEMM")
+        }
         if CPUSetup.avx512Kernels {
-            strata_half_gemm(Int32(m), Int32(k), x, w.assumingMemoryBound(to: UInt16.self), bf16 ? 1 : 0,
-                             columns.lowerBound, columns.upperBound, out, ldc, beta == 0 ? 0 : 1)
+            strata_half_gemm(Int32(m), Int32(k), x, w, type, columns.lowerBound, columns.upperBound, out, ldc, beta == 0 ? 0 : 1)
             return
         }
-        strata_dot_gemm(Int32(m), Int32(k), x, w, Int32(bf16 ? STRATA_DOT_BF16 : STRATA_DOT_F16), columns.lowerBound,
-                        columns.upperBound, out, ldc, beta == 0 ? 0 : 1, prefetchDistance * MemoryLayout<UInt16>.size)
+        strata_dot_gemm(Int32(m), Int32(k), x, w, type, columns.lowerBound, columns.upperBound, out, ldc, beta == 0 ? 0 : 1,
+                        prefetchDistance * dtype.byteSize)
     }
 
     /// Pairwise horizontal sum: three dependent vector adds instead of `sum()`'s serial chain.
