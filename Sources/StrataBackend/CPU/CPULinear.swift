@@ -101,6 +101,12 @@ extension CPUBackend {
             return out
         }
         let fused = usesFusedKernel(weight, rows: m, path: path)
+        if weight.quantization == nil, HalfGEMM.packs(rows: m),
+           (fused && weight.dtype != .f32) || (weight.dtype == .f32 && m <= HalfGEMM.maxRows) {
+            HalfGEMM.runPacked(m: m, n: n, k: k, x: xp, w: weight.buffer.pointer, dtype: weight.dtype, out: op, beta: beta,
+                               threads: threads)
+            return out
+        }
         // Output columns are split across workers; each runs a single-threaded kernel on its slab.
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
             if weight.dtype == .f32, m <= HalfGEMM.maxRows {
