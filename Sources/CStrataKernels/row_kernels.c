@@ -5,13 +5,15 @@
 // need no run-time check.
 #include "strata_int8.h"
 #include "int8_row.h"
+#include "lanes.h"
+#include <string.h>
 #include <math.h>
 // Scalar tails round each multiply and add as the vector lanes do (no fused multiply-adds).
 #pragma STDC FP_CONTRACT OFF
 #if defined(__x86_64__)
 #include <immintrin.h>
 // Each kernel's own target: the C target is built for baseline x86-64.
-#define STRATA_AVX2 __attribute__((target("avx2,fma")))
+#define STRATA_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define STRATA_AVX2
 #endif
@@ -71,23 +73,22 @@ void strata_rescale_s32(const int32_t *sums, int count, float row_scale, const f
     for (; i < count; i++) out[i] = (float)sums[i] * (column_scales[i] * row_scale) + (bias ? bias[i] : 0.0f);
 }
 
-// bf16 KV cache (CPUAttention.swift): bf16 widens to f32 by a 16-bit shift, so the cache is read
-// at half the bytes of an f32 one and multiplied in f32.
+// 16-bit KV caches (CPUAttention.swift): bf16 widens to f32 by a 16-bit shift, f16 by F16C's
+// conversion, so the cache is read at half the bytes of an f32 one and multiplied in f32. `f16`
+// picks the format (0: bf16).
 #if defined(__x86_64__)
 STRATA_AVX2
-static inline __m256 widen8(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+static inline __m256 widen8(const uint16_t *p, int f16) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return f16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 #endif
 
-static inline float bf16_value(uint16_t h) {
-    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
-    return v.f;
-}
+static inline float half_value(uint16_t h, int f16) { return f16 ? strata_f16_to_float(h) : strata_bf16_to_float(h); }
 
 STRATA_AVX2
-void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, int d, float scale, float *scores) {
+void strata_cache_scores(const float *query, const uint16_t *keys, int f16, int visible, int d, float scale, float *scores) {
     int j = 0;
 #if defined(__x86_64__)
     // Four keys at a time: four independent FMA chains, and one horizontal reduction for the four.
@@ -97,10 +98,10 @@ void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, i
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
             for (int i = 0; i < d; i += 8) {
                 const __m256 q = _mm256_loadu_ps(query + i);
-                a0 = _mm256_fmadd_ps(q, widen8(k0 + i), a0);
-                a1 = _mm256_fmadd_ps(q, widen8(k1 + i), a1);
-                a2 = _mm256_fmadd_ps(q, widen8(k2 + i), a2);
-                a3 = _mm256_fmadd_ps(q, widen8(k3 + i), a3);
+                a0 = _mm256_fmadd_ps(q, widen8(k0 + i, f16), a0);
+                a1 = _mm256_fmadd_ps(q, widen8(k1 + i, f16), a1);
+                a2 = _mm256_fmadd_ps(q, widen8(k2 + i, f16), a2);
+                a3 = _mm256_fmadd_ps(q, widen8(k3 + i, f16), a3);
             }
             // hadd pairs lanes within 128-bit halves: [a0 a1 a2 a3] partial sums, then fold halves.
             __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
@@ -112,13 +113,13 @@ void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, i
     for (; j < visible; j++) {
         const uint16_t *key = keys + (long)j * d;
         float dot = 0;
-        for (int i = 0; i < d; i++) dot += query[i] * bf16_value(key[i]);
+        for (int i = 0; i < d; i++) dot += query[i] * half_value(key[i], f16);
         scores[j] = dot * scale;
     }
 }
 
 STRATA_AVX2
-void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int visible, int d, float *out) {
+void strata_cache_weighted_sum(const float *weights, const uint16_t *values, int f16, int visible, int d, float *out) {
     int c = 0;
 #if defined(__x86_64__)
     // 32 output columns in four registers across all positions.
@@ -127,10 +128,10 @@ void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int 
         for (int j = 0; j < visible; j++) {
             const __m256 p = _mm256_set1_ps(weights[j]);
             const uint16_t *v = values + (long)j * d + c;
-            o0 = _mm256_fmadd_ps(p, widen8(v), o0);
-            o1 = _mm256_fmadd_ps(p, widen8(v + 8), o1);
-            o2 = _mm256_fmadd_ps(p, widen8(v + 16), o2);
-            o3 = _mm256_fmadd_ps(p, widen8(v + 24), o3);
+            o0 = _mm256_fmadd_ps(p, widen8(v, f16), o0);
+            o1 = _mm256_fmadd_ps(p, widen8(v + 8, f16), o1);
+            o2 = _mm256_fmadd_ps(p, widen8(v + 16, f16), o2);
+            o3 = _mm256_fmadd_ps(p, widen8(v + 24, f16), o3);
         }
         _mm256_storeu_ps(out + c, o0);
         _mm256_storeu_ps(out + c + 8, o1);
@@ -140,17 +141,30 @@ void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int 
 #endif
     for (int i = c; i < d; i++) out[i] = 0;
     for (int j = 0; j < visible; j++) {
-        for (int i = c; i < d; i++) out[i] += weights[j] * bf16_value(values[(long)j * d + i]);
+        for (int i = c; i < d; i++) out[i] += weights[j] * half_value(values[(long)j * d + i], f16);
     }
 }
 
 STRATA_AVX2
-void strata_bf16_widen(const uint16_t *source, long count, float *destination) {
+void strata_cache_widen(const uint16_t *source, int f16, long count, float *destination) {
     long i = 0;
 #if defined(__x86_64__)
-    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(destination + i, widen8(source + i));
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(destination + i, widen8(source + i, f16));
 #endif
-    for (; i < count; i++) destination[i] = bf16_value(source[i]);
+    for (; i < count; i++) destination[i] = half_value(source[i], f16);
+}
+
+STRATA_AVX2
+void strata_f16_round(const float *source, long count, uint16_t *destination) {
+    long i = 0;
+#if defined(__x86_64__)
+    for (; i + 8 <= count; i += 8)
+        _mm_storeu_si128((__m128i *)(destination + i), _mm256_cvtps_ph(_mm256_loadu_ps(source + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < count; i++) {
+        _Float16 h = (_Float16)source[i];
+        memcpy(destination + i, &h, 2);
+    }
 }
 
 STRATA_AVX2

@@ -35,7 +35,7 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "How f16/bf16 weights are held on the CPU: as-stored (half the memory; widened in registers for decode, in slabs for prefill), f32 (converted once at load), bf16 (bf16 matrix units: AMX or AVX512-BF16; opt-in, logits move by ~1e-2) or int8 (int8 per row with int8 activations on AMX-INT8, else AVX2 integer kernels, W8A8; opt-in, resident models only).")
     var weightFormat: String = "as-stored"
 
-    @Option(help: "How the KV cache is held on the CPU (unless --compress-cache): auto (bf16 with --weight-format bf16 or int8, else f32), f32, or bf16 (half the bytes each decode step reads).")
+    @Option(help: "How the KV cache is held on the CPU (unless --compress-cache): auto (bf16 with --weight-format bf16 or int8, else f32), f32, or bf16 or f16 (half the bytes each decode step reads; f16 is llama.cpp's default cache type, with 3 more bits than bf16 and values up to 65504).")
     var cacheFormat = "auto"
 
     @Flag(help: "Store decoder-layer weights 4-bit group-quantized (FlexGen's compress_weight).")

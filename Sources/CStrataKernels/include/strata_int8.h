@@ -54,12 +54,15 @@ float strata_quantize_row_s8_avx512(const float *x, int count, int8_t *codes);
 void strata_rescale_s32_avx512(const int32_t *sums, int count, float row_scale, const float *column_scales, const float *bias,
                                float *out);
 
-/// scores[j] = scale * dot(query, keys[j]) for `visible` bf16 keys of `d` values each.
-void strata_bf16_scores(const float *query, const uint16_t *keys, int visible, int d, float scale, float *scores);
-/// out[i] = sum_j weights[j] * values[j][i] over `visible` bf16 value rows of `d` values.
-void strata_bf16_weighted_sum(const float *weights, const uint16_t *values, int visible, int d, float *out);
-/// bf16 -> f32 (exact).
-void strata_bf16_widen(const uint16_t *source, long count, float *destination);
+/// 16-bit KV caches: `f16` nonzero for f16 values, zero for bf16; either widens to f32 exactly.
+/// scores[j] = scale * dot(query, keys[j]) for `visible` keys of `d` values each.
+void strata_cache_scores(const float *query, const uint16_t *keys, int f16, int visible, int d, float scale, float *scores);
+/// out[i] = sum_j weights[j] * values[j][i] over `visible` value rows of `d` values.
+void strata_cache_weighted_sum(const float *weights, const uint16_t *values, int f16, int visible, int d, float *out);
+/// 16-bit -> f32 (exact).
+void strata_cache_widen(const uint16_t *source, int f16, long count, float *destination);
+/// f32 -> f16, round to nearest even (F16C; magnitudes past 65504 become infinities).
+void strata_f16_round(const float *source, long count, uint16_t *destination);
 /// Index of the first largest value (0 when none is above -infinity, e.g. all NaN).
 long strata_argmax(const float *values, long count);
 /// f32 -> bf16, round to nearest even (NaN payloads are not preserved).

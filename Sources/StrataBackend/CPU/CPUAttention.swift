@@ -36,11 +36,16 @@ extension CPUBackend {
                     if keyCache.quantization != nil {
                         Self.storeQuantizedRow(keyCache, row: cacheRow, from: k)
                         Self.storeQuantizedRow(valueCache, row: cacheRow, from: v)
-                    } else if keyCache.dtype == .bf16 {
-                        let keys = keyCache.buffer.pointer.assumingMemoryBound(to: UInt16.self)
-                        let values = valueCache.buffer.pointer.assumingMemoryBound(to: UInt16.self)
-                        BF16GEMM.roundToBF16(k, keys + cacheRow * d, count: d)
-                        BF16GEMM.roundToBF16(v, values + cacheRow * d, count: d)
+                    } else if keyCache.dtype == .bf16 || keyCache.dtype == .f16 {
+                        let keys = keyCache.buffer.pointer.assumingMemoryBound(to: UInt16.self) + cacheRow * d
+                        let values = valueCache.buffer.pointer.assumingMemoryBound(to: UInt16.self) + cacheRow * d
+                        if keyCache.dtype == .f16 {
+                            strata_f16_round(k, d, keys)
+                            strata_f16_round(v, d, values)
+                        } else {
+                            BF16GEMM.roundToBF16(k, keys, count: d)
+                            BF16GEMM.roundToBF16(v, values, count: d)
+                        }
                     } else {
                         (keyCache.floats + cacheRow * d).update(from: k, count: d)
                         (valueCache.floats + cacheRow * d).update(from: v, count: d)
@@ -128,8 +133,10 @@ extension CPUBackend {
         let padding = layout.padding
         let scale = layout.scale
         let compressed = keyCache.quantization != nil
-        // A bf16 cache is read as it is by decode steps and widened for prefill blocks.
-        let halves = keyCache.dtype == .bf16 && !compressed
+        // A 16-bit (bf16 or f16) cache is read as it is by decode steps and widened for prefill
+        // blocks.
+        let halves = (keyCache.dtype == .bf16 || keyCache.dtype == .f16) && !compressed
+        let f16: Int32 = keyCache.dtype == .f16 ? 1 : 0
         let wide = CPUSetup.avx512Kernels && D % 16 == 0
         // Chunks taken in turn (`parallelChunks`): a decode step's attention lasts about as long
         // as GCD takes to wake the second worker.
@@ -151,8 +158,8 @@ extension CPUBackend {
                     let keyHalves = keyCache.buffer.pointer.assumingMemoryBound(to: UInt16.self) + kvOffset + pad * D
                     let valueHalves = valueCache.buffer.pointer.assumingMemoryBound(to: UInt16.self) + kvOffset + pad * D
                     if let decoded {
-                        strata_bf16_widen(keyHalves, valid * D, decoded)
-                        strata_bf16_widen(valueHalves, valid * D, decoded + total * D)
+                        strata_cache_widen(keyHalves, f16, valid * D, decoded)
+                        strata_cache_widen(valueHalves, f16, valid * D, decoded + total * D)
                         keys = UnsafePointer(decoded)
                         values = UnsafePointer(decoded + total * D)
                     } else {
@@ -161,13 +168,13 @@ extension CPUBackend {
                             let output = o + (b * T + t) * width + h * D
                             guard visible > 0 else { continue }
                             if wide {
-                                strata_bf16_scores_avx512(qBase + t * width, keyHalves, Int32(visible), Int32(D), scale, scores)
+                                strata_cache_scores_avx512(qBase + t * width, keyHalves, f16, Int32(visible), Int32(D), scale, scores)
                                 Softmax.normalize(scores, count: visible)
-                                strata_bf16_weighted_sum_avx512(scores, valueHalves, Int32(visible), Int32(D), output)
+                                strata_cache_weighted_sum_avx512(scores, valueHalves, f16, Int32(visible), Int32(D), output)
                             } else {
-                                strata_bf16_scores(qBase + t * width, keyHalves, Int32(visible), Int32(D), scale, scores)
+                                strata_cache_scores(qBase + t * width, keyHalves, f16, Int32(visible), Int32(D), scale, scores)
                                 Softmax.normalize(scores, count: visible)
-                                strata_bf16_weighted_sum(scores, valueHalves, Int32(visible), Int32(D), output)
+                                strata_cache_weighted_sum(scores, valueHalves, f16, Int32(visible), Int32(D), output)
                             }
                         }
                         continue

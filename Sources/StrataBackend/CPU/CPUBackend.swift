@@ -28,11 +28,14 @@ public final class CPUBackend: Backend {
         }
     }
 
-    /// How an uncompressed KV cache is held: f32 (exact), or bf16 (half the bytes a decode step
-    /// reads, as transformers in bf16 holds it; positions are widened to f32 as they are used).
+    /// How an uncompressed KV cache is held: f32 (exact), or at half the bytes a decode step
+    /// reads in bf16 (as transformers in bf16 holds it) or f16 (llama.cpp's default cache type:
+    /// 3 more bits of mantissa than bf16, magnitudes up to 65504). 16-bit positions are widened
+    /// to f32 as they are used.
     public enum CacheFormat: String, Sendable, CaseIterable {
         case f32
         case bf16
+        case f16
     }
 
     public let name = "cpu"

@@ -54,10 +54,10 @@ extension CPUBackend {
 
     public func cacheTensor(shape: [Int], compression: QuantizationScheme?) -> Tensor {
         guard let compression else {
-            guard cacheFormat == .bf16 else { return zeros(shape: shape) }
+            guard cacheFormat != .f32 else { return zeros(shape: shape) }
             let buffer = DeviceBuffer.host(byteCount: shape.reduce(1, *) * 2, backendName: name, account: account)
             buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: buffer.byteCount)
-            return Tensor(shape: shape, dtype: .bf16, buffer: buffer)
+            return Tensor(shape: shape, dtype: cacheFormat == .f16 ? .f16 : .bf16, buffer: buffer)
         }
         let layout = QuantizedLayout(scheme: compression, shape: shape)
         let buffer = DeviceBuffer.host(byteCount: layout.byteCount, backendName: name, account: account)
