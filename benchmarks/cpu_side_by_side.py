@@ -11,7 +11,8 @@ tokens / (prefill + decode time)). Every measurement is its own process, and the
 alternate within each repeat so they share the machine's noise. Medians and ratios are
 printed as one JSON object per (model, batch), then a markdown table.
 
-Strata runs as-stored f16 (its exact default), `--weight-format bf16` (matmuls on AMX /
+Strata runs as-stored f16 (its exact default; `strata-f16-kvf16` the same with an f16 KV cache,
+llama.cpp's default cache type, opt-in), `--weight-format bf16` (matmuls on AMX /
 AVX512-BF16 where the CPU has them), `--weight-format int8` (W8A8 on AMX-INT8; opt-in), and
 the very Q4_0 / Q8_0 GGUF files llama.cpp runs.
 llama.cpp: llama-batched-bench (-npp 128 -ntg 32 -npl B), gen tok/s = B*32/(T_PP+T_TG).
@@ -138,6 +139,7 @@ def main():
         make_opt(opt_dir)
         systems["opt-125m"] = {
             "strata-f16": lambda b: strata(args, opt_dir, b, "as-stored"),
+            "strata-f16-kvf16": lambda b: strata(args, opt_dir, b, "as-stored", ["--cache-format", "f16"]),
             "strata-bf16": lambda b: strata(args, opt_dir, b, "bf16"),
             "strata-int8": lambda b: strata(args, opt_dir, b, "int8"),
             "hf-fp32": lambda b: transformers(args, opt_dir, b, "float32"),
@@ -147,6 +149,7 @@ def main():
         ggufs = make_llama(llama_dir, args.llama_cpp)
         llama = {
             "strata-f16": lambda b: strata(args, llama_dir, b, "as-stored"),
+            "strata-f16-kvf16": lambda b: strata(args, llama_dir, b, "as-stored", ["--cache-format", "f16"]),
             "strata-bf16": lambda b: strata(args, llama_dir, b, "bf16"),
             "strata-int8": lambda b: strata(args, llama_dir, b, "int8"),
             "hf-fp32": lambda b: transformers(args, llama_dir, b, "float32"),
@@ -187,6 +190,7 @@ def main():
                     ratios[f"strata-int8/{best_hf}"] = round(med["strata-int8"]["total"] / med[best_hf]["total"], 2)
             for strata_name, peer in [("strata-bf16", "llamacpp-bf16"), ("strata-int8", "llamacpp-q8_0"),
                                       ("strata-bf16", "llamacpp-f16"), ("strata-f16", "llamacpp-f16"),
+                                      ("strata-f16-kvf16", "llamacpp-f16"),
                                       ("strata-q4_0", "llamacpp-q4_0"), ("strata-q8_0", "llamacpp-q8_0"),
                                       ("strata-q4_0-int8", "llamacpp-q4_0"), ("strata-q8_0-int8", "llamacpp-q8_0")]:
                 if strata_name in med and peer in med:
