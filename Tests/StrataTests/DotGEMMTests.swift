@@ -22,37 +22,14 @@ import Testing
     @Test(arguments: [(1, 1, 1), (4, 3, 8), (5, 7, 13), (7, 5, 67), (16, 9, 1030), (3, 4, 5)])
     func matchesReferenceForEachWeightType(shape: (Int, Int, Int)) {
         let (m, n, k) = shape
-        let x = Self.randoms(m * k, seed: 1)
-        let exact = Self.randoms(n * k, seed: 2).map { Float(Float16($0)) }
-        let bf16Values = exact.map { Precision.bf16ToFloat(Precision.floatToBF16($0)) }
-        let halves = exact.map { Float16($0).bitPattern }
-        let bf16 = exact.map { Precision.floatToBF16($0) }
-        let first = n > 2 ? 1 : 0
-        let old = Self.randoms(m * n, seed: 3)
-        for (label, values, type, accumulate) in [("f32", exact, STRATA_DOT_F32, false), ("f16", exact, STRATA_DOT_F16, true),
-                                                 ("bf16", bf16Values, STRATA_DOT_BF16, false)] {
-            var out = old
-            let call = { (w: UnsafeRawPointer) in
-                strata_dot_gemm(Int32(m), Int32(k), x, w, Int32(type), first, n, &out, n, accumulate ? 1 : 0, 4096)
+        let o = DenseOperands(m: m, n: n, k: k, seed: 1)
+        for (label, type, accumulate) in [("f32", STRATA_DOT_F32, false), ("f16", STRATA_DOT_F16, true), ("bf16", STRATA_DOT_BF16, false)] {
+            var out = o.old
+            o.withWeight(type) { w in
+                strata_dot_gemm(Int32(m), Int32(k), o.x, w, Int32(type), o.first, n, &out, n, accumulate ? 1 : 0, 4096)
             }
-            switch type {
-            case STRATA_DOT_F16: halves.withUnsafeBytes { call($0.baseAddress!) }
-            case STRATA_DOT_BF16: bf16.withUnsafeBytes { call($0.baseAddress!) }
-            default: exact.withUnsafeBytes { call($0.baseAddress!) }
-            }
-            var worst = 0.0
-            for r in 0..<m {
-                for c in 0..<n {
-                    let got = Double(out[r * n + c])
-                    if c < first {
-                        #expect(out[r * n + c] == old[r * n + c], "\(label): column \(c) outside the range was written")
-                        continue
-                    }
-                    var s = accumulate ? Double(old[r * n + c]) : 0
-                    for i in 0..<k { s += Double(x[r * k + i]) * Double(values[c * k + i]) }
-                    worst = max(worst, abs(got - s))
-                }
-            }
+            let (worst, kept) = o.worstError(out, type: type, accumulate: accumulate)
+            #expect(kept, "\(label): a column outside the range was written")
             #expect(worst <= 1e-6 * Double(k + 1), "\(label) m=\(m) n=\(n) k=\(k): max error \(worst)")
         }
     }
@@ -121,5 +98,52 @@ import Testing
                         "\(bits)-bit g\(groupSize) zero \(zero) row \(c): \(out[c]) vs \(expected)")
             }
         }
+    }
+}
+
+/// Operands for the dense-weight kernel tests (DotGEMMTests, HalfGEMMTests): x [m, k], a weight
+/// [n, k] of values exact in f16 (as f32, f16 and bf16 bit patterns, the bf16 ones rounded),
+/// earlier output values, and a column range that starts past 0 where n allows.
+struct DenseOperands {
+    let m: Int, n: Int, k: Int, first: Int
+    let x: [Float], exact: [Float], bf16Values: [Float], old: [Float]
+    let halves: [UInt16], bf16: [UInt16]
+
+    init(m: Int, n: Int, k: Int, seed: UInt64) {
+        (self.m, self.n, self.k, first) = (m, n, k, n > 2 ? 1 : 0)
+        x = DotGEMMTests.randoms(m * k, seed: seed)
+        exact = DotGEMMTests.randoms(n * k, seed: seed + 1).map { Float(Float16($0)) }
+        bf16Values = exact.map { Precision.bf16ToFloat(Precision.floatToBF16($0)) }
+        halves = exact.map { Float16($0).bitPattern }
+        bf16 = exact.map { Precision.floatToBF16($0) }
+        old = DotGEMMTests.randoms(m * n, seed: seed + 2)
+    }
+
+    /// Calls `body` with the weight's bytes in `type` (STRATA_DOT_F32 / F16 / BF16).
+    func withWeight(_ type: Int, _ body: (UnsafeRawPointer) -> Void) {
+        switch type {
+        case STRATA_DOT_F16: halves.withUnsafeBytes { body($0.baseAddress!) }
+        case STRATA_DOT_BF16: bf16.withUnsafeBytes { body($0.baseAddress!) }
+        default: exact.withUnsafeBytes { body($0.baseAddress!) }
+        }
+    }
+
+    /// The largest |out - reference| over columns from `first` (reference in double, plus `old`
+    /// when accumulating), and whether the columns before `first` kept their old values.
+    func worstError(_ out: [Float], type: Int, accumulate: Bool) -> (worst: Double, kept: Bool) {
+        let values = type == STRATA_DOT_BF16 ? bf16Values : exact
+        var worst = 0.0, kept = true
+        for r in 0..<m {
+            for c in 0..<n {
+                if c < first {
+                    kept = kept && out[r * n + c] == old[r * n + c]
+                    continue
+                }
+                var s = accumulate ? Double(old[r * n + c]) : 0
+                for i in 0..<k { s += Double(x[r * k + i]) * Double(values[c * k + i]) }
+                worst = max(worst, abs(Double(out[r * n + c]) - s))
+            }
+        }
+        return (worst, kept)
     }
 }

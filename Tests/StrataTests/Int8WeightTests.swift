@@ -271,18 +271,21 @@ import Testing
         #expect(outputs[0].contains { $0 != 0 })
     }
 
+    /// Perplexity of the trained demo model on the first 12,000 characters of the held-out text.
+    static func demoPerplexity(_ backend: CPUBackend) throws -> Double {
+        let text = String(decoding: try #require(FileManager.default.contents(atPath: Fixtures.root + "/text/heldout.txt")), as: UTF8.self)
+        let bundle = try ModelBundle(directory: Fixtures.model("opt-licenses"), backend: backend)
+        return try Perplexity.evaluate(bundle: bundle, text: String(text.prefix(12_000)), window: 512).perplexity
+    }
+
     /// The f16 cache (llama.cpp's default cache type, opt-in here) on the trained demo model:
     /// perplexity on held-out text within 0.01% of the f32 cache's (a tenth of the 0.1%
     /// bound for mixed precision), yet not identical (the cache really is f16), and the same
     /// greedy text from the command line.
     @Test func f16CacheKeepsPerplexityAndGreedyText() throws {
         let directory = Fixtures.model("opt-licenses")
-        let text = String(decoding: try #require(FileManager.default.contents(atPath: Fixtures.root + "/text/heldout.txt")), as: UTF8.self)
-        let sample = String(text.prefix(12_000))
-        func ppl(_ backend: CPUBackend) throws -> Double {
-            try Perplexity.evaluate(bundle: try ModelBundle(directory: directory, backend: backend), text: sample, window: 512).perplexity
-        }
-        let exact = try ppl(CPUBackend(threads: 2)), halves = try ppl(CPUBackend(threads: 2, cacheFormat: .f16))
+        let exact = try Self.demoPerplexity(CPUBackend(threads: 2))
+        let halves = try Self.demoPerplexity(CPUBackend(threads: 2, cacheFormat: .f16))
         #expect(abs(halves - exact) / exact < 1e-4, "f16 cache \(halves) vs f32 \(exact)")
         #expect(halves != exact)
         let prompt = ["generate", "--model", directory, "--prompt", "The GNU General Public License is", "--max-new-tokens", "24"]
@@ -306,14 +309,8 @@ import Testing
     /// Accuracy on the trained demo model: perplexity on held-out text within 0.1% of f32 (measured
     /// +0.029% with the bf16 cache), and the fixtures' greedy text the same as f32's.
     @Test func trainedModelPerplexityStaysWithinATenthOfAPercent() throws {
-        let directory = Fixtures.model("opt-licenses")
-        let text = String(decoding: try #require(FileManager.default.contents(atPath: Fixtures.root + "/text/heldout.txt")), as: UTF8.self)
-        let sample = String(text.prefix(12_000))
-        func ppl(_ backend: CPUBackend) throws -> Double {
-            try Perplexity.evaluate(bundle: try ModelBundle(directory: directory, backend: backend), text: sample, window: 512).perplexity
-        }
-        let exact = try ppl(CPUBackend(threads: 2, weightFormat: .f32))
-        let int8 = try ppl(CPUBackend(threads: 2, weightFormat: .int8, cacheFormat: .bf16))
+        let exact = try Self.demoPerplexity(CPUBackend(threads: 2, weightFormat: .f32))
+        let int8 = try Self.demoPerplexity(CPUBackend(threads: 2, weightFormat: .int8, cacheFormat: .bf16))
         #expect(abs(int8 - exact) / exact < 1e-3, "int8 \(int8) vs f32 \(exact)")
         #expect(int8 != exact)
     }
