@@ -5,8 +5,9 @@ import StrataCore
 /// out[m, n] = beta * out[m, n] + sum_k x[m, k] * w[n, k] with w stored as f16 (or bf16) and
 /// widened on the fly, or f32, for decode-sized batches where OpenBLAS would first need a full
 /// f32 copy of the weight (and packs even an f32 one whole on every call):
-/// `strata_half_gemm` (AVX-512: 4 x 4 tiles below 8 rows, 8 x 3 tiles over widened weight rows
-/// from 8 on) where `CPUSetup.avx512Kernels`, else `strata_dot_gemm` (AVX2, 4 x 3 tiles).
+/// `strata_half_gemm` (AVX-512: 4 x 4 dot-product tiles below 12 rows, outer-product tiles over
+/// panels of widened weight rows from 12 on, `runPacked`) where `CPUSetup.avx512Kernels`, else
+/// `strata_dot_gemm` (AVX2, 4 x 3 tiles).
 enum HalfGEMM {
     /// How far ahead (in weight elements) the weight stream is prefetched while the first row
     /// group runs: far enough to cover DRAM latency, so weight loads overlap the FMAs instead of
