@@ -273,7 +273,14 @@ static int wide_gemm(int m, int k, const float *xt, const char *w, int type, lon
 }
 #endif
 
-long strata_half_packed_floats(int m, int k) { return m >= STRATA_HALF_PACKED_ROWS && k > 0 ? packed_floats(m, k) : 0; }
+long strata_half_packed_floats(int m, int k) {
+#if defined(__x86_64__)
+    return m >= STRATA_HALF_PACKED_ROWS && k > 0 ? packed_floats(m, k) : 0;
+#else
+    (void)m; (void)k;
+    return 0;
+#endif
+}
 
 void strata_half_pack(int m, int k, const float *x, float *packed) {
 #if defined(__x86_64__)
