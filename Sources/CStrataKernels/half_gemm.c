@@ -86,7 +86,7 @@ static void tile4x4(int k, const float *x, int rows, const char *w, long stride,
 // both streams are read front to back. The panel holds, for each 16-value block of k, 12 pairs
 // of weight rows, each pair's values interleaved (w[2q][i], w[2q + 1][i], ...): one 64-bit
 // broadcast then carries a value of both rows of the pair.
-enum { PANEL_COLUMNS = 24, PANEL_BLOCK = PANEL_COLUMNS * 16 };
+enum { PANEL_COLUMNS = STRATA_HALF_PANEL_ROWS, PANEL_BLOCK = PANEL_COLUMNS * 16 };
 
 // 16 rows by the panel's 24 columns. x comes as two vectors per k, rows 0-7 and rows 8-15 with
 // each value twice; lane 2r + c of a pair's sum is row r and the pair's column c. Per k, 24
@@ -206,17 +206,17 @@ static void fill_panel_f32(int k, long kBlocks, const char *w, long stride, int 
 
 // Up to 16 rows: one block with each value twice (tile16x24); more: blocks of 16 rows in pairs
 // (tile32x12), an odd last block paired with zeros.
-static long packed_floats(int m, int k) {
-    long kBlocks = (k + 15) / 16;
-    return m <= 16 ? kBlocks * 512 : (m + 31) / 32 * 2 * kBlocks * 256;
-}
+static int paired_rows(int m) { return m <= 16; }
+static int row_blocks(int m) { return paired_rows(m) ? 1 : (m + 31) / 32 * 2; }
+
+static long packed_floats(int m, int k) { return row_blocks(m) * ((k + 15) / 16) * (paired_rows(m) ? 512 : 256); }
 
 // x transposed: one gather per k and block of 16 rows (rows past m and k past its end are
 // zeros). A plain loop here was vectorized into scatters and took a tenth of a decode step.
 STRATA_AVX512
 static void pack_x(int m, int k, const float *x, float *xt) {
     long kBlocks = (k + 15) / 16;
-    int paired = m <= 16, rowBlocks = paired ? 1 : (m + 31) / 32 * 2;
+    int paired = paired_rows(m), rowBlocks = row_blocks(m);
     const __m512i dupLow = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     const __m512i dupHigh = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -243,7 +243,7 @@ STRATA_AVX512
 static int wide_gemm(int m, int k, const float *xt, const char *w, int type, long n0, long n1, float *out, long ldc,
                      int accumulate) {
     long stride = (long)k * element_size(type), kBlocks = (k + 15) / 16;
-    int paired = m <= 16, rowBlocks = paired ? 1 : (m + 31) / 32 * 2;
+    int paired = paired_rows(m), rowBlocks = row_blocks(m);
     float *panel = aligned_alloc(64, (size_t)kBlocks * PANEL_BLOCK * sizeof(float));
     if (!panel) return 0;
     void (*fill)(int, long, const char *, long, int, float *) =

@@ -101,21 +101,16 @@ extension CPUBackend {
             return out
         }
         let fused = usesFusedKernel(weight, rows: m, path: path)
-        if weight.quantization == nil, HalfGEMM.packs(rows: m),
-           (fused && weight.dtype != .f32) || (weight.dtype == .f32 && m <= HalfGEMM.maxRows) {
-            HalfGEMM.runPacked(m: m, n: n, k: k, x: xp, w: weight.buffer.pointer, dtype: weight.dtype, out: op, beta: beta,
-                               threads: threads)
+        // f16/bf16 weights on the fused kernel, and f32 weights at decode sizes, where sgemm would
+        // copy (pack) the whole weight on every call: for an f32 LM head (a GGUF's Q6_K output,
+        // decoded at load) 131 MB per step.
+        if weight.quantization == nil, fused || (weight.dtype == .f32 && m <= HalfGEMM.maxRows) {
+            HalfGEMM.multiply(m: m, n: n, k: k, x: xp, w: weight.buffer.pointer, dtype: weight.dtype, out: op, beta: beta,
+                              threads: threads)
             return out
         }
         // Output columns are split across workers; each runs a single-threaded kernel on its slab.
         parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
-            if weight.dtype == .f32, m <= HalfGEMM.maxRows {
-                // Decode-sized: sgemm would copy (pack) the whole weight on every call, which for
-                // an f32 LM head (a GGUF's Q6_K output, decoded at load) is 131 MB per step.
-                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer, dtype: .f32, columns: columns, out: op, ldc: n,
-                             beta: beta)
-                return
-            }
             if weight.dtype == .f32 {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(columns.count), Int32(k),
                             1, xp, Int32(k), weight.floats + columns.lowerBound * k, Int32(k), beta, op + columns.lowerBound, Int32(n))
@@ -123,11 +118,6 @@ extension CPUBackend {
             }
             if fused, weight.quantization != nil {
                 QuantGEMM.run(m: m, k: k, x: xp, weight: weight, columns: columns, out: op, ldc: n, beta: beta)
-                return
-            }
-            if fused {
-                HalfGEMM.run(m: m, k: k, x: xp, w: weight.buffer.pointer, dtype: weight.dtype, columns: columns, out: op,
-                             ldc: n, beta: beta)
                 return
             }
             // Widen the stored weight in slabs of about 4 MiB: large enough that OpenBLAS packs x

@@ -18,9 +18,10 @@ enum HalfGEMM {
     /// `strata bench-gemm`); above it the weight is reused enough for OpenBLAS to win.
     static let maxRows = 64
 
-    /// The kernel `run` uses on this machine, by name (for `strata bench-gemm`).
+    /// The kernel `multiply` uses on this machine, by name (for `strata bench-gemm`).
     static var kernel: String { CPUSetup.avx512Kernels ? "avx512" : "avx2" }
 
+    /// The C kernels' name for a weight element type (STRATA_DOT_*).
     static func kernelType(_ dtype: DType) -> Int32 {
         switch dtype {
         case .f16: return Int32(STRATA_DOT_F16)
@@ -30,39 +31,35 @@ enum HalfGEMM {
         }
     }
 
-    /// Whether `rows` rows take `runPacked`: the AVX-512 outer-product tiles, which read x packed.
-    static func packs(rows: Int) -> Bool { CPUSetup.avx512Kernels && rows >= Int(STRATA_HALF_PACKED_ROWS) }
-
-    /// The whole product out[m, n] (row stride n) where `packs(rows: m)`: x is packed once, and
-    /// the workers take chunks of the columns in turn (`parallelChunks`), a few panels of 24
-    /// weight rows each. With one half per worker, a worker that woke late held up the whole
-    /// call: two workers ran a 16-row 1024 x 1024 product at about a third of their FMA peak.
-    static func runPacked(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, dtype: DType,
-                          out: UnsafeMutablePointer<Float>, beta: Float, threads: Int) {
+    /// out[m, n] (row stride n) for weight rows of `dtype`, exact in f32. From
+    /// STRATA_HALF_PACKED_ROWS rows on, on AVX-512: x is packed once, and the workers take chunks
+    /// of a few panels of weight rows in turn (`parallelChunks`). With one half per worker, a
+    /// worker that woke late held up the whole call: two workers ran a 16-row 1024 x 1024 product
+    /// at about a third of their FMA peak. Otherwise each worker runs the kernel on its half.
+    static func multiply(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, dtype: DType,
+                         out: UnsafeMutablePointer<Float>, beta: Float, threads: Int) {
+        let type = kernelType(dtype), accumulate: Int32 = beta == 0 ? 0 : 1
+        guard CPUSetup.avx512Kernels, m >= Int(STRATA_HALF_PACKED_ROWS) else {
+            parallelFor(n, threads: threads, minimumPerThread: 64) { columns in
+                if CPUSetup.avx512Kernels {
+                    strata_half_gemm(Int32(m), Int32(k), x, nil, w, type, columns.lowerBound, columns.upperBound, out, n, accumulate)
+                } else {
+                    strata_dot_gemm(Int32(m), Int32(k), x, w, type, columns.lowerBound, columns.upperBound, out, n, accumulate,
+                                    prefetchDistance * dtype.byteSize)
+                }
+            }
+            return
+        }
         let floats = strata_half_packed_floats(Int32(m), Int32(k))
         let packed = UnsafeMutableRawPointer.allocate(byteCount: max(floats, 1) * MemoryLayout<Float>.size, alignment: 64)
             .bindMemory(to: Float.self, capacity: max(floats, 1))
         defer { packed.deallocate() }
         strata_half_pack(Int32(m), Int32(k), x, packed)
-        let type = kernelType(dtype), panel = 24
+        let panel = Int(STRATA_HALF_PANEL_ROWS)
         let grain = max(panel, (n / (threads * 4) + panel - 1) / panel * panel)
-        let shared = UncheckedSendable(value: (x, packed, w, out))
         parallelChunks(n, threads: threads, grain: grain) { columns in
-            let (x, packed, w, out) = shared.value
-            strata_half_gemm(Int32(m), Int32(k), x, packed, w, type, columns.lowerBound, columns.upperBound, out, n, beta == 0 ? 0 : 1)
+            strata_half_gemm(Int32(m), Int32(k), x, packed, w, type, columns.lowerBound, columns.upperBound, out, n, accumulate)
         }
-    }
-
-    /// Weight rows `columns` of the f32, f16 or bf16 (`dtype`) weight at `w`, exact in f32.
-    static func run(m: Int, k: Int, x: UnsafePointer<Float>, w: UnsafeRawPointer, dtype: DType, columns: Range<Int>,
-                    out: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
-        let type = kernelType(dtype)
-        if CPUSetup.avx512Kernels {
-            strata_half_gemm(Int32(m), Int32(k), x, nil, w, type, columns.lowerBound, columns.upperBound, out, ldc, beta == 0 ? 0 : 1)
-            return
-        }
-        strata_dot_gemm(Int32(m), Int32(k), x, w, type, columns.lowerBound, columns.upperBound, out, ldc, beta == 0 ? 0 : 1,
-                        prefetchDistance * dtype.byteSize)
     }
 
     /// Pairwise horizontal sum: three dependent vector adds instead of `sum()`'s serial chain.
