@@ -6,7 +6,7 @@ import StrataCore
 /// widened on the fly, or f32, for decode-sized batches where OpenBLAS would first need a full
 /// f32 copy of the weight (and packs even an f32 one whole on every call):
 /// `strata_half_gemm` (AVX-512: 4 x 4 dot-product tiles below 12 rows, outer-product tiles over
-/// panels of widened weight rows from 12 on, `runPacked`) where `CPUSetup.avx512Kernels`, else
+/// panels of widened weight rows from 12 on, see `multiply`) where `CPUSetup.avx512Kernels`, else
 /// `strata_dot_gemm` (AVX2, 4 x 3 tiles).
 enum HalfGEMM {
     /// How far ahead (in weight elements) the weight stream is prefetched while the first row
