@@ -42,7 +42,7 @@ struct BenchGEMM: ParsableCommand {
             if !json {
                 print("bf16 matrix units: \(unitName) (\(units.detail))")
                 print("int8 (W8A8): \(int8Serves)")
-                print("shape      rows  f16-fused  f16-widen-sgemm  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  q\(bits)-bf16  bf16-fused  bf16-rowmajor  bf16-matrix  int8  bf16-serves  q\(bits)-bf16-serves   (GFLOP/s, median of \(`repeat`))")
+                print("shape      rows  f16-fused  f16-widen-sgemm  f16-bf16x3  sgemm-f32  q\(bits)-fused  q\(bits)-decode-sgemm  q\(bits)-bf16  bf16-fused  bf16-rowmajor  bf16-matrix  int8  bf16-serves  q\(bits)-bf16-serves   (GFLOP/s, median of \(`repeat`))")
             }
             for (n, k) in weightShapes {
                 let values = (0..<(n * k)).map { _ in Float16(Float.random(in: -1...1, using: &rng)) }
@@ -66,6 +66,8 @@ struct BenchGEMM: ParsableCommand {
                     let fused = rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .fusedHalf) }
                     let widen = rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .widenThenBLAS) }
                     let sgemm = rate { _ = half.linear(x, weight: weightFloat, bias: nil) }
+                    // `--matmul-precision bf16x3`'s kernel, the f16 weight as stored (0 without AMX).
+                    let split = SplitBF16GEMM.available ? rate { _ = half.linear(x, weight: weightHalf, bias: nil, path: .splitBF16) } : 0
                     let qFused = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .fusedHalf) }
                     let qDecode = rate { _ = half.linear(x, weight: weightQuantized, bias: nil, path: .widenThenBLAS) }
                     // What `--weight-format bf16` runs for the quantized weight (decoded panels on the
@@ -83,7 +85,7 @@ struct BenchGEMM: ParsableCommand {
                         print(JSONValue.object([
                             "out": .number(Double(n)), "in": .number(Double(k)), "rows": .number(Double(m)),
                             "fused_gflops": .number(fused), "widen_sgemm_gflops": .number(widen), "f16_serves": .string(half.halfKernel(rows: m)),
-                            "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
+                            "f16_bf16x3_gflops": .number(split), "sgemm_f32_gflops": .number(sgemm), "bits": .number(Double(bits)),
                             "quantized_fused_gflops": .number(qFused), "quantized_decode_sgemm_gflops": .number(qDecode),
                             "quantized_bf16_gflops": .number(qBF16), "quantized_bf16_serves": .string(qServes),
                             "bf16_fused_gflops": .number(bFused), "bf16_matrix_row_major_gflops": .number(bRowMajor),
@@ -92,7 +94,7 @@ struct BenchGEMM: ParsableCommand {
                             "int8_gflops": .number(i8), "int8_serves": .string(int8Serves),
                         ]).serialized())
                     } else {
-                        let cells = [(fused, 9), (widen, 16), (sgemm, 10), (qFused, 10), (qDecode, 18), (qBF16, 8), (bFused, 10), (bRowMajor, 13), (bMatrix, 11), (i8, 6)]
+                        let cells = [(fused, 9), (widen, 16), (split, 11), (sgemm, 10), (qFused, 10), (qDecode, 18), (qBF16, 8), (bFused, 10), (bRowMajor, 13), (bMatrix, 11), (i8, 6)]
                             .map { $0.0.formatted(1).padding($0.1, left: true) }
                         print("\("\(n)x\(k)".padding(10)) \(String(m).padding(4)) " + cells.joined(separator: " ") + "  " + serves + "  " + qServes)
                     }

@@ -38,6 +38,9 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "How the KV cache is held on the CPU (unless --compress-cache): auto (bf16 with --weight-format bf16 or int8, else f32), f32, or bf16 or f16 (half the bytes each decode step reads; f16 is llama.cpp's default cache type, with 3 more bits than bf16 and values up to 65504).")
     var cacheFormat = "auto"
 
+    @Option(help: "Prefill-sized matmuls against weights held as stored or in f32: f32 (exact) or bf16x3 (AMX tiles: each operand split into two bf16 parts, three products summed in f32; f16 weights stay exact, activations keep ~16 bits; opt-in, logits move by ~1e-5). Elsewhere, or without AMX, f32.")
+    var matmulPrecision = "f32"
+
     @Flag(help: "Store decoder-layer weights 4-bit group-quantized (FlexGen's compress_weight).")
     var compressWeight = false
 
@@ -77,7 +80,7 @@ struct BackendOptions: ParsableArguments {
     func backendChoice() throws -> BackendChoice {
         try resolveBackend(backend, computePrecision: computePrecision, cudaDevice: cudaDevice, verbose: verbose,
                            cpu: .cpu(threads: threads, weightFormat: try weightFormatOption(), int8Activations: int8Activations,
-                                     cacheFormat: try cacheFormatOption()))
+                                     cacheFormat: try cacheFormatOption(), matmulPrecision: try matmulPrecisionOption()))
     }
 
     func makeBackend() throws -> any Backend { try makeResolvedBackend(backendChoice(), flag: backend) }
@@ -94,6 +97,13 @@ struct BackendOptions: ParsableArguments {
             throw StrataError.invalidRequest("--weight-format must be one of \(CPUBackend.WeightFormat.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return format
+    }
+
+    func matmulPrecisionOption() throws -> CPUBackend.MatmulPrecision {
+        guard let precision = CPUBackend.MatmulPrecision(rawValue: matmulPrecision) else {
+            throw StrataError.invalidRequest("--matmul-precision must be one of \(CPUBackend.MatmulPrecision.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return precision
     }
 
     func cacheFormatOption() throws -> CPUBackend.CacheFormat {
@@ -126,7 +136,7 @@ struct BackendOptions: ParsableArguments {
 /// What `--backend` (auto, cpu or cuda) means on this machine: CUDA when asked for or usable
 /// (auto), else `cpu`. Without CUDA, auto says why only when `verbose`.
 func resolveBackend(_ backend: String, computePrecision: String, cudaDevice: Int, verbose: Bool, cpu: BackendChoice) throws -> BackendChoice {
-    if case .cpu(let threads, _, _, _) = cpu, threads <= 0 { throw StrataError.invalidRequest("--threads must be positive") }
+    if case .cpu(let threads, _, _, _, _) = cpu, threads <= 0 { throw StrataError.invalidRequest("--threads must be positive") }
     switch backend {
     case "cpu":
         return cpu

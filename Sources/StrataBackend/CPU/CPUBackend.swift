@@ -38,6 +38,15 @@ public final class CPUBackend: Backend {
         case f16
     }
 
+    /// How prefill-sized matmuls against weights held as stored (f16, bf16, f32) are computed:
+    /// exactly in f32 (OpenBLAS sgemm over widened slabs), or as a bf16x3 split on AMX tiles
+    /// (`SplitBF16GEMM`: ~16-bit activations, f16 weights exact, f32 sums; opt-in). Decode-sized
+    /// products keep the exact fused kernels either way.
+    public enum MatmulPrecision: String, Sendable, CaseIterable {
+        case f32
+        case bf16x3
+    }
+
     public let name = "cpu"
     public var holdsWeightsInBF16: Bool { weightFormat == .bf16 }
     public let threads: Int
@@ -46,6 +55,8 @@ public final class CPUBackend: Backend {
     /// Small-batch products with 4/8-bit weights quantize their activations to int8 and use the
     /// CPU's integer dot products (`Int8GEMM`, opt-in: results move by ~1e-3 relative).
     public let int8Activations: Bool
+    /// Where it applies, `SplitBF16GEMM.available` decides whether bf16x3 can run here.
+    public let matmulPrecision: MatmulPrecision
     /// Every buffer this backend allocates is charged here (the device tier's high-water mark).
     public let account: MemoryAccount?
 
@@ -55,8 +66,9 @@ public final class CPUBackend: Backend {
     public let packsWeights: Bool
 
     public init(threads: Int = 1, weightFormat: WeightFormat = .asStored, account: MemoryAccount? = nil, packsWeights: Bool = true,
-                int8Activations: Bool = false, cacheFormat: CacheFormat = .f32) {
+                int8Activations: Bool = false, cacheFormat: CacheFormat = .f32, matmulPrecision: MatmulPrecision = .f32) {
         self.threads = max(1, threads)
+        self.matmulPrecision = matmulPrecision
         self.cacheFormat = cacheFormat
         self.int8Activations = int8Activations
         self.weightFormat = weightFormat

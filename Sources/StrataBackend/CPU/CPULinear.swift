@@ -21,6 +21,17 @@ extension CPUBackend {
         /// bf16 weights only: oneDNN on the bf16 matrix units whatever the row count (where there
         /// are none, the `automatic` choice).
         case matrixUnits = "bf16-matrix"
+        /// f16/bf16/f32 weights: the bf16x3 split on AMX tiles whatever the row count (where
+        /// there are none, the `automatic` choice).
+        case splitBF16 = "bf16x3"
+    }
+
+    /// Whether `linear` runs this weight at `rows` rows as a bf16x3 split on AMX tiles
+    /// (`--matmul-precision bf16x3`, prefill sizes; `SplitBF16GEMM`).
+    func splitsToBF16(_ weight: Tensor, rows: Int, path: GEMMPath) -> Bool {
+        guard SplitBF16GEMM.available, weight.quantization == nil, weight.int8 == nil, weight.panels == nil,
+              weight.dtype != .u8 else { return false }
+        return path == .splitBF16 || (path == .automatic && matmulPrecision == .bf16x3 && rows >= SplitBF16GEMM.minRows)
     }
 
     /// Whether `path` (with `rows` rows of input) uses a fused kernel for this weight.
@@ -100,6 +111,13 @@ extension CPUBackend {
             Int8GEMM.run(m: m, k: k, x: xp, weight: weight, out: op, ldc: n, beta: beta, threads: threads)
             return out
         }
+        if splitsToBF16(weight, rows: m, path: path) {
+            let split = SplitBF16GEMM.split(xp, m: m, k: k, threads: threads, scratch: scratch)
+            defer { release(split.pointer, split.floats) }
+            SplitBF16GEMM.multiply(m: m, n: n, k: k, split: split, w: weight.buffer.pointer, dtype: weight.dtype, out: op, beta: beta,
+                                   threads: threads)
+            return out
+        }
         let fused = usesFusedKernel(weight, rows: m, path: path)
         // f16/bf16 weights on the fused kernel, and f32 weights at decode sizes, where sgemm would
         // copy (pack) the whole weight on every call: for an f32 LM head (a GGUF's Q6_K output,
@@ -152,8 +170,9 @@ extension CPUBackend {
     }
 
     /// Projections of one input: int8 weights share one quantization of it, bf16 weights on the
-    /// matrix units (packed, or decoded from groups) one rounding (for a prefill, each pass over
-    /// the activations costs about what a small projection's matmul does).
+    /// matrix units (packed, or decoded from groups) one rounding, bf16x3 products one split
+    /// (for a prefill, each pass over the activations costs about what a small projection's
+    /// matmul does).
     public func linear(_ x: Tensor, weights: [Tensor], biases: [Tensor?]) -> [Tensor] {
         precondition(weights.count == biases.count, "one bias (or nil) per weight")
         let m = x.rows, k = x.columns
@@ -162,10 +181,22 @@ extension CPUBackend {
         let int8 = weights.allSatisfy { $0.int8 != nil }
         let matrixUnits = weightFormat == .bf16 && BF16GEMM.usesMatrixUnits
             && weights.allSatisfy { ($0.dtype == .bf16 && $0.quantization == nil) || decodesToPanels($0, rows: m) }
-        guard shared, int8 || matrixUnits else {
+        let splits = weights.allSatisfy { splitsToBF16($0, rows: m, path: .automatic) }
+        guard shared, int8 || matrixUnits || splits else {
             return zip(weights, biases).map { linear(x, weight: $0, bias: $1) }
         }
         let outputs = weights.map { allocate(x.shape.dropLast() + [$0.shape[0]]) }
+        if splits {
+            let split = SplitBF16GEMM.split(x.floats, m: m, k: k, threads: threads, scratch: scratch)
+            defer { release(split.pointer, split.floats) }
+            for (i, w) in weights.enumerated() {
+                let n = w.shape[0], out = outputs[i].floats
+                if let bias = biases[i] { for r in 0..<m { (out + r * n).update(from: bias.floats, count: n) } }
+                SplitBF16GEMM.multiply(m: m, n: n, k: k, split: split, w: w.buffer.pointer, dtype: w.dtype, out: out,
+                                       beta: biases[i] == nil ? 0 : 1, threads: threads)
+            }
+            return outputs
+        }
         if int8 {
             multiplyInt8(x, weights: weights, biases: biases, into: outputs)
             return outputs

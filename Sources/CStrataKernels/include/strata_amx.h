@@ -1,0 +1,36 @@
+#ifndef STRATA_AMX_H
+#define STRATA_AMX_H
+#include <stdint.h>
+
+/// Matmuls on AMX tiles with f32-grade accuracy from bf16 pieces ("bf16x3", as JAX's
+/// bfloat16_3x): every operand is split into hi = bf16(v) and lo = bf16(v - hi), and
+/// x * w = x_hi w_hi + x_hi w_lo + x_lo w_hi, summed in f32. An f16 weight is exactly hi + lo
+/// (11 significant bits in two 8-bit pieces), so the only rounding is x's beyond 16 bits and the
+/// dropped x_lo w_lo term: about 2^-17 relative per product, against 2^-24 for f32 and 2^-9 for
+/// x rounded to bf16.
+
+/// Rows of x a split block holds (two 16-row tiles); strata_amx_split_x's buffer has this many
+/// rows per block, the missing ones zero.
+enum { STRATA_AMX_ROWS = 32 };
+
+/// Whether the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16, the OS saves tile state, and this
+/// process was granted the tile data (Linux's arch_prctl ARCH_REQ_XCOMP_PERM; asked once).
+int strata_amx_bf16_supported(void);
+
+/// bf16 values per split row of k inputs: hi and lo for each block of 32 (zero-padded), and a
+/// 64-byte pad (the row stride of strata_amx_split_x's buffer).
+long strata_amx_split_width(int k);
+
+/// `rows` rows of x (row stride k) split into `a` (row stride strata_amx_split_width(k)).
+/// A row range at a time, so callers split in parallel; rows past m up to a multiple of
+/// STRATA_AMX_ROWS must be zero in `a` (the caller clears them).
+void strata_amx_split_x(const float *x, int rows, int k, uint16_t *a);
+
+/// out[r, n] = (accumulate ? out[r, n] : 0) + sum_k x[r, k] * w[n, k] for r < m and weight rows
+/// n in [n0, n1), with x split by strata_amx_split_x into `a`. w is row-major, row stride k, of
+/// type STRATA_DOT_F32 / F16 / BF16 (strata_dot.h); out has row stride ldc. Weight rows are
+/// split into tile panels in groups that stay in L2 (a buffer of about 1 MiB per call).
+/// Call only where strata_amx_bf16_supported().
+void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
+                           int accumulate);
+#endif

@@ -1,0 +1,60 @@
+import CStrataKernels
+import StrataCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Prefill-sized matmuls against f16, bf16 or f32 weights on AMX tiles with f32-grade accuracy
+/// (`--matmul-precision bf16x3`): x and w are each split into a bf16 high part and a bf16
+/// remainder, and three tile products (hi*hi + hi*lo + lo*hi) are summed in f32
+/// (`strata_amx_split_gemm`). An f16 weight is exactly its two parts, so against f16 weights only
+/// x is rounded, at about 16 significant bits instead of f32's 24 (a rounding to bf16, what
+/// `--weight-format bf16` does, keeps 8). Three passes on the tiles still run about three times
+/// OpenBLAS's f32 sgemm on a Sapphire Rapids core.
+public enum SplitBF16GEMM {
+    /// Whether this machine runs the split kernel: AMX-BF16 tiles granted to this process, and
+    /// `STRATA_CPU_ISA` not forcing a CPU without them (`baseline`, `avx512-bf16`).
+    public static let available: Bool = {
+        let requested = getenv(MatrixUnits.environmentKey).map { String(cString: $0) } ?? "auto"
+        guard requested == "auto" || requested == MatrixUnits.Kind.amx.rawValue else { return false }
+        return strata_amx_bf16_supported() != 0
+    }()
+
+    /// Below this many rows the fused kernels (`HalfGEMM`) stay: each weight element is split
+    /// on every call, which the tiles repay only when many rows use it.
+    static var minRows: Int { HalfGEMM.maxRows + 1 }
+
+    /// x [m, k] split into the kernel's layout: a buffer of `SplitRows.floats` values that the
+    /// caller releases, split in parallel by rows (one split serves every weight x meets).
+    struct SplitRows {
+        let pointer: UnsafeMutablePointer<Float>
+        let floats: Int
+        var bf16: UnsafePointer<UInt16> { UnsafeRawPointer(pointer).assumingMemoryBound(to: UInt16.self) }
+    }
+
+    static func split(_ x: UnsafePointer<Float>, m: Int, k: Int, threads: Int, scratch: (Int) -> UnsafeMutablePointer<Float>)
+        -> SplitRows {
+        let width = strata_amx_split_width(Int32(k))
+        let rows = (m + Int(STRATA_AMX_ROWS) - 1) / Int(STRATA_AMX_ROWS) * Int(STRATA_AMX_ROWS)
+        let floats = max(1, rows * width / 2)
+        let buffer = scratch(floats)
+        let halves = UnsafeMutableRawPointer(buffer).assumingMemoryBound(to: UInt16.self)
+        // The kernel reads whole 32-row blocks: rows past m are zero.
+        (halves + m * width).update(repeating: 0, count: (rows - m) * width)
+        parallelFor(m, threads: threads, minimumPerThread: 16) { part in
+            strata_amx_split_x(x + part.lowerBound * k, Int32(part.count), Int32(k), halves + part.lowerBound * width)
+        }
+        return SplitRows(pointer: buffer, floats: floats)
+    }
+
+    /// out[m, n] (row stride n) = beta * out + x * w^T for a weight of `dtype` with x split by
+    /// `split`. The workers take groups of 256 weight rows in turn; each group is split into
+    /// tile panels by the worker that multiplies it.
+    static func multiply(m: Int, n: Int, k: Int, split: SplitRows, w: UnsafeRawPointer, dtype: DType,
+                         out: UnsafeMutablePointer<Float>, beta: Float, threads: Int) {
+        let type = HalfGEMM.kernelType(dtype), accumulate: Int32 = beta == 0 ? 0 : 1
+        parallelChunks(n, threads: threads, grain: 256) { columns in
+            strata_amx_split_gemm(Int32(m), Int32(k), split.bf16, w, type, columns.lowerBound, columns.upperBound, out, n, accumulate)
+        }
+    }
+}
