@@ -12,7 +12,8 @@ alternate within each repeat so they share the machine's noise. Medians and rati
 printed as one JSON object per (model, batch), then a markdown table.
 
 Strata runs as-stored f16 (its exact default; `strata-f16-kvf16` the same with an f16 KV cache,
-llama.cpp's default cache type, opt-in), `--weight-format bf16` (matmuls on AMX /
+llama.cpp's default cache type, opt-in; `strata-f16-bf16x3` with `--matmul-precision bf16x3`,
+prefill matmuls as bf16 splits on AMX tiles, opt-in), `--weight-format bf16` (matmuls on AMX /
 AVX512-BF16 where the CPU has them), `--weight-format int8` (W8A8 on AMX-INT8; opt-in), and
 the very Q4_0 / Q8_0 GGUF files llama.cpp runs.
 llama.cpp: llama-batched-bench (-npp 128 -ntg 32 -npl B), gen tok/s = B*32/(T_PP+T_TG).
@@ -140,6 +141,9 @@ def main():
         systems["opt-125m"] = {
             "strata-f16": lambda b: strata(args, opt_dir, b, "as-stored"),
             "strata-f16-kvf16": lambda b: strata(args, opt_dir, b, "as-stored", ["--cache-format", "f16"]),
+            # f16 weights as stored, prefill products as bf16x3 splits on AMX tiles (opt-in).
+            "strata-f16-bf16x3": lambda b: strata(args, opt_dir, b, "as-stored", ["--matmul-precision", "bf16x3"]),
+            "strata-f16-bf16x3-kvf16": lambda b: strata(args, opt_dir, b, "as-stored", ["--matmul-precision", "bf16x3", "--cache-format", "f16"]),
             "strata-bf16": lambda b: strata(args, opt_dir, b, "bf16"),
             "strata-int8": lambda b: strata(args, opt_dir, b, "int8"),
             "hf-fp32": lambda b: transformers(args, opt_dir, b, "float32"),
@@ -150,6 +154,9 @@ def main():
         llama = {
             "strata-f16": lambda b: strata(args, llama_dir, b, "as-stored"),
             "strata-f16-kvf16": lambda b: strata(args, llama_dir, b, "as-stored", ["--cache-format", "f16"]),
+            # f16 weights as stored, prefill products as bf16x3 splits on AMX tiles (opt-in).
+            "strata-f16-bf16x3": lambda b: strata(args, llama_dir, b, "as-stored", ["--matmul-precision", "bf16x3"]),
+            "strata-f16-bf16x3-kvf16": lambda b: strata(args, llama_dir, b, "as-stored", ["--matmul-precision", "bf16x3", "--cache-format", "f16"]),
             "strata-bf16": lambda b: strata(args, llama_dir, b, "bf16"),
             "strata-int8": lambda b: strata(args, llama_dir, b, "int8"),
             "hf-fp32": lambda b: transformers(args, llama_dir, b, "float32"),
@@ -190,7 +197,8 @@ def main():
                     ratios[f"strata-int8/{best_hf}"] = round(med["strata-int8"]["total"] / med[best_hf]["total"], 2)
             for strata_name, peer in [("strata-bf16", "llamacpp-bf16"), ("strata-int8", "llamacpp-q8_0"),
                                       ("strata-bf16", "llamacpp-f16"), ("strata-f16", "llamacpp-f16"),
-                                      ("strata-f16-kvf16", "llamacpp-f16"),
+                                      ("strata-f16-kvf16", "llamacpp-f16"), ("strata-f16-bf16x3", "llamacpp-f16"),
+                                      ("strata-f16-bf16x3-kvf16", "llamacpp-f16"),
                                       ("strata-q4_0", "llamacpp-q4_0"), ("strata-q8_0", "llamacpp-q8_0"),
                                       ("strata-q4_0-int8", "llamacpp-q4_0"), ("strata-q8_0-int8", "llamacpp-q8_0")]:
                 if strata_name in med and peer in med:
