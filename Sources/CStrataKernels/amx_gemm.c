@@ -116,8 +116,8 @@ static void split_panel(const char *w, int type, int k, long row0, int count, ui
     for (long j = 0; j < blocks; j++) {
         uint16_t *tile = panel + j * 1024;
         for (int p = 0; p < 16; p++) {
-            _mm512_store_si512(tile + p * 32, _mm512_i32gather_epi32(rowsAt, pairs + j * 32 + p, 4));
-            _mm512_store_si512(tile + 512 + p * 32, _mm512_i32gather_epi32(rowsAt, pairs + j * 32 + 16 + p, 4));
+            _mm512_storeu_si512(tile + p * 32, _mm512_i32gather_epi32(rowsAt, pairs + j * 32 + p, 4));
+            _mm512_storeu_si512(tile + 512 + p * 32, _mm512_i32gather_epi32(rowsAt, pairs + j * 32 + 16 + p, 4));
         }
     }
 }
@@ -190,64 +190,91 @@ static void block_product_wide(const uint16_t *a, long width, const uint16_t *pa
     _tile_stored(2, c + 16 * ldc, ldc * 4); _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
 }
 
+long strata_amx_panel_values(int k) { return 1024L * ((k + 31) / 32); }
+
+long strata_amx_group_columns(int k) {
+    // ~1 MiB of panels, an even number of them (the wide blocks take pairs).
+    long panels = (1L << 20) / (strata_amx_panel_values(k) * 2) / 2 * 2;
+    return 16 * (panels < 2 ? 2 : panels);
+}
+
 STRATA_AMX_TARGET
-void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
-                           int accumulate) {
-    if (m <= 0 || n1 <= n0) return;
-    long width = strata_amx_split_width(k), blocks = (k + 31) / 32;
-    long panelValues = blocks * 1024;
-    // A group of panels stays in L2 (~1 MiB) while every row block passes over it; a chunk of
-    // blocks keeps a row block's 32 rows of x in L1 (8 blocks: 32 KiB) across the group.
-    long group = (1L << 20) / (panelValues * 2);
-    if (group < 1) group = 1;
-    const long chunk = 8;
-    long groupCols = group * 16;
-    if (groupCols > n1 - n0) groupCols = ((n1 - n0 + 15) / 16) * 16;
-    uint16_t *panels = aligned_alloc(64, (size_t)(groupCols / 16) * panelValues * 2);
+void strata_amx_split_weights(const void *w, int type, int k, long n0, long n1, uint16_t *panels) {
+    if (n1 <= n0) return;
+    long width = strata_amx_split_width(k), panelValues = strata_amx_panel_values(k);
     uint16_t *scratch = aligned_alloc(64, (size_t)(16 * width * 2 + 63) / 64 * 64);
+    for (long row = n0, p = 0; row < n1; row += 16, p++) {
+        int rows = n1 - row < 16 ? (int)(n1 - row) : 16;
+        split_panel((const char *)w, type, k, row, rows, scratch, panels + p * panelValues);
+    }
+    free(scratch);
+}
+
+STRATA_AMX_TARGET
+void strata_amx_split_product(int r0, int r1, int k, const uint16_t *a, const uint16_t *panels, long columns, float *out, long ldc,
+                              int accumulate) {
+    if (r1 <= r0 || columns <= 0) return;
+    long width = strata_amx_split_width(k), blocks = (k + 31) / 32, panelValues = strata_amx_panel_values(k);
+    long count = (columns + 15) / 16;
+    // A chunk of blocks keeps a row block's 32 rows of x in L1 (8 blocks: 32 KiB) while it
+    // passes over every panel; the panels (a caller's group, ~1 MiB) stay in L2.
+    const long chunk = 8;
     float partial[32 * 16] __attribute__((aligned(64)));
     configure_tiles();
-    for (long g = n0; g < n1; g += groupCols) {
-        long cols = n1 - g < groupCols ? n1 - g : groupCols, count = (cols + 15) / 16;
-        for (long p = 0; p < count; p++) {
-            int rows = cols - p * 16 < 16 ? (int)(cols - p * 16) : 16;
-            split_panel((const char *)w, type, k, g + p * 16, rows, scratch, panels + p * panelValues);
-        }
-        for (int r = 0; r < m; r += STRATA_AMX_ROWS) {
-            int rows = m - r < STRATA_AMX_ROWS ? m - r : STRATA_AMX_ROWS;
-            const uint16_t *ar = a + (long)r * width;
-            for (long j = 0; j < blocks; j += chunk) {
-                long j1 = j + chunk < blocks ? j + chunk : blocks;
-                int first = j == 0 && !accumulate;
-                for (long p = 0; p < count; p++) {
-                    int columns = cols - p * 16 < 16 ? (int)(cols - p * 16) : 16;
-                    float *c = out + (long)r * ldc + g + p * 16;
-                    if (rows == STRATA_AMX_ROWS && cols - p * 16 >= 32) {
-                        block_product_wide(ar, width, panels + p * panelValues, panelValues, j, j1, c, ldc, first);
-                        p++;
-                        continue;
-                    }
-                    if (rows == STRATA_AMX_ROWS && columns == 16) {
-                        block_product(ar, width, panels + p * panelValues, j, j1, c, ldc, first);
-                        continue;
-                    }
-                    if (!first) {
-                        memset(partial, 0, sizeof partial);
-                        for (int i = 0; i < rows; i++) memcpy(partial + i * 16, c + (long)i * ldc, columns * 4);
-                    }
-                    block_product(ar, width, panels + p * panelValues, j, j1, partial, 16, first);
-                    for (int i = 0; i < rows; i++) memcpy(c + (long)i * ldc, partial + i * 16, columns * 4);
+    for (int r = r0; r < r1; r += STRATA_AMX_ROWS) {
+        int rows = r1 - r < STRATA_AMX_ROWS ? r1 - r : STRATA_AMX_ROWS;
+        const uint16_t *ar = a + (long)r * width;
+        for (long j = 0; j < blocks; j += chunk) {
+            long j1 = j + chunk < blocks ? j + chunk : blocks;
+            int first = j == 0 && !accumulate;
+            for (long p = 0; p < count; p++) {
+                int cols = columns - p * 16 < 16 ? (int)(columns - p * 16) : 16;
+                float *c = out + (long)r * ldc + p * 16;
+                if (rows == STRATA_AMX_ROWS && columns - p * 16 >= 32) {
+                    block_product_wide(ar, width, panels + p * panelValues, panelValues, j, j1, c, ldc, first);
+                    p++;
+                    continue;
                 }
+                if (rows == STRATA_AMX_ROWS && cols == 16) {
+                    block_product(ar, width, panels + p * panelValues, j, j1, c, ldc, first);
+                    continue;
+                }
+                if (!first) {
+                    memset(partial, 0, sizeof partial);
+                    for (int i = 0; i < rows; i++) memcpy(partial + i * 16, c + (long)i * ldc, cols * 4);
+                }
+                block_product(ar, width, panels + p * panelValues, j, j1, partial, 16, first);
+                for (int i = 0; i < rows; i++) memcpy(c + (long)i * ldc, partial + i * 16, cols * 4);
             }
         }
     }
     _tile_release();
-    free(scratch);
+}
+
+void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
+                           int accumulate) {
+    if (m <= 0 || n1 <= n0) return;
+    long group = strata_amx_group_columns(k), panelValues = strata_amx_panel_values(k);
+    uint16_t *panels = aligned_alloc(64, (size_t)(group / 16) * panelValues * 2);
+    for (long g = n0; g < n1; g += group) {
+        long columns = n1 - g < group ? n1 - g : group;
+        strata_amx_split_weights(w, type, k, g, g + columns, panels);
+        strata_amx_split_product(0, m, k, a, panels, columns, out + g, ldc, accumulate);
+    }
     free(panels);
 }
 #else
 int strata_amx_bf16_supported(void) { return 0; }
 void strata_amx_split_x(const float *x, int rows, int k, uint16_t *a) { (void)x; (void)rows; (void)k; (void)a; }
+long strata_amx_panel_values(int k) { (void)k; return 0; }
+long strata_amx_group_columns(int k) { (void)k; return 32; }
+void strata_amx_split_weights(const void *w, int type, int k, long n0, long n1, uint16_t *panels) {
+    (void)w; (void)type; (void)k; (void)n0; (void)n1; (void)panels;
+}
+void strata_amx_split_product(int r0, int r1, int k, const uint16_t *a, const uint16_t *panels, long columns, float *out, long ldc,
+                              int accumulate) {
+    (void)r0; (void)r1; (void)k; (void)a; (void)panels; (void)columns; (void)out; (void)ldc; (void)accumulate;
+}
 void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
                            int accumulate) {
     (void)m; (void)k; (void)a; (void)w; (void)type; (void)n0; (void)n1; (void)out; (void)ldc; (void)accumulate;

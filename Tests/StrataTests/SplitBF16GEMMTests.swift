@@ -57,16 +57,20 @@ import Testing
 
     /// Through the backend: the split path with a bias against exact f32, and projections of one
     /// input sharing one split (`linear(_:weights:biases:)`) give what each product gives alone.
+    /// 300 rows and 300 weight rows of 1024 inputs: two 256-row pieces by two column groups.
+    /// Bound 1e-3 against f32 for sums of 1024 products whose magnitudes add up to ~250
+    /// (measured 1.4e-4 and 1.6e-4: ~6e-7 of it, as in the kernel test above).
     @Test func backendSharesOneSplitAcrossProjections() throws {
         try Self.requireTiles()
         let backend = CPUBackend(threads: 2, matmulPrecision: .bf16x3)
-        let (m, k) = (80, 96)
+        let (m, k) = (300, 1024)
+        #expect(strata_amx_group_columns(Int32(k)) < 300)
         let x = backend.upload(floats: DotGEMMTests.randoms(m * k, seed: 3), shape: [m, k])
-        let weights = [40, 24].enumerated().map { i, n in
+        let weights = [300, 24].enumerated().map { i, n in
             let values = DotGEMMTests.randoms(n * k, seed: UInt64(10 + i)).map { Float16($0) }
             return values.withUnsafeBytes { backend.upload(weight: $0, dtype: .f16, shape: [n, k], owner: nil) }
         }
-        let biases: [Tensor?] = [backend.upload(floats: DotGEMMTests.randoms(40, seed: 20), shape: [40]), nil]
+        let biases: [Tensor?] = [backend.upload(floats: DotGEMMTests.randoms(300, seed: 20), shape: [300]), nil]
         #expect(backend.splitsToBF16(weights[0], rows: m, path: .automatic))
         #expect(!backend.splitsToBF16(weights[0], rows: HalfGEMM.maxRows, path: .automatic), "decode sizes keep the fused kernel")
         let shared = backend.linear(x, weights: weights, biases: biases)
@@ -79,7 +83,7 @@ import Testing
                 #expect(a[j] == b[j], "shared split differs at \(j)")
                 worst = max(worst, Double(abs(a[j] - e[j])))
             }
-            #expect(worst > 0 && worst < 1e-4, "projection \(i): max |bf16x3 - f32| = \(worst)")
+            #expect(worst > 0 && worst < 1e-3, "projection \(i): max |bf16x3 - f32| = \(worst)")
         }
     }
 

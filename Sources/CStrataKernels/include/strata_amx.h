@@ -26,11 +26,29 @@ long strata_amx_split_width(int k);
 /// STRATA_AMX_ROWS must be zero in `a` (the caller clears them).
 void strata_amx_split_x(const float *x, int rows, int k, uint16_t *a);
 
+/// bf16 values of one tile panel: 16 weight rows, split, for all of k.
+long strata_amx_panel_values(int k);
+
+/// Weight rows per group whose panels stay in L2 (~1 MiB) while row blocks pass over them; a
+/// multiple of 32.
+long strata_amx_group_columns(int k);
+
+/// Weight rows [n0, n1) of w (row-major, row stride k, type STRATA_DOT_F32 / F16 / BF16) split
+/// into tile panels of 16 rows, the last one zero-padded: panel p at panels + p *
+/// strata_amx_panel_values(k).
+void strata_amx_split_weights(const void *w, int type, int k, long n0, long n1, uint16_t *panels);
+
+/// out[r, c] = (accumulate ? out[r, c] : 0) + sum_k x[r, k] * w[c, k] for rows [r0, r1) (r0 a
+/// multiple of STRATA_AMX_ROWS) and the first `columns` weight rows of `panels`
+/// (strata_amx_split_weights), x split into `a`; out has row stride ldc. Rows and column
+/// groups can go to different threads.
+void strata_amx_split_product(int r0, int r1, int k, const uint16_t *a, const uint16_t *panels, long columns, float *out, long ldc,
+                              int accumulate);
+
 /// out[r, n] = (accumulate ? out[r, n] : 0) + sum_k x[r, k] * w[n, k] for r < m and weight rows
 /// n in [n0, n1), with x split by strata_amx_split_x into `a`. w is row-major, row stride k, of
-/// type STRATA_DOT_F32 / F16 / BF16 (strata_dot.h); out has row stride ldc. Weight rows are
-/// split into tile panels in groups that stay in L2 (a buffer of about 1 MiB per call).
-/// Call only where strata_amx_bf16_supported().
+/// type STRATA_DOT_F32 / F16 / BF16 (strata_dot.h); out has row stride ldc. One thread: the
+/// two calls above, group by group. Call only where strata_amx_bf16_supported().
 void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
                            int accumulate);
 #endif

@@ -115,7 +115,7 @@ extension CPUBackend {
             let split = SplitBF16GEMM.split(xp, m: m, k: k, threads: threads, scratch: scratch)
             defer { release(split.pointer, split.floats) }
             SplitBF16GEMM.multiply(m: m, n: n, k: k, split: split, w: weight.buffer.pointer, dtype: weight.dtype, out: op, beta: beta,
-                                   threads: threads)
+                                   threads: threads, scratch: scratch, release: release)
             return out
         }
         let fused = usesFusedKernel(weight, rows: m, path: path)
@@ -193,7 +193,7 @@ extension CPUBackend {
                 let n = w.shape[0], out = outputs[i].floats
                 if let bias = biases[i] { for r in 0..<m { (out + r * n).update(from: bias.floats, count: n) } }
                 SplitBF16GEMM.multiply(m: m, n: n, k: k, split: split, w: w.buffer.pointer, dtype: w.dtype, out: out,
-                                       beta: biases[i] == nil ? 0 : 1, threads: threads)
+                                       beta: biases[i] == nil ? 0 : 1, threads: threads, scratch: scratch, release: release)
             }
             return outputs
         }
