@@ -47,8 +47,9 @@ extension Int8Weights {
         let upScales = scales(of: up), downScales = scales(of: down), gateScales = gate.map { scales(of: $0) }
         let xq = quantize(x, m: m, k: k, threads: threads, scratch: scratch)
         defer { release(xq.storage, xq.floats) }
-        parallelFor(rowBlockCount(m), threads: threads) { range in
-            // Per worker, for the most rows a block has (the last takes the remainder): the
+        // Blocks taken in turn (as in `run`), each with its own scratch.
+        parallelChunks(rowBlockCount(m), threads: threads, grain: 1) { range in
+            // For the most rows a block has (the last takes the remainder): the
             // projections' sums, the down projection's, one activated row pair, and the down
             // projection's input codes.
             let most = 2 * rowsPerBlock - 1, floats = projections * most * f + most * n + 2 * f

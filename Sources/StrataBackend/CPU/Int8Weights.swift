@@ -151,12 +151,14 @@ enum Int8Weights {
             return
         }
         let w = UnsafeRawPointer(weight.buffer.pointer)
-        // Prefill-sized products in blocks of 128 rows over Strata's workers, one-thread oneDNN
-        // calls whose s32 sums land in `out` and are rescaled in place while still in L2 (Llama-
-        // 250M prefill, B=32, alternating runs: median 1175 vs 1094 tokens/s for one call on
-        // oneDNN's team, then a rescaling pass). Decode-sized ones split by panels instead.
+        // Prefill-sized products in blocks of 128 rows, taken in turn by Strata's workers, one-
+        // thread oneDNN calls whose s32 sums land in `out` and are rescaled in place while still
+        // in L2 (Llama-250M prefill, B=32, alternating runs: median 1175 vs 1094 tokens/s for one
+        // call on oneDNN's team, then a rescaling pass; blocks taken in turn rather than half
+        // each: median 1360 vs 1256, as the two vCPUs' speeds drift apart). Decode-sized ones
+        // split by panels instead.
         if m >= BF16GEMM.minTeamRows {
-            parallelFor(rowBlockCount(m), threads: threads) { range in
+            parallelChunks(rowBlockCount(m), threads: threads, grain: 1) { range in
                 for b in range {
                     let rows = rowBlock(b, of: m), first = rows.lowerBound
                     dnnl.matmul(m: rows.count, n: n, k: k, a: codes + first * k, b: w, element: .int8, bias: nil, c: out + first * n,
