@@ -1,15 +1,16 @@
 // bf16x3 matmuls on AMX tiles (strata_amx.h). Why a kernel of our own: oneDNN 2.6 (Debian's)
-// runs plain bf16 products at 350-490 GFLOP/s on two Sapphire Rapids cores, where the tiles
-// reach ~550 per core with operands in L1; three passes at oneDNN's rate would be no faster than
-// f32 sgemm. The split pieces are made here too, next to the tiles: x once per product, each
-// group of weight rows as it is used.
+// runs plain bf16 products at 350-490 GFLOP/s on two Sapphire Rapids cores, where one core's
+// tiles do ~2400 without loads (both cores busy) and ~1100 in this kernel; three passes at
+// oneDNN's rate would be no faster than f32 sgemm. The split pieces are made here too: x once
+// per product, the weight rows into panels per call (callers spread both over their workers).
 //
 // Layouts (bf16 values):
 // - split x: per row, per block j of 32 inputs, 32 hi then 32 lo values (a tile row each);
 // - a weight panel: 16 weight rows; per block j a hi tile and a lo tile, each 16 pairs of
 //   inputs by 16 weight rows by 2 (AMX's pair-interleaved "VNNI" layout for the B operand).
-// One block of the product is 32 rows by 16 weight rows: two f32 accumulator tiles, the hi and
-// lo tiles of two 16-row slices of x and of one panel (8 tiles), six tile products per 6 loads.
+// The main block of the product is 32 rows by 32 weight rows (block_product_wide: four f32
+// accumulator tiles, 8 tile loads per 12 tile products); a last odd panel or an edge takes
+// 32 rows by 16 (block_product: two accumulators, 6 loads per 6 products).
 #include "strata_amx.h"
 #include "strata_dot.h"
 #include "cpu_features.h"

@@ -38,7 +38,7 @@ struct BackendOptions: ParsableArguments {
     @Option(help: "How the KV cache is held on the CPU (unless --compress-cache): auto (bf16 with --weight-format bf16 or int8, else f32), f32, or bf16 or f16 (half the bytes each decode step reads; f16 is llama.cpp's default cache type, with 3 more bits than bf16 and values up to 65504).")
     var cacheFormat = "auto"
 
-    @Option(help: "Prefill-sized matmuls against weights held as stored or in f32: f32 (exact) or bf16x3 (AMX tiles: each operand split into two bf16 parts, three products summed in f32; f16 weights stay exact, activations keep ~16 bits; opt-in, logits move by ~1e-5). Elsewhere, or without AMX, f32.")
+    @Option(help: "Prefill-sized matmuls against weights held as stored or in f32: f32 (exact) or bf16x3 (AMX tiles: each operand split into two bf16 parts, three products summed in f32; f16 weights stay exact, activations keep ~16 bits; opt-in, each sum moves by ~1e-6 of its terms' magnitude). Decode-sized products, and CPUs without AMX, stay f32.")
     var matmulPrecision = "f32"
 
     @Flag(help: "Store decoder-layer weights 4-bit group-quantized (FlexGen's compress_weight).")

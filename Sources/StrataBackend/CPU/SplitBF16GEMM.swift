@@ -9,8 +9,8 @@ import Glibc
 /// remainder, and three tile products (hi*hi + hi*lo + lo*hi) are summed in f32
 /// (`strata_amx_split_gemm`). An f16 weight is exactly its two parts, so against f16 weights only
 /// x is rounded, at about 16 significant bits instead of f32's 24 (a rounding to bf16, what
-/// `--weight-format bf16` does, keeps 8). Three passes on the tiles still run about three times
-/// OpenBLAS's f32 sgemm on a Sapphire Rapids core.
+/// `--weight-format bf16` does, keeps 8). Three passes on the tiles still beat OpenBLAS's f32
+/// sgemm: 1.4-2x on two Sapphire Rapids vCPUs (`strata bench-gemm`, BENCHMARKS.md).
 public enum SplitBF16GEMM {
     /// Whether this machine runs the split kernel: AMX-BF16 tiles granted to this process, and
     /// `STRATA_CPU_ISA` not forcing a CPU without them (`baseline`, `avx512-bf16`).
