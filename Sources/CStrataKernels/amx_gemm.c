@@ -14,6 +14,7 @@
 #include "strata_amx.h"
 #include "strata_dot.h"
 #include "cpu_features.h"
+#include "lanes.h"
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__linux__)
@@ -73,14 +74,6 @@ static inline void split32(__m512 v0, __m512 v1, uint16_t *hi, uint16_t *lo) {
     _mm512_storeu_si512(lo, (__m512i)l);
 }
 
-STRATA_AMX_TARGET __attribute__((always_inline))
-static inline __m512 load16(const void *p, int type, __mmask16 mask) {
-    if (type == STRATA_DOT_F32) return _mm512_maskz_loadu_ps(mask, p);
-    __m256i h = _mm256_maskz_loadu_epi16(mask, p);
-    if (type == STRATA_DOT_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    return _mm512_cvtph_ps(h);
-}
-
 // One row of k values of `type` into split form (hi and lo per block of 32; zero padding).
 STRATA_AMX_TARGET
 static void split_row(const char *row, int type, int k, uint16_t *out) {
@@ -89,7 +82,7 @@ static void split_row(const char *row, int type, int k, uint16_t *out) {
         int left = k - j;
         __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
         __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-        __m512 v0 = load16(row + j * size, type, m0), v1 = load16(row + (j + 16) * size, type, m1);
+        __m512 v0 = strata_widen16(row + j * size, type, m0), v1 = strata_widen16(row + (j + 16) * size, type, m1);
         split32(v0, v1, out + 2 * j, out + 2 * j + 32);
     }
 }

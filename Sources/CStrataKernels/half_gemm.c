@@ -13,6 +13,7 @@
 //   in L1, where the 4 x 4 tile reached about 0.5.
 #include "strata_half.h"
 #include "strata_dot.h"
+#include "lanes.h"
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -24,12 +25,7 @@
 static inline long element_size(int type) { return type == STRATA_DOT_F32 ? 4 : 2; }
 
 STRATA_AVX512 __attribute__((always_inline))
-static inline __m512 widen(const char *p, int type, __mmask16 mask) {
-    if (type == STRATA_DOT_F32) return _mm512_maskz_loadu_ps(mask, p);
-    __m256i h = _mm256_maskz_loadu_epi16(mask, p);
-    if (type == STRATA_DOT_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    return _mm512_cvtph_ps(h);
-}
+static inline __m512 widen(const char *p, int type, __mmask16 mask) { return strata_widen16(p, type, mask); }
 
 // One 4 x 4 tile over all of k. Missing rows or weight rows repeat the last valid one (their
 // sums are dropped), which keeps the loop free of branches. `w` is the tile's first weight row,
