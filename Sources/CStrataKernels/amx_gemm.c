@@ -245,18 +245,6 @@ void strata_amx_split_product(int r0, int r1, int k, const uint16_t *a, const ui
     _tile_release();
 }
 
-void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
-                           int accumulate) {
-    if (m <= 0 || n1 <= n0) return;
-    long group = strata_amx_group_columns(k), panelValues = strata_amx_panel_values(k);
-    uint16_t *panels = aligned_alloc(64, (size_t)(group / 16) * panelValues * 2);
-    for (long g = n0; g < n1; g += group) {
-        long columns = n1 - g < group ? n1 - g : group;
-        strata_amx_split_weights(w, type, k, g, g + columns, panels);
-        strata_amx_split_product(0, m, k, a, panels, columns, out + g, ldc, accumulate);
-    }
-    free(panels);
-}
 #else
 int strata_amx_bf16_supported(void) { return 0; }
 void strata_amx_split_x(const float *x, int rows, int k, uint16_t *a) { (void)x; (void)rows; (void)k; (void)a; }
@@ -268,9 +256,5 @@ void strata_amx_split_weights(const void *w, int type, int k, long n0, long n1, 
 void strata_amx_split_product(int r0, int r1, int k, const uint16_t *a, const uint16_t *panels, long columns, float *out, long ldc,
                               int accumulate) {
     (void)r0; (void)r1; (void)k; (void)a; (void)panels; (void)columns; (void)out; (void)ldc; (void)accumulate;
-}
-void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
-                           int accumulate) {
-    (void)m; (void)k; (void)a; (void)w; (void)type; (void)n0; (void)n1; (void)out; (void)ldc; (void)accumulate;
 }
 #endif

@@ -24,9 +24,6 @@
 #if defined(__x86_64__)
 static inline long element_size(int type) { return type == STRATA_DOT_F32 ? 4 : 2; }
 
-STRATA_AVX512 __attribute__((always_inline))
-static inline __m512 widen(const char *p, int type, __mmask16 mask) { return strata_widen16(p, type, mask); }
-
 // One 4 x 4 tile over all of k. Missing rows or weight rows repeat the last valid one (their
 // sums are dropped), which keeps the loop free of branches. `w` is the tile's first weight row,
 // rows `stride` bytes apart.
@@ -52,8 +49,8 @@ static void tile4x4(int k, const float *x, int rows, const char *w, long stride,
             _mm_prefetch(ahead - 2 * stride, _MM_HINT_T0);
             _mm_prefetch(ahead - 3 * stride, _MM_HINT_T0);
         }
-        __m512 v0 = widen(w0 + at, type, mask), v1 = widen(w1 + at, type, mask);
-        __m512 v2 = widen(w2 + at, type, mask), v3 = widen(w3 + at, type, mask);
+        __m512 v0 = strata_widen16(w0 + at, type, mask), v1 = strata_widen16(w1 + at, type, mask);
+        __m512 v2 = strata_widen16(w2 + at, type, mask), v3 = strata_widen16(w3 + at, type, mask);
         __m512 u = _mm512_maskz_loadu_ps(mask, x0 + i);
         a00 = _mm512_fmadd_ps(u, v0, a00); a01 = _mm512_fmadd_ps(u, v1, a01);
         a02 = _mm512_fmadd_ps(u, v2, a02); a03 = _mm512_fmadd_ps(u, v3, a03);
@@ -178,8 +175,8 @@ static inline void fill_panel(int k, long kBlocks, const char *w, long stride, i
         for (long kb = 0; kb < kBlocks; kb++) {
             long i = kb * 16;
             __mmask16 mask = k - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - i)) - 1);
-            __m512 e = 2 * q < columns ? widen(even + i * esize, type, mask) : _mm512_setzero_ps();
-            __m512 o = 2 * q + 1 < columns ? widen(odd + i * esize, type, mask) : _mm512_setzero_ps();
+            __m512 e = 2 * q < columns ? strata_widen16(even + i * esize, type, mask) : _mm512_setzero_ps();
+            __m512 o = 2 * q + 1 < columns ? strata_widen16(odd + i * esize, type, mask) : _mm512_setzero_ps();
             float *to = panel + kb * PANEL_BLOCK + q * 32;
             _mm512_store_ps(to, _mm512_permutex2var_ps(e, low, o));
             _mm512_store_ps(to + 16, _mm512_permutex2var_ps(e, high, o));

@@ -6,8 +6,8 @@ import StrataModels
 import StrataRuntime
 import Testing
 
-/// `--matmul-precision bf16x3`: `strata_amx_split_gemm` (x and w each split into two bf16
-/// parts, three AMX tile products summed in f32) called directly and through the backend, and
+/// `--matmul-precision bf16x3`: `strata_amx_split_weights` and `strata_amx_split_product` (x
+/// and w each split into two bf16 parts, three AMX tile products summed in f32) called directly and through the backend, and
 /// its accuracy on the trained demo model. Without AMX the kernel tests skip with the reason;
 /// the model tests then check that the option falls back to the exact path.
 @Suite struct SplitBF16GEMMTests {
@@ -19,7 +19,7 @@ import Testing
 
     /// Tails of every kind: rows past a 32-row block (1, 33, 70), weight rows past 16- and
     /// 32-column blocks, k past a 32-input block, a column range starting past 0, with and
-    /// without accumulation. Bound: the split drops x's bits past ~16 and the lo*lo term, about
+    /// without accumulation, rows in two ranges (one call each, as the workers take them). Bound: the split drops x's bits past ~16 and the lo*lo term, about
     /// 2^-17 of each |x w| product (measured 6e-7 to 2e-6 of sum |x w|); stated 1e-5 of it plus
     /// the f32 sums' 1e-6 per term.
     @Test(arguments: [(1, 1, 1), (33, 17, 70), (70, 50, 300), (32, 48, 1024), (65, 33, 32)])
@@ -33,8 +33,14 @@ import Testing
         for (label, type) in [("f32", STRATA_DOT_F32), ("f16", STRATA_DOT_F16), ("bf16", STRATA_DOT_BF16)] {
             for accumulate in [false, true] {
                 var out = o.old
-                o.withWeight(type) { w in
-                    strata_amx_split_gemm(Int32(m), Int32(k), a, w, Int32(type), o.first, n, &out, n, accumulate ? 1 : 0)
+                let columns = n - o.first, panelValues = strata_amx_panel_values(Int32(k))
+                var panels = [UInt16](repeating: 0, count: (columns + 15) / 16 * panelValues)
+                o.withWeight(type) { w in strata_amx_split_weights(w, Int32(type), Int32(k), o.first, n, &panels) }
+                out.withUnsafeMutableBufferPointer { out in
+                    for (r0, r1) in m > 32 ? [(0, 32), (32, m)] : [(0, m)] {
+                        strata_amx_split_product(Int32(r0), Int32(r1), Int32(k), a, panels, columns, out.baseAddress! + o.first, n,
+                                                 accumulate ? 1 : 0)
+                    }
                 }
                 let values = type == STRATA_DOT_BF16 ? o.bf16Values : o.exact
                 var worst = 0.0, kept = true

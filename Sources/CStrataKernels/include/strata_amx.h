@@ -45,10 +45,4 @@ void strata_amx_split_weights(const void *w, int type, int k, long n0, long n1, 
 void strata_amx_split_product(int r0, int r1, int k, const uint16_t *a, const uint16_t *panels, long columns, float *out, long ldc,
                               int accumulate);
 
-/// out[r, n] = (accumulate ? out[r, n] : 0) + sum_k x[r, k] * w[n, k] for r < m and weight rows
-/// n in [n0, n1), with x split by strata_amx_split_x into `a`. w is row-major, row stride k, of
-/// type STRATA_DOT_F32 / F16 / BF16 (strata_dot.h); out has row stride ldc. One thread: the
-/// two calls above, group by group. Call only where strata_amx_bf16_supported().
-void strata_amx_split_gemm(int m, int k, const uint16_t *a, const void *w, int type, long n0, long n1, float *out, long ldc,
-                           int accumulate);
 #endif

@@ -29,8 +29,8 @@ extension CPUBackend {
     /// Whether `linear` runs this weight at `rows` rows as a bf16x3 split on AMX tiles
     /// (`--matmul-precision bf16x3`, prefill sizes; `SplitBF16GEMM`).
     func splitsToBF16(_ weight: Tensor, rows: Int, path: GEMMPath) -> Bool {
-        guard SplitBF16GEMM.available, weight.quantization == nil, weight.int8 == nil, weight.panels == nil,
-              weight.dtype != .u8 else { return false }
+        // Quantized and int8 weights are u8 codes; packed bf16 weights are oneDNN's.
+        guard SplitBF16GEMM.available, weight.dtype != .u8, weight.panels == nil else { return false }
         return path == .splitBF16 || (path == .automatic && matmulPrecision == .bf16x3 && rows >= SplitBF16GEMM.minRows)
     }
 
@@ -101,11 +101,7 @@ extension CPUBackend {
                                  threads: threads, scratch: scratch, release: release)
             return out
         }
-        if let bias {
-            let b = bias.floats
-            for r in 0..<m { (out.floats + r * n).update(from: b, count: n) }
-        }
-        let beta: Float = bias == nil ? 0 : 1
+        let beta = Self.startFromBias(out.floats, bias, rows: m, columns: n)
         let xp = x.floats, op = out.floats
         if int8Activations, path == .automatic, let q = weight.quantization, Int8GEMM.runs(q, k: k, rows: m) {
             Int8GEMM.run(m: m, k: k, x: xp, weight: weight, out: op, ldc: n, beta: beta, threads: threads)
@@ -160,6 +156,14 @@ extension CPUBackend {
         return out
     }
 
+    /// Fills each of `rows` rows of `out` with the bias, for kernels that accumulate into it;
+    /// returns their beta (1 with a bias, 0 without: the kernel writes the rows).
+    private static func startFromBias(_ out: UnsafeMutablePointer<Float>, _ bias: Tensor?, rows m: Int, columns n: Int) -> Float {
+        guard let bias else { return 0 }
+        for r in 0..<m { (out + r * n).update(from: bias.floats, count: n) }
+        return 1
+    }
+
     /// Whether a quantized weight runs on the bf16 matrix units through `QuantizedPanels`
     /// (`--weight-format bf16`), unless `--int8-activations` asked for its integer kernel at
     /// this row count.
@@ -191,9 +195,9 @@ extension CPUBackend {
             defer { release(split.pointer, split.floats) }
             for (i, w) in weights.enumerated() {
                 let n = w.shape[0], out = outputs[i].floats
-                if let bias = biases[i] { for r in 0..<m { (out + r * n).update(from: bias.floats, count: n) } }
+                let beta = Self.startFromBias(out, biases[i], rows: m, columns: n)
                 SplitBF16GEMM.multiply(m: m, n: n, k: k, split: split, w: w.buffer.pointer, dtype: w.dtype, out: out,
-                                       beta: biases[i] == nil ? 0 : 1, threads: threads, scratch: scratch, release: release)
+                                       beta: beta, threads: threads, scratch: scratch, release: release)
             }
             return outputs
         }

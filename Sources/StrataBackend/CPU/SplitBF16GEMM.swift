@@ -7,7 +7,7 @@ import Glibc
 /// Prefill-sized matmuls against f16, bf16 or f32 weights on AMX tiles with f32-grade accuracy
 /// (`--matmul-precision bf16x3`): x and w are each split into a bf16 high part and a bf16
 /// remainder, and three tile products (hi*hi + hi*lo + lo*hi) are summed in f32
-/// (`strata_amx_split_gemm`). An f16 weight is exactly its two parts, so against f16 weights only
+/// (`strata_amx_split_weights`, `strata_amx_split_product`). An f16 weight is exactly its two parts, so against f16 weights only
 /// x is rounded, at about 16 significant bits instead of f32's 24 (a rounding to bf16, what
 /// `--weight-format bf16` does, keeps 8). Three passes on the tiles still beat OpenBLAS's f32
 /// sgemm: 1.4-2x on two Sapphire Rapids vCPUs (`strata bench-gemm`, BENCHMARKS.md).
